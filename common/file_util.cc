@@ -1,0 +1,54 @@
+#include "common/file_util.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+namespace qs {
+
+StatusOr<std::string> ReadFileBytes(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return NotFoundError(path + ": no such file");
+  if (std::filesystem::is_directory(path, ec)) {
+    return InvalidArgumentError(path + ": is a directory, expected a file");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return DataLossError(path + ": cannot open: " + std::strerror(errno));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return DataLossError(path + ": read failed");
+  return bytes;
+}
+
+Status WriteFileAtomically(const std::string& path, const std::string& bytes) {
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return InternalError(tmp + ": cannot create: " + std::strerror(errno));
+  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  ok = (std::fflush(f) == 0) && ok;
+  ok = (::fsync(::fileno(f)) == 0) && ok;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return InternalError(path + ": write failed: " + std::strerror(errno));
+  }
+  return OkStatus();
+}
+
+Status MakeDirectories(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return InternalError(dir + ": cannot create directory: " + ec.message());
+  return OkStatus();
+}
+
+std::string ResolveRelativeTo(const std::string& base_file, const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.is_absolute() || path.empty()) return path;
+  return (std::filesystem::path(base_file).parent_path() / p).lexically_normal().string();
+}
+
+}  // namespace qs

@@ -1,0 +1,361 @@
+#include "common/quant_config.h"
+
+#include <cctype>
+#include <set>
+
+namespace qs {
+namespace {
+
+using nlohmann::json;
+
+template <typename E, size_t N>
+StatusOr<E> ParseEnum(const std::string& s, const char* what,
+                      const std::pair<const char*, E> (&table)[N]) {
+  std::string options;
+  for (const auto& [name, value] : table) {
+    if (s == name) return value;
+    options += options.empty() ? name : std::string(", ") + name;
+  }
+  return InvalidArgumentError("unknown " + std::string(what) + " '" + s + "' (expected one of " +
+                              options + ")");
+}
+
+constexpr std::pair<const char*, Granularity> kGranularities[] = {
+    {"per_tensor", Granularity::kPerTensor},
+    {"per_channel", Granularity::kPerChannel},
+    {"per_group", Granularity::kPerGroup},
+    {"per_head", Granularity::kPerHead},
+};
+constexpr std::pair<const char*, RangeCalibrator> kCalibrators[] = {
+    {"minmax", RangeCalibrator::kMinMax},
+    {"percentile", RangeCalibrator::kPercentile},
+    {"omse", RangeCalibrator::kOmse},
+    {"mae", RangeCalibrator::kMae},
+};
+constexpr std::pair<const char*, ActivationQuantizer> kQuantizers[] = {
+    {"uniform", ActivationQuantizer::kUniform},
+    {"log2", ActivationQuantizer::kLog2},
+    {"log_sqrt2", ActivationQuantizer::kLogSqrt2},
+    {"twin_uniform", ActivationQuantizer::kTwinUniform},
+};
+constexpr std::pair<const char*, WeightMethod> kWeightMethods[] = {
+    {"rtn", WeightMethod::kRtn},
+};
+
+template <typename E, size_t N>
+const char* EnumName(E v, const std::pair<const char*, E> (&table)[N]) {
+  for (const auto& [name, value] : table) {
+    if (v == value) return name;
+  }
+  return "?";
+}
+
+// Reads j[key] into *out when present, checking its JSON type.
+template <typename T>
+Status ReadField(const json& j, const char* key, T* out) {
+  auto it = j.find(key);
+  if (it == j.end()) return OkStatus();
+  try {
+    *out = it->get<T>();
+  } catch (const json::exception&) {
+    return InvalidArgumentError(std::string("field '") + key + "' has the wrong type (" +
+                                it->type_name() + ")");
+  }
+  return OkStatus();
+}
+
+template <typename E, typename ParseFn>
+Status ReadEnumField(const json& j, const char* key, ParseFn parse, E* out) {
+  std::string text;
+  if (j.contains(key)) {
+    QS_RETURN_IF_ERROR(ReadField(j, key, &text));
+    QS_ASSIGN_OR_RETURN(*out, parse(text));
+  }
+  return OkStatus();
+}
+
+Status CheckKeys(const json& j, const std::set<std::string>& allowed, const std::string& where) {
+  if (!j.is_object()) return InvalidArgumentError(where + " must be a JSON object");
+  for (const auto& item : j.items()) {
+    if (!allowed.count(item.key())) {
+      return InvalidArgumentError("unknown field '" + item.key() + "' in " + where);
+    }
+  }
+  return OkStatus();
+}
+
+json WeightToJson(const WeightQuant& w) {
+  if (!w.quantized()) return json{{"bits", 0}};
+  json j{{"method", ToString(w.method)},
+         {"bits", w.bits},
+         {"granularity", ToString(w.granularity)},
+         {"calibrator", ToString(w.calibrator)},
+         {"symmetric", w.symmetric}};
+  if (w.granularity == Granularity::kPerGroup) j["group_size"] = w.group_size;
+  if (w.calibrator == RangeCalibrator::kPercentile) j["percentile"] = w.percentile;
+  return j;
+}
+
+json ActivationToJson(const ActivationQuant& a) {
+  if (!a.quantized()) return json{{"bits", 0}};
+  json j{{"bits", a.bits},
+         {"quantizer", ToString(a.quantizer)},
+         {"granularity", ToString(a.granularity)},
+         {"calibrator", ToString(a.calibrator)},
+         {"symmetric", a.symmetric}};
+  if (a.calibrator == RangeCalibrator::kPercentile) j["percentile"] = a.percentile;
+  return j;
+}
+
+StatusOr<WeightQuant> WeightFromJson(const json& j) {
+  QS_RETURN_IF_ERROR(CheckKeys(
+      j, {"method", "bits", "granularity", "group_size", "calibrator", "symmetric", "percentile"},
+      "weight"));
+  WeightQuant w;
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "method", ParseWeightMethod, &w.method));
+  QS_RETURN_IF_ERROR(ReadField(j, "bits", &w.bits));
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "granularity", ParseGranularity, &w.granularity));
+  QS_RETURN_IF_ERROR(ReadField(j, "group_size", &w.group_size));
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "calibrator", ParseRangeCalibrator, &w.calibrator));
+  QS_RETURN_IF_ERROR(ReadField(j, "symmetric", &w.symmetric));
+  QS_RETURN_IF_ERROR(ReadField(j, "percentile", &w.percentile));
+  return w;
+}
+
+StatusOr<ActivationQuant> ActivationFromJson(const json& j, const std::string& where) {
+  QS_RETURN_IF_ERROR(CheckKeys(
+      j, {"bits", "quantizer", "granularity", "calibrator", "symmetric", "percentile"}, where));
+  ActivationQuant a;
+  QS_RETURN_IF_ERROR(ReadField(j, "bits", &a.bits));
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "quantizer", ParseActivationQuantizer, &a.quantizer));
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "granularity", ParseGranularity, &a.granularity));
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "calibrator", ParseRangeCalibrator, &a.calibrator));
+  QS_RETURN_IF_ERROR(ReadField(j, "symmetric", &a.symmetric));
+  QS_RETURN_IF_ERROR(ReadField(j, "percentile", &a.percentile));
+  return a;
+}
+
+Status ValidateBits(int bits, const std::string& where) {
+  if (bits != 0 && (bits < 2 || bits > 8)) {
+    return InvalidArgumentError(where + " bits must be 0 (float) or 2..8, got " +
+                                std::to_string(bits));
+  }
+  return OkStatus();
+}
+
+Status ValidatePercentile(double p, const std::string& where) {
+  if (!(p > 0.5 && p <= 1.0)) {
+    return InvalidArgumentError(where + " percentile must be in (0.5, 1], got " +
+                                std::to_string(p));
+  }
+  return OkStatus();
+}
+
+Status ValidateActivation(const ActivationQuant& a, const std::string& where) {
+  QS_RETURN_IF_ERROR(ValidateBits(a.bits, where));
+  if (!a.quantized()) return OkStatus();
+  if (a.granularity == Granularity::kPerGroup) {
+    return InvalidArgumentError(where + " granularity per_group applies to weights only");
+  }
+  if (a.quantizer == ActivationQuantizer::kTwinUniform && a.bits < 3) {
+    return InvalidArgumentError(where + " twin_uniform needs at least 3 bits");
+  }
+  return ValidatePercentile(a.percentile, where);
+}
+
+}  // namespace
+
+const char* ToString(Granularity v) { return EnumName(v, kGranularities); }
+const char* ToString(RangeCalibrator v) { return EnumName(v, kCalibrators); }
+const char* ToString(ActivationQuantizer v) { return EnumName(v, kQuantizers); }
+const char* ToString(WeightMethod v) { return EnumName(v, kWeightMethods); }
+const char* ToString(SiteKind v) { return v == SiteKind::kLinear ? "linear" : "matmul"; }
+
+StatusOr<Granularity> ParseGranularity(const std::string& s) {
+  return ParseEnum(s, "granularity", kGranularities);
+}
+StatusOr<RangeCalibrator> ParseRangeCalibrator(const std::string& s) {
+  return ParseEnum(s, "range calibrator", kCalibrators);
+}
+StatusOr<ActivationQuantizer> ParseActivationQuantizer(const std::string& s) {
+  return ParseEnum(s, "activation quantizer", kQuantizers);
+}
+StatusOr<WeightMethod> ParseWeightMethod(const std::string& s) {
+  return ParseEnum(s, "weight method", kWeightMethods);
+}
+
+bool WeightQuant::operator==(const WeightQuant& o) const {
+  return WeightToJson(*this) == WeightToJson(o);
+}
+bool ActivationQuant::operator==(const ActivationQuant& o) const {
+  return ActivationToJson(*this) == ActivationToJson(o);
+}
+bool QuantConfig::operator==(const QuantConfig& o) const {
+  return weight == o.weight && activation == o.activation && activation_rhs == o.activation_rhs;
+}
+
+Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
+  const WeightQuant& w = config.weight;
+  if (kind == SiteKind::kLinear) {
+    QS_RETURN_IF_ERROR(ValidateBits(w.bits, "weight"));
+    if (w.quantized()) {
+      if (w.granularity == Granularity::kPerHead) {
+        return InvalidArgumentError("weight granularity per_head is not supported");
+      }
+      if (w.granularity == Granularity::kPerGroup && w.group_size < 1) {
+        return InvalidArgumentError("weight granularity per_group needs group_size >= 1");
+      }
+      QS_RETURN_IF_ERROR(ValidatePercentile(w.percentile, "weight"));
+    }
+  } else if (w.quantized()) {
+    return InvalidArgumentError("a matmul site has no weight to quantize");
+  }
+  QS_RETURN_IF_ERROR(ValidateActivation(config.activation, "activation"));
+  if (kind == SiteKind::kLinear) {
+    if (config.activation.quantizer != ActivationQuantizer::kUniform &&
+        config.activation.quantizer != ActivationQuantizer::kTwinUniform &&
+        config.activation.quantized()) {
+      return InvalidArgumentError(std::string("activation quantizer ") +
+                                  ToString(config.activation.quantizer) +
+                                  " applies to post-softmax matmul operands only");
+    }
+    if (config.activation_rhs.quantized()) {
+      return InvalidArgumentError("a linear site has no activation_rhs");
+    }
+  } else {
+    QS_RETURN_IF_ERROR(ValidateActivation(config.activation_rhs, "activation_rhs"));
+  }
+  return OkStatus();
+}
+
+json ToJson(const QuantConfig& config, SiteKind kind) {
+  json j;
+  if (kind == SiteKind::kLinear) {
+    j["weight"] = WeightToJson(config.weight);
+    j["activation"] = ActivationToJson(config.activation);
+  } else {
+    j["activation"] = ActivationToJson(config.activation);
+    j["activation_rhs"] = ActivationToJson(config.activation_rhs);
+  }
+  return j;
+}
+
+StatusOr<QuantConfig> QuantConfigFromJson(const json& j, SiteKind kind) {
+  if (kind == SiteKind::kLinear) {
+    QS_RETURN_IF_ERROR(CheckKeys(j, {"weight", "activation"}, "linear site config"));
+  } else {
+    QS_RETURN_IF_ERROR(CheckKeys(j, {"activation", "activation_rhs"}, "matmul site config"));
+  }
+  QuantConfig config;
+  if (j.contains("weight")) {
+    QS_ASSIGN_OR_RETURN(config.weight, WeightFromJson(j["weight"]));
+  }
+  if (j.contains("activation")) {
+    QS_ASSIGN_OR_RETURN(config.activation, ActivationFromJson(j["activation"], "activation"));
+  }
+  if (j.contains("activation_rhs")) {
+    QS_ASSIGN_OR_RETURN(config.activation_rhs,
+                        ActivationFromJson(j["activation_rhs"], "activation_rhs"));
+  }
+  QS_RETURN_IF_ERROR(ValidateQuantConfig(config, kind));
+  return config;
+}
+
+QuantConfig Recipe::Resolve(const std::string& site, SiteKind kind) const {
+  auto it = sites.find(site);
+  if (it != sites.end()) return it->second;
+  return kind == SiteKind::kLinear ? linear_default : matmul_default;
+}
+
+json RecipeToJson(const Recipe& recipe, const std::map<std::string, SiteKind>& site_kinds) {
+  json sites = json::object();
+  for (const auto& [name, config] : recipe.sites) {
+    auto kind = site_kinds.find(name);
+    sites[name] = ToJson(config, kind == site_kinds.end() ? SiteKind::kLinear : kind->second);
+  }
+  return json{{"format", kRecipeFormat},
+              {"linear_default", ToJson(recipe.linear_default, SiteKind::kLinear)},
+              {"matmul_default", ToJson(recipe.matmul_default, SiteKind::kMatmul)},
+              {"sites", sites}};
+}
+
+StatusOr<Recipe> RecipeFromJson(const json& j, const std::map<std::string, SiteKind>& site_kinds) {
+  QS_RETURN_IF_ERROR(
+      CheckKeys(j, {"format", "linear_default", "matmul_default", "sites", "search"}, "recipe"));
+  if (!j.contains("format") || j["format"] != kRecipeFormat) {
+    return InvalidArgumentError(std::string("recipe: field 'format' must be \"") + kRecipeFormat +
+                                "\"");
+  }
+  Recipe recipe;
+  if (j.contains("linear_default")) {
+    auto c = QuantConfigFromJson(j["linear_default"], SiteKind::kLinear);
+    if (!c.ok()) return c.status().WithContext("recipe linear_default");
+    recipe.linear_default = *c;
+  }
+  if (j.contains("matmul_default")) {
+    auto c = QuantConfigFromJson(j["matmul_default"], SiteKind::kMatmul);
+    if (!c.ok()) return c.status().WithContext("recipe matmul_default");
+    recipe.matmul_default = *c;
+  }
+  if (j.contains("sites")) {
+    if (!j["sites"].is_object()) return InvalidArgumentError("recipe: 'sites' must be an object");
+    for (const auto& item : j["sites"].items()) {
+      auto kind = site_kinds.find(item.key());
+      if (kind == site_kinds.end()) {
+        return InvalidArgumentError("recipe names site '" + item.key() +
+                                    "', which the model does not have");
+      }
+      auto c = QuantConfigFromJson(item.value(), kind->second);
+      if (!c.ok()) return c.status().WithContext("recipe site '" + item.key() + "'");
+      recipe.sites[item.key()] = *c;
+    }
+  }
+  return recipe;
+}
+
+StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_edges) {
+  auto bad = [&](const std::string& why) {
+    return InvalidArgumentError("recipe shorthand '" + shorthand + "': " + why +
+                                " (expected w<bits>a<bits>[:method], e.g. w4a8:rtn)");
+  };
+  std::string body = shorthand;
+  std::string method = "rtn";
+  if (auto colon = body.find(':'); colon != std::string::npos) {
+    method = body.substr(colon + 1);
+    body = body.substr(0, colon);
+  }
+  if (body.size() < 4 || body[0] != 'w') return bad("must start with 'w'");
+  size_t a = body.find('a');
+  if (a == std::string::npos) return bad("missing 'a<bits>'");
+  auto parse_bits = [](const std::string& s, int* bits) {
+    if (s == "f" || s == "32" || s == "16") {
+      *bits = 0;
+      return true;
+    }
+    if (s.size() != 1 || !std::isdigit(static_cast<unsigned char>(s[0]))) return false;
+    *bits = s[0] - '0';
+    return *bits >= 2 && *bits <= 8;
+  };
+  int wbits = 0, abits = 0;
+  if (!parse_bits(body.substr(1, a - 1), &wbits)) return bad("weight bits must be 2..8 or 32");
+  if (!parse_bits(body.substr(a + 1), &abits)) return bad("activation bits must be 2..8 or 32");
+
+  Recipe recipe;
+  auto wm = ParseWeightMethod(method);
+  if (!wm.ok()) return bad(wm.status().message());
+  recipe.linear_default.weight.method = *wm;
+  recipe.linear_default.weight.bits = wbits;
+  recipe.linear_default.activation.bits = abits;
+  recipe.matmul_default.activation.bits = abits;
+  recipe.matmul_default.activation_rhs.bits = abits;
+  if (!quantize_edges) {
+    QuantConfig edge;
+    edge.weight.bits = wbits == 0 ? 0 : 8;
+    edge.activation.bits = abits == 0 ? 0 : 8;
+    recipe.sites["patch_embed.proj"] = edge;
+    recipe.sites["head"] = edge;
+  }
+  return recipe;
+}
+
+}  // namespace qs

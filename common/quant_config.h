@@ -1,0 +1,139 @@
+// QuantConfig and Recipe: what to do at one site, and at every site of a model.
+//
+// A QuantConfig is the unit the search varies: weight {method, bits, granularity, group size, range
+// calibrator} plus the activation quantizers of the site's inputs. A Recipe maps every site to one
+// QuantConfig; it round-trips through JSON ("qsearch.recipe.v1") so `qsearch quantize` can replay it.
+//
+//   QS_ASSIGN_OR_RETURN(Recipe recipe, ParseUniformRecipe("w4a8:rtn"));
+//   QuantConfig qkv = recipe.Resolve("blocks.0.attn.qkv", SiteKind::kLinear);
+#ifndef QS_COMMON_QUANT_CONFIG_H_
+#define QS_COMMON_QUANT_CONFIG_H_
+
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace qs {
+
+// Which elements share one (scale, zero point).
+enum class Granularity {
+  kPerTensor,   // one pair for the whole tensor
+  kPerChannel,  // weights: per output row; activations: per last-dim channel
+  kPerGroup,    // weights only: per output row and run of `group_size` input columns
+  kPerHead,     // per attention head (activations split along heads)
+};
+
+// How the clipping range is chosen from observed values.
+enum class RangeCalibrator {
+  kMinMax,      // observed min and max
+  kPercentile,  // the `percentile` quantile of each side
+  kOmse,        // shrink search: max·(1−0.01i), i<90, lowest squared error
+  kMae,         // the same shrink search, lowest absolute error
+};
+
+// The value grid of an activation quantizer.
+enum class ActivationQuantizer {
+  kUniform,      // affine or symmetric uniform grid
+  kLog2,         // s·2^−q, for post-softmax values in [0, 1]
+  kLogSqrt2,     // s·2^−q/2, finer log grid for post-softmax values
+  kTwinUniform,  // PTQ4ViT: two uniform ranges sharing the bits (post-softmax, post-GELU)
+};
+
+// How quantized weights are produced from the float ones.
+enum class WeightMethod {
+  kRtn,  // round to nearest on the calibrated grid
+};
+
+enum class SiteKind {
+  kLinear,  // weight and input activation of a linear layer (incl. the patch-embedding conv)
+  kMatmul,  // the two operands of an attention matmul (q·kᵀ or softmax·v)
+};
+
+const char* ToString(Granularity v);
+const char* ToString(RangeCalibrator v);
+const char* ToString(ActivationQuantizer v);
+const char* ToString(WeightMethod v);
+const char* ToString(SiteKind v);
+StatusOr<Granularity> ParseGranularity(const std::string& s);
+StatusOr<RangeCalibrator> ParseRangeCalibrator(const std::string& s);
+StatusOr<ActivationQuantizer> ParseActivationQuantizer(const std::string& s);
+StatusOr<WeightMethod> ParseWeightMethod(const std::string& s);
+
+// Weight quantization of a linear site. bits == 0 leaves the weight in float.
+struct WeightQuant {
+  WeightMethod method = WeightMethod::kRtn;
+  int bits = 0;                                     // 0 (float) or 2..8
+  Granularity granularity = Granularity::kPerChannel;
+  int group_size = 0;                               // input columns per group; kPerGroup only
+  RangeCalibrator calibrator = RangeCalibrator::kOmse;
+  bool symmetric = true;                            // signed grid with zero point 0
+  double percentile = 0.9999;                       // kPercentile only, in (0.5, 1]
+
+  bool quantized() const { return bits > 0; }
+  bool operator==(const WeightQuant& o) const;
+};
+
+// Quantization of one activation tensor. bits == 0 leaves it in float.
+struct ActivationQuant {
+  int bits = 0;                                     // 0 (float) or 2..8
+  ActivationQuantizer quantizer = ActivationQuantizer::kUniform;
+  Granularity granularity = Granularity::kPerTensor;  // kPerTensor, kPerChannel or kPerHead
+  RangeCalibrator calibrator = RangeCalibrator::kOmse;
+  bool symmetric = false;                           // uniform only
+  double percentile = 0.9999;                       // kPercentile only
+
+  bool quantized() const { return bits > 0; }
+  bool operator==(const ActivationQuant& o) const;
+};
+
+// What to do at one site. For a linear site `activation` quantizes the input and `activation_rhs`
+// is unused; for a matmul site `activation` quantizes the left operand (q, or the softmax output)
+// and `activation_rhs` the right one (k, or v), and `weight` is unused.
+struct QuantConfig {
+  WeightQuant weight;
+  ActivationQuant activation;
+  ActivationQuant activation_rhs;
+
+  bool operator==(const QuantConfig& o) const;
+};
+
+// Checks the ranges and combinations of one config (bits 2..8, group size with kPerGroup, ...).
+Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind);
+
+nlohmann::json ToJson(const QuantConfig& config, SiteKind kind);
+// Fields left out keep their defaults; unknown fields are INVALID_ARGUMENT.
+StatusOr<QuantConfig> QuantConfigFromJson(const nlohmann::json& j, SiteKind kind);
+
+// A QuantConfig for every site: defaults per site kind plus per-site entries that replace them.
+struct Recipe {
+  QuantConfig linear_default;
+  QuantConfig matmul_default;
+  std::map<std::string, QuantConfig> sites;  // site name -> full config
+
+  // The per-site entry if present, else the default for `kind`.
+  QuantConfig Resolve(const std::string& site, SiteKind kind) const;
+};
+
+inline constexpr char kRecipeFormat[] = "qsearch.recipe.v1";
+
+// Serializes with sorted keys, so equal recipes give byte-identical text. `site_kinds` names the
+// kind of every entry in `recipe.sites`.
+nlohmann::json RecipeToJson(const Recipe& recipe,
+                            const std::map<std::string, SiteKind>& site_kinds);
+// Parses a "qsearch.recipe.v1" document. `site_kinds` lists the model's sites: an entry naming a
+// site not in it is INVALID_ARGUMENT.
+StatusOr<Recipe> RecipeFromJson(const nlohmann::json& j,
+                                const std::map<std::string, SiteKind>& site_kinds);
+
+// Parses the uniform shorthand "w<bits>a<bits>[:method]", e.g. "w4a8", "w4a4:rtn", "w8a32" (32 or
+// "f" keeps that part in float). Weights: per-channel symmetric with OMSE ranges; activations:
+// per-tensor asymmetric with OMSE ranges. The patch embedding and the head stay at W8A8, as the PTQ
+// papers keep them, unless `quantize_edges` is set.
+StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_edges = false);
+
+}  // namespace qs
+
+#endif  // QS_COMMON_QUANT_CONFIG_H_

@@ -1,0 +1,118 @@
+#include "common/quant_config.h"
+
+#include <gtest/gtest.h>
+
+namespace qs {
+namespace {
+
+const std::map<std::string, SiteKind> kSites = {
+    {"patch_embed.proj", SiteKind::kLinear},
+    {"blocks.0.attn.qkv", SiteKind::kLinear},
+    {"blocks.0.attn.av_matmul", SiteKind::kMatmul},
+    {"head", SiteKind::kLinear},
+};
+
+TEST(UniformRecipeTest, ParsesBitsMethodAndKeepsEdgesAt8) {
+  auto r = ParseUniformRecipe("w4a8:rtn");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->linear_default.weight.bits, 4);
+  EXPECT_EQ(r->linear_default.activation.bits, 8);
+  EXPECT_EQ(r->matmul_default.activation.bits, 8);
+  EXPECT_EQ(r->matmul_default.activation_rhs.bits, 8);
+  EXPECT_EQ(r->Resolve("blocks.0.attn.qkv", SiteKind::kLinear).weight.bits, 4);
+  EXPECT_EQ(r->Resolve("head", SiteKind::kLinear).weight.bits, 8);
+  EXPECT_EQ(r->Resolve("patch_embed.proj", SiteKind::kLinear).activation.bits, 8);
+
+  auto edges = ParseUniformRecipe("w3a4", /*quantize_edges=*/true);
+  ASSERT_TRUE(edges.ok());
+  EXPECT_EQ(edges->Resolve("head", SiteKind::kLinear).weight.bits, 3);
+  EXPECT_EQ(edges->Resolve("head", SiteKind::kLinear).activation.bits, 4);
+
+  auto weight_only = ParseUniformRecipe("w4a32");
+  ASSERT_TRUE(weight_only.ok());
+  EXPECT_FALSE(weight_only->linear_default.activation.quantized());
+  EXPECT_FALSE(weight_only->Resolve("head", SiteKind::kLinear).activation.quantized());
+}
+
+TEST(UniformRecipeTest, RejectsMalformedShorthand) {
+  for (const char* bad : {"", "w4", "a8w4", "w9a8", "w4a1", "w1a8", "x4a8", "w4a8:nope", "w44a8"}) {
+    auto r = ParseUniformRecipe(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_NE(ParseUniformRecipe("w4a8:nope").status().message().find("nope"), std::string::npos);
+}
+
+TEST(RecipeJsonTest, RoundTripsAndIsCanonical) {
+  auto r = ParseUniformRecipe("w4a4");
+  ASSERT_TRUE(r.ok());
+  QuantConfig softmax;
+  softmax.activation.bits = 4;
+  softmax.activation.quantizer = ActivationQuantizer::kLog2;
+  softmax.activation_rhs.bits = 4;
+  r->sites["blocks.0.attn.av_matmul"] = softmax;
+  QuantConfig grouped;
+  grouped.weight.bits = 3;
+  grouped.weight.granularity = Granularity::kPerGroup;
+  grouped.weight.group_size = 32;
+  grouped.weight.calibrator = RangeCalibrator::kPercentile;
+  grouped.weight.percentile = 0.999;
+  grouped.activation.bits = 8;
+  r->sites["blocks.0.attn.qkv"] = grouped;
+
+  auto j = RecipeToJson(*r, kSites);
+  auto back = RecipeFromJson(j, kSites);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->sites.size(), r->sites.size());
+  for (const auto& [name, config] : r->sites) {
+    EXPECT_TRUE(back->sites.at(name) == config) << name;
+  }
+  EXPECT_TRUE(back->linear_default == r->linear_default);
+  EXPECT_EQ(RecipeToJson(*back, kSites).dump(), j.dump());
+}
+
+TEST(RecipeJsonTest, ErrorsNameTheProblem) {
+  using nlohmann::json;
+  auto err = [](const json& j) { return RecipeFromJson(j, kSites).status(); };
+  EXPECT_NE(err(json{{"format", "v0"}}).message().find("format"), std::string::npos);
+  auto unknown_site = err(json{{"format", kRecipeFormat}, {"sites", {{"blocks.9.mlp.fc1", {}}}}});
+  EXPECT_EQ(unknown_site.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(unknown_site.message().find("blocks.9.mlp.fc1"), std::string::npos);
+  auto bad_field = err(json{{"format", kRecipeFormat},
+                            {"linear_default", {{"weight", {{"bitz", 4}}}}}});
+  EXPECT_NE(bad_field.message().find("bitz"), std::string::npos);
+  auto bad_type = err(json{{"format", kRecipeFormat},
+                           {"linear_default", {{"weight", {{"bits", "four"}}}}}});
+  EXPECT_NE(bad_type.message().find("bits"), std::string::npos);
+  auto bad_enum = err(json{{"format", kRecipeFormat},
+                           {"linear_default", {{"weight", {{"bits", 4}, {"calibrator", "avg"}}}}}});
+  EXPECT_NE(bad_enum.message().find("avg"), std::string::npos);
+}
+
+TEST(ValidateQuantConfigTest, RejectsImpossibleConfigs) {
+  QuantConfig c;
+  c.weight.bits = 1;
+  EXPECT_FALSE(ValidateQuantConfig(c, SiteKind::kLinear).ok());
+  c.weight.bits = 4;
+  EXPECT_TRUE(ValidateQuantConfig(c, SiteKind::kLinear).ok());
+  c.weight.granularity = Granularity::kPerGroup;
+  EXPECT_FALSE(ValidateQuantConfig(c, SiteKind::kLinear).ok());  // no group size
+  c.weight.group_size = 16;
+  EXPECT_TRUE(ValidateQuantConfig(c, SiteKind::kLinear).ok());
+  EXPECT_FALSE(ValidateQuantConfig(c, SiteKind::kMatmul).ok());  // matmuls have no weight
+
+  QuantConfig log_on_linear;
+  log_on_linear.activation.bits = 4;
+  log_on_linear.activation.quantizer = ActivationQuantizer::kLog2;
+  EXPECT_FALSE(ValidateQuantConfig(log_on_linear, SiteKind::kLinear).ok());
+  EXPECT_TRUE(ValidateQuantConfig(log_on_linear, SiteKind::kMatmul).ok());
+
+  QuantConfig pct;
+  pct.activation.bits = 8;
+  pct.activation.calibrator = RangeCalibrator::kPercentile;
+  pct.activation.percentile = 0.3;
+  EXPECT_FALSE(ValidateQuantConfig(pct, SiteKind::kLinear).ok());
+}
+
+}  // namespace
+}  // namespace qs

@@ -1,0 +1,213 @@
+#include "core/quantize_model.h"
+
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "core/metrics.h"
+#include "core/safetensors.h"
+#include "core/torch_status.h"
+
+namespace qs::core {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+GroupLayout ActivationLayout(const ActivationQuant& spec, const Site& site, int64_t num_heads) {
+  GroupLayout layout;
+  layout.granularity = spec.granularity;
+  layout.channel_axis = -1;
+  // Linear inputs are [..., heads × head_dim]; matmul operands are [B, heads, N, K].
+  layout.head_axis = site.kind == SiteKind::kLinear ? -1 : 1;
+  layout.num_heads = num_heads;
+  return layout;
+}
+
+// The first pass: fits every site in forward order and records how each fared.
+class CalibratingHandler : public SiteHandler {
+ public:
+  CalibratingHandler(const ViTConfig& config, const Recipe& recipe)
+      : config_(config), recipe_(recipe) {}
+
+  torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
+                       const torch::Tensor& bias) override {
+    if (!status_.ok()) return at::linear(x, weight, bias);
+    QuantizedSite& q = sites_[site.name];
+    q.config = recipe_.Resolve(site.name, site.kind);
+    SiteReport report{site.name, site.kind, kInf, 0, kInf, kInf, kInf};
+    if (!Check(ValidateQuantConfig(q.config, site.kind), site)) return at::linear(x, weight, bias);
+    auto input = ActivationQuantizerState::Fit(
+        x, q.config.activation, ActivationLayout(q.config.activation, site, config_.num_heads),
+        OperandDomain(site, 0));
+    if (!Check(input.status(), site)) return at::linear(x, weight, bias);
+    q.input = *input;
+    auto x_hat = q.input.Apply(x);
+    torch::Tensor w_hat = weight;
+    if (q.config.weight.quantized()) {
+      auto w = QuantizeWeightRtn(weight, q.config.weight);
+      if (!Check(w.status(), site)) return at::linear(x, weight, bias);
+      q.weight = *w;
+      w_hat = q.weight->dequantized;
+      report.weight_sqnr_db = SqnrDb(weight, w_hat);
+    }
+    if (q.config.activation.quantized()) report.input_sqnr_db = SqnrDb(x, x_hat);
+    auto y_ref = at::linear(x, weight, bias);
+    auto y = at::linear(x_hat, w_hat, bias);
+    report.sqnr_db = SqnrDb(y_ref, y);
+    report.mse = Mse(y_ref, y);
+    reports_.push_back(report);
+    return y;
+  }
+
+  torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
+                       const torch::Tensor& rhs) override {
+    if (!status_.ok()) return at::matmul(lhs, rhs);
+    QuantizedSite& q = sites_[site.name];
+    q.config = recipe_.Resolve(site.name, site.kind);
+    SiteReport report{site.name, site.kind, kInf, 0, kInf, kInf, kInf};
+    if (!Check(ValidateQuantConfig(q.config, site.kind), site)) return at::matmul(lhs, rhs);
+    auto a = ActivationQuantizerState::Fit(
+        lhs, q.config.activation, ActivationLayout(q.config.activation, site, config_.num_heads),
+        OperandDomain(site, 0));
+    if (!Check(a.status(), site)) return at::matmul(lhs, rhs);
+    auto b = ActivationQuantizerState::Fit(
+        rhs, q.config.activation_rhs,
+        ActivationLayout(q.config.activation_rhs, site, config_.num_heads),
+        OperandDomain(site, 1));
+    if (!Check(b.status(), site)) return at::matmul(lhs, rhs);
+    q.input = *a;
+    q.input_rhs = *b;
+    auto lhs_hat = q.input.Apply(lhs), rhs_hat = q.input_rhs.Apply(rhs);
+    if (q.config.activation.quantized()) report.input_sqnr_db = SqnrDb(lhs, lhs_hat);
+    if (q.config.activation_rhs.quantized()) report.rhs_sqnr_db = SqnrDb(rhs, rhs_hat);
+    auto y_ref = at::matmul(lhs, rhs);
+    auto y = at::matmul(lhs_hat, rhs_hat);
+    report.sqnr_db = SqnrDb(y_ref, y);
+    report.mse = Mse(y_ref, y);
+    reports_.push_back(report);
+    return y;
+  }
+
+  const Status& status() const { return status_; }
+  std::map<std::string, QuantizedSite>& sites() { return sites_; }
+  std::vector<SiteReport>& reports() { return reports_; }
+
+ private:
+  bool Check(const Status& s, const Site& site) {
+    if (!s.ok() && status_.ok()) status_ = s.WithContext("site " + site.name);
+    return s.ok();
+  }
+
+  const ViTConfig& config_;
+  const Recipe& recipe_;
+  Status status_;
+  std::map<std::string, QuantizedSite> sites_;
+  std::vector<SiteReport> reports_;
+};
+
+// Evaluation: applies what calibration fitted, and nothing else.
+class FakeQuantHandler : public SiteHandler {
+ public:
+  explicit FakeQuantHandler(const std::map<std::string, QuantizedSite>& sites) : sites_(sites) {}
+
+  torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
+                       const torch::Tensor& bias) override {
+    const QuantizedSite& q = sites_.at(site.name);
+    const auto& w = q.weight ? q.weight->dequantized.to(weight.device()) : weight;
+    return at::linear(q.input.Apply(x), w, bias);
+  }
+
+  torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
+                       const torch::Tensor& rhs) override {
+    const QuantizedSite& q = sites_.at(site.name);
+    return at::matmul(q.input.Apply(lhs), q.input_rhs.Apply(rhs));
+  }
+
+ private:
+  const std::map<std::string, QuantizedSite>& sites_;
+};
+
+}  // namespace
+
+ValueDomain OperandDomain(const Site& site, int operand) {
+  if (site.kind == SiteKind::kMatmul && operand == 0 && EndsWith(site.name, ".attn.av_matmul")) {
+    return ValueDomain::kPostSoftmax;
+  }
+  if (site.kind == SiteKind::kLinear && EndsWith(site.name, ".mlp.fc2")) {
+    return ValueDomain::kPostGelu;
+  }
+  return ValueDomain::kGeneral;
+}
+
+StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
+                                       const torch::Tensor& calib_images) {
+  const auto kinds = model.SiteKinds();
+  for (const auto& [name, config] : recipe.sites) {
+    if (!kinds.count(name)) {
+      return InvalidArgumentError("recipe names site '" + name + "', which the model lacks");
+    }
+  }
+  if (calib_images.size(0) == 0) return InvalidArgumentError("calibration set is empty");
+  // Shape errors surface through Logits' own check on a zero-cost call.
+  QS_RETURN_IF_ERROR(model.Logits(calib_images.narrow(0, 0, 0)).status());
+  return GuardTorch("quantize", [&]() -> StatusOr<QuantizedModel> {
+    c10::InferenceMode guard;
+    CalibratingHandler handler(model.config(), recipe);
+    model.Forward(calib_images.to(model.tensor("head.weight").device()), &handler);
+    QS_RETURN_IF_ERROR(handler.status());
+    QuantizedModel q;
+    q.float_model_ = model;
+    q.recipe_ = recipe;
+    q.sites_ = std::move(handler.sites());
+    q.reports_ = std::move(handler.reports());
+    return q;
+  });
+}
+
+StatusOr<torch::Tensor> QuantizedModel::Logits(const torch::Tensor& images,
+                                               int64_t batch_size) const {
+  FakeQuantHandler handler(sites_);
+  return float_model_.Logits(images, &handler, batch_size);
+}
+
+Status QuantizedModel::WriteWeights(const std::string& path) const {
+  return GuardTorch("write quantized weights", [&]() -> Status {
+    std::map<std::string, torch::Tensor> out;
+    std::map<std::string, std::string> replaced;  // weight tensor -> site
+    for (const auto& site : float_model_.sites()) {
+      auto it = sites_.find(site.name);
+      if (site.kind != SiteKind::kLinear || it == sites_.end() || !it->second.weight) continue;
+      const QuantizedWeight& w = *it->second.weight;
+      const WeightQuant& spec = it->second.config.weight;
+      out[site.name + ".weight.codes"] =
+          w.codes.to(w.grid.symmetric ? torch::kInt8 : torch::kUInt8);
+      // Compact parameters: one column per group (per-channel: one; per-tensor: a single value).
+      auto compact = [&](const torch::Tensor& full) {
+        if (full.dim() == 0) return full.reshape({1});
+        if (spec.granularity == Granularity::kPerGroup && spec.group_size < full.size(1)) {
+          return full.slice(1, 0, full.size(1), spec.group_size).contiguous();
+        }
+        return full.expand({w.codes.size(0), full.size(1)}).slice(1, 0, 1).contiguous();
+      };
+      out[site.name + ".weight.scale"] = compact(w.grid.scale).to(torch::kFloat32);
+      if (!w.grid.symmetric) {
+        out[site.name + ".weight.zero_point"] = compact(w.grid.zero_point).to(torch::kInt32);
+      }
+      replaced[site.weight] = site.name;
+    }
+    for (const auto& [name, t] : float_model_.tensors()) {
+      if (!replaced.count(name)) out[name] = t;
+    }
+    const auto recipe_json = RecipeToJson(recipe_, float_model_.SiteKinds());
+    return WriteSafetensors(path, out,
+                            {{"format", "qsearch.quantized.v1"}, {"recipe", recipe_json.dump()}});
+  });
+}
+
+}  // namespace qs::core

@@ -1,0 +1,83 @@
+// Quantizes a whole ViT under a Recipe and evaluates it with fake quantization.
+//
+// Calibration is sequential: one forward pass over the calibration images in which every site
+// fits its activation quantizers on the inputs it actually receives (already quantized upstream)
+// and quantizes its weight, so later sites see the errors of earlier ones, as deployment will.
+//
+//   QS_ASSIGN_OR_RETURN(QuantizedModel q, QuantizeModel(model, recipe, calib_images));
+//   QS_ASSIGN_OR_RETURN(torch::Tensor logits, q.Logits(eval_images));
+#ifndef QS_CORE_QUANTIZE_MODEL_H_
+#define QS_CORE_QUANTIZE_MODEL_H_
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "common/quant_config.h"
+#include "common/status.h"
+#include "core/quantizer.h"
+#include "core/vit.h"
+
+namespace qs::core {
+
+// How one site fared during calibration: its quantized operation against the float operation on
+// the same (already quantized upstream) input.
+struct SiteReport {
+  std::string site;
+  SiteKind kind = SiteKind::kLinear;
+  double sqnr_db = 0;        // site output
+  double mse = 0;            // site output
+  double weight_sqnr_db = 0; // linear sites with a quantized weight; +inf otherwise
+  double input_sqnr_db = 0;  // input (linear) or left operand (matmul); +inf when float
+  double rhs_sqnr_db = 0;    // matmul right operand; +inf when float or linear
+};
+
+// Everything fitted at one site.
+struct QuantizedSite {
+  QuantConfig config;
+  std::optional<QuantizedWeight> weight;  // linear sites with weight bits > 0
+  ActivationQuantizerState input;         // linear input, or matmul left operand
+  ActivationQuantizerState input_rhs;     // matmul right operand
+};
+
+class QuantizedModel {
+ public:
+  const ViTModel& float_model() const { return float_model_; }
+  const Recipe& recipe() const { return recipe_; }
+  const std::map<std::string, QuantizedSite>& sites() const { return sites_; }
+  const std::vector<SiteReport>& reports() const { return reports_; }
+
+  // Fake-quantized logits for normalized images (CPU float), in batches.
+  StatusOr<torch::Tensor> Logits(const torch::Tensor& images, int64_t batch_size = 256) const;
+
+  // Writes the quantized weights: for each quantized linear site, "<site>.weight.codes" (I8 for
+  // symmetric grids, U8 for affine ones, shape [out, in] with the patch-embedding conv flattened
+  // in (C, p, p) order), "<site>.weight.scale" (F32, [out, groups] or [1]) and, for affine grids,
+  // "<site>.weight.zero_point" (I32, same shape); every other tensor in F32 under its timm name.
+  // Metadata: format "qsearch.quantized.v1" and the recipe JSON.
+  Status WriteWeights(const std::string& path) const;
+
+ private:
+  friend StatusOr<QuantizedModel> QuantizeModel(const ViTModel&, const Recipe&,
+                                                const torch::Tensor&);
+  ViTModel float_model_;
+  Recipe recipe_;
+  std::map<std::string, QuantizedSite> sites_;
+  std::vector<SiteReport> reports_;
+};
+
+// Quantizes `model` as `recipe` says, calibrating on `calib_images` (normalized, one batch).
+// INVALID_ARGUMENT when a site's config does not suit it (e.g. per_head on a width the heads do
+// not divide, log2 outside post-softmax) or the images do not fit the model.
+StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
+                                       const torch::Tensor& calib_images);
+
+// The value domain of a site's operand, for quantizers that need one.
+ValueDomain OperandDomain(const Site& site, int operand);
+
+}  // namespace qs::core
+
+#endif  // QS_CORE_QUANTIZE_MODEL_H_

@@ -1,0 +1,187 @@
+#include "core/quantize_model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/dataset.h"
+#include "core/metrics.h"
+#include "core/safetensors.h"
+#include "core/test_models.h"
+
+namespace qs::core {
+namespace {
+
+using testing::TinyConfig;
+using testing::TinyTensors;
+
+constexpr char kFixtureConfig[] = "tests/data/fixture/config.json";
+constexpr char kFixtureWeights[] = "tests/data/fixture/model.safetensors";
+
+struct Tiny {
+  ViTModel model;
+  torch::Tensor calib;
+  torch::Tensor eval;
+};
+
+Tiny MakeTiny() {
+  const auto c = TinyConfig();
+  auto model = ViTModel::FromTensors(c, TinyTensors(c, 21));
+  EXPECT_TRUE(model.ok());
+  torch::manual_seed(22);
+  return {*model, torch::randn({32, 1, 16, 16}), torch::randn({64, 1, 16, 16})};
+}
+
+Recipe Uniform(const std::string& shorthand, bool edges = true) {
+  auto r = ParseUniformRecipe(shorthand, edges);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return *r;
+}
+
+TEST(QuantizeModelTest, FloatRecipeReproducesTheFloatModel) {
+  auto t = MakeTiny();
+  auto q = QuantizeModel(t.model, Uniform("w32a32"), t.calib);
+  ASSERT_TRUE(q.ok()) << q.status().ToString();
+  auto fp = t.model.Logits(t.eval);
+  auto ql = q->Logits(t.eval);
+  ASSERT_TRUE(fp.ok() && ql.ok());
+  EXPECT_TRUE(torch::equal(*fp, *ql));
+  for (const auto& r : q->reports()) EXPECT_TRUE(std::isinf(r.sqnr_db)) << r.site;
+}
+
+TEST(QuantizeModelTest, MoreBitsGiveLessErrorAtEverySiteAndOutput) {
+  auto t = MakeTiny();
+  auto fp = *t.model.Logits(t.eval);
+  double prev_sqnr = -1e9;
+  std::vector<SiteReport> prev_reports;
+  for (const char* r : {"w3a4", "w4a4", "w6a6", "w8a8"}) {
+    auto q = QuantizeModel(t.model, Uniform(r), t.calib);
+    ASSERT_TRUE(q.ok()) << q.status().ToString();
+    double sqnr = SqnrDb(fp, *q->Logits(t.eval));
+    EXPECT_GT(sqnr, prev_sqnr) << r;
+    prev_sqnr = sqnr;
+    ASSERT_EQ(q->reports().size(), t.model.sites().size());
+    if (!prev_reports.empty()) {
+      for (size_t i = 0; i < prev_reports.size(); ++i) {
+        const auto& a = prev_reports[i];
+        const auto& b = q->reports()[i];
+        if (a.kind == SiteKind::kLinear) EXPECT_GT(b.weight_sqnr_db, a.weight_sqnr_db) << b.site;
+      }
+    }
+    prev_reports = q->reports();
+  }
+  EXPECT_GT(prev_sqnr, 25.0);  // W8A8 is close to float
+}
+
+TEST(QuantizeModelTest, DeterministicAcrossRuns) {
+  auto t = MakeTiny();
+  auto a = QuantizeModel(t.model, Uniform("w4a4"), t.calib);
+  auto b = QuantizeModel(t.model, Uniform("w4a4"), t.calib);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(torch::equal(*a->Logits(t.eval), *b->Logits(t.eval)));
+}
+
+TEST(QuantizeModelTest, EdgesStayAt8BitsUnlessAsked) {
+  auto t = MakeTiny();
+  auto q = QuantizeModel(t.model, Uniform("w3a4", /*edges=*/false), t.calib);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->sites().at("head").weight->grid.bits, 8);
+  EXPECT_EQ(q->sites().at("patch_embed.proj").input.spec().bits, 8);
+  EXPECT_EQ(q->sites().at("blocks.0.mlp.fc1").weight->grid.bits, 3);
+}
+
+TEST(QuantizeModelTest, SiteSpecificQuantizersAndTheirErrors) {
+  auto t = MakeTiny();
+  Recipe r = Uniform("w4a4");
+  QuantConfig softmax;
+  softmax.activation.bits = 4;
+  softmax.activation.quantizer = ActivationQuantizer::kLogSqrt2;
+  softmax.activation_rhs.bits = 4;
+  softmax.activation_rhs.granularity = Granularity::kPerHead;
+  r.sites["blocks.0.attn.av_matmul"] = softmax;
+  QuantConfig gelu = r.linear_default;
+  gelu.activation.quantizer = ActivationQuantizer::kTwinUniform;
+  r.sites["blocks.1.mlp.fc2"] = gelu;
+  auto q = QuantizeModel(t.model, r, t.calib);
+  ASSERT_TRUE(q.ok()) << q.status().ToString();
+
+  Recipe bad = r;
+  bad.sites["blocks.0.attn.qk_matmul"] = softmax;  // log grid on q, which is not post-softmax
+  auto s = QuantizeModel(t.model, bad, t.calib).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("blocks.0.attn.qk_matmul"), std::string::npos);
+
+  Recipe unknown = r;
+  unknown.sites["blocks.5.mlp.fc1"] = r.linear_default;
+  EXPECT_EQ(QuantizeModel(t.model, unknown, t.calib).status().code(),
+            StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(QuantizeModel(t.model, r, torch::randn({4, 1, 28, 28})).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(QuantizeModelTest, WrittenCodesReproduceTheQuantizedWeights) {
+  auto t = MakeTiny();
+  Recipe r = Uniform("w4a8");
+  QuantConfig grouped = r.linear_default;
+  grouped.weight.granularity = Granularity::kPerGroup;
+  grouped.weight.group_size = 16;
+  grouped.weight.symmetric = false;
+  r.sites["blocks.0.mlp.fc2"] = grouped;
+  auto q = QuantizeModel(t.model, r, t.calib);
+  ASSERT_TRUE(q.ok());
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "qs_qm_weights.safetensors").string();
+  ASSERT_TRUE(q->WriteWeights(path).ok());
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ(file->metadata().at("format"), "qsearch.quantized.v1");
+  EXPECT_FALSE(file->Has("blocks.0.attn.qkv.weight"));
+  EXPECT_TRUE(file->Has("blocks.0.norm1.weight"));
+  // Symmetric per-channel: int8 codes times one scale per row.
+  auto codes = *file->Tensor("blocks.0.attn.qkv.weight.codes");
+  auto scale = *file->Tensor("blocks.0.attn.qkv.weight.scale");
+  EXPECT_EQ(codes.scalar_type(), torch::kInt8);
+  EXPECT_GE(codes.min().item<int>(), -8);
+  EXPECT_LE(codes.max().item<int>(), 7);
+  EXPECT_TRUE(torch::allclose(codes.to(torch::kFloat32) * scale,
+                              q->sites().at("blocks.0.attn.qkv").weight->dequantized));
+  // Affine per-group: uint8 codes, [out, groups] scales and zero points.
+  auto gcodes = *file->Tensor("blocks.0.mlp.fc2.weight.codes");
+  auto gscale = *file->Tensor("blocks.0.mlp.fc2.weight.scale");
+  auto gzero = *file->Tensor("blocks.0.mlp.fc2.weight.zero_point");
+  EXPECT_EQ(gcodes.scalar_type(), torch::kUInt8);
+  EXPECT_EQ(gscale.sizes().vec(), (std::vector<int64_t>{32, 4}));
+  auto full_scale = gscale.repeat_interleave(16, 1);
+  auto full_zero = gzero.repeat_interleave(16, 1).to(torch::kFloat32);
+  EXPECT_TRUE(torch::allclose((gcodes.to(torch::kFloat32) - full_zero) * full_scale,
+                              q->sites().at("blocks.0.mlp.fc2").weight->dequantized));
+  std::remove(path.c_str());
+}
+
+TEST(QuantizeModelTest, FixtureKeepsItsAccuracyAtW8A8) {
+  auto model = ViTModel::Load(kFixtureConfig, kFixtureWeights);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  auto train = LoadDataset("fashion-mnist:train");
+  auto test = LoadDataset("fashion-mnist:test");
+  ASSERT_TRUE(train.ok() && test.ok());
+  auto calib = *NormalizeImages(DrawSubset(*train, 128, 0), model->config());
+  auto eval_set = Head(*test, 1000);
+  auto eval = *NormalizeImages(eval_set, model->config());
+  auto fp = model->Logits(eval);
+  ASSERT_TRUE(fp.ok());
+  auto w8a8 = QuantizeModel(*model, Uniform("w8a8", false), calib);
+  auto w4a4 = QuantizeModel(*model, Uniform("w4a4", false), calib);
+  ASSERT_TRUE(w8a8.ok() && w4a4.ok());
+  auto l8 = *w8a8->Logits(eval), l4 = *w4a4->Logits(eval);
+  EXPECT_GT(Top1(*fp, eval_set.labels), 0.80);
+  EXPECT_GE(Top1Agreement(*fp, l8), 0.98);
+  EXPECT_NEAR(Top1(l8, eval_set.labels), Top1(*fp, eval_set.labels), 0.01);
+  EXPECT_GT(Top1Agreement(*fp, l8), Top1Agreement(*fp, l4));
+  EXPECT_GT(SqnrDb(*fp, l8), SqnrDb(*fp, l4));
+}
+
+}  // namespace
+}  // namespace qs::core

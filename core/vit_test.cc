@@ -1,0 +1,222 @@
+#include "core/vit.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include <ATen/ATen.h>
+
+#include "common/file_util.h"
+#include "core/safetensors.h"
+#include "core/test_models.h"
+
+namespace qs::core {
+namespace {
+
+using nlohmann::json;
+using testing::TinyConfig;
+using testing::TinyTensors;
+
+std::string TempPath(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("qs_vit_" + name)).string();
+}
+
+TEST(ViTConfigTest, ParsesAValidConfigAndRoundTrips) {
+  auto j = ToJson(TinyConfig());
+  auto c = ParseViTConfig(j);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->num_patches(), 16);
+  EXPECT_EQ(c->head_dim(), 8);
+  EXPECT_EQ(c->mlp_hidden(), 64);
+  EXPECT_EQ(ToJson(*c), j);
+}
+
+TEST(ViTConfigTest, ErrorsNameTheKey) {
+  auto expect_error = [](json j, const std::string& needle) {
+    auto c = ParseViTConfig(j);
+    ASSERT_FALSE(c.ok()) << needle;
+    EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(c.status().message().find(needle), std::string::npos) << c.status().message();
+  };
+  auto base = ToJson(TinyConfig());
+  auto j = base;
+  j.erase("depth");
+  expect_error(j, "depth");
+  j = base;
+  j["dropout"] = 0.1;
+  expect_error(j, "dropout");
+  j = base;
+  j["embed_dim"] = "32";
+  expect_error(j, "embed_dim");
+  j = base;
+  j["patch_size"] = 5;
+  expect_error(j, "patch_size");
+  j = base;
+  j["num_heads"] = 5;
+  expect_error(j, "num_heads");
+  j = base;
+  j["mean"] = {0.5, 0.5};
+  expect_error(j, "mean");
+  j = base;
+  j["global_pool"] = "max";
+  expect_error(j, "global_pool");
+  j = base;
+  j["architecture"] = "resnet";
+  expect_error(j, "architecture");
+  j = base;
+  j["depth"] = 0;
+  expect_error(j, "depth");
+  EXPECT_EQ(LoadViTConfig(TempPath("missing.json")).status().code(), StatusCode::kNotFound);
+}
+
+TEST(ViTModelTest, LoaderErrorsNameTheTensor) {
+  const auto c = TinyConfig();
+  auto missing = TinyTensors(c, 0);
+  missing.erase("blocks.1.mlp.fc1.bias");
+  auto s = ViTModel::FromTensors(c, missing).status();
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_NE(s.message().find("blocks.1.mlp.fc1.bias"), std::string::npos);
+
+  auto shape = TinyTensors(c, 0);
+  shape["blocks.0.attn.qkv.weight"] = torch::zeros({96, 31});
+  s = ViTModel::FromTensors(c, shape).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("blocks.0.attn.qkv.weight"), std::string::npos);
+  EXPECT_NE(s.message().find("[96, 32]"), std::string::npos);
+
+  auto dtype = TinyTensors(c, 0);
+  dtype["head.bias"] = torch::zeros({5}, torch::kInt32);
+  s = ViTModel::FromTensors(c, dtype).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("head.bias"), std::string::npos);
+
+  auto extra = TinyTensors(c, 0);
+  extra["blocks.7.norm1.weight"] = torch::ones({32});
+  s = ViTModel::FromTensors(c, extra).status();
+  EXPECT_NE(s.message().find("blocks.7.norm1.weight"), std::string::npos);
+
+  auto nan = TinyTensors(c, 0);
+  nan["pos_embed"][0][0][0] = std::nanf("");
+  s = ViTModel::FromTensors(c, nan).status();
+  EXPECT_NE(s.message().find("pos_embed"), std::string::npos);
+
+  auto no_cls = TinyTensors(c, 0);
+  no_cls.erase("cls_token");
+  s = ViTModel::FromTensors(c, no_cls).status();
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_NE(s.message().find("cls_token"), std::string::npos);
+}
+
+TEST(ViTModelTest, LoadsHalfPrecisionFilesAndReportsDamagedOnes) {
+  const auto c = TinyConfig();
+  auto tensors = TinyTensors(c, 1);
+  std::map<std::string, torch::Tensor> half;
+  for (const auto& [name, t] : tensors) {
+    half[name] = t.to(name.find("mlp") != std::string::npos ? torch::kBFloat16 : torch::kFloat16);
+  }
+  const std::string config = TempPath("config.json");
+  const std::string weights = TempPath("half.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(config, ToJson(c).dump()).ok());
+  ASSERT_TRUE(WriteSafetensors(weights, half).ok());
+  auto model = ViTModel::Load(config, weights);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_EQ(model->tensor("blocks.0.mlp.fc1.weight").scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(model->tensor("head.weight"),
+                           half["head.weight"].to(torch::kFloat32)));
+
+  // A truncated copy is DATA_LOSS naming the file.
+  auto bytes = *ReadFileBytes(weights);
+  const std::string cut = TempPath("cut.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(cut, bytes.substr(0, bytes.size() / 2)).ok());
+  auto damaged = ViTModel::Load(config, cut);
+  EXPECT_EQ(damaged.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(damaged.status().message().find(cut), std::string::npos);
+  std::remove(config.c_str());
+  std::remove(weights.c_str());
+  std::remove(cut.c_str());
+}
+
+TEST(ViTModelTest, PatchEmbeddingEqualsTheConvolution) {
+  const auto c = TinyConfig();
+  auto model = ViTModel::FromTensors(c, TinyTensors(c, 2));
+  ASSERT_TRUE(model.ok());
+  torch::manual_seed(3);
+  auto images = torch::randn({3, 1, 16, 16});
+  struct Capture : SiteHandler {
+    torch::Tensor patch_out;
+    torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
+                         const torch::Tensor& b) override {
+      auto y = SiteHandler::Linear(s, x, w, b);
+      if (s.name == "patch_embed.proj") patch_out = y;
+      return y;
+    }
+  } capture;
+  auto logits = model->Forward(images, &capture);
+  auto conv = at::conv2d(images, model->tensor("patch_embed.proj.weight"),
+                         model->tensor("patch_embed.proj.bias"), {4, 4})
+                  .flatten(2)
+                  .transpose(1, 2);
+  EXPECT_TRUE(torch::allclose(capture.patch_out, conv, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::equal(logits, model->Forward(images)));
+  EXPECT_EQ(logits.sizes().vec(), (std::vector<int64_t>{3, 5}));
+}
+
+TEST(ViTModelTest, SitesFollowTheForwardOrder) {
+  const auto c = TinyConfig();
+  auto model = ViTModel::FromTensors(c, TinyTensors(c, 0));
+  ASSERT_TRUE(model.ok());
+  std::vector<std::string> seen;
+  struct Order : SiteHandler {
+    std::vector<std::string>* seen;
+    torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
+                         const torch::Tensor& b) override {
+      seen->push_back(s.name);
+      return SiteHandler::Linear(s, x, w, b);
+    }
+    torch::Tensor Matmul(const Site& s, const torch::Tensor& a, const torch::Tensor& b) override {
+      seen->push_back(s.name);
+      return SiteHandler::Matmul(s, a, b);
+    }
+  } order;
+  order.seen = &seen;
+  model->Forward(torch::zeros({1, 1, 16, 16}), &order);
+  ASSERT_EQ(seen.size(), model->sites().size());
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], model->sites()[i].name);
+  EXPECT_EQ(model->sites().size(), 2u + 6u * 2u);
+}
+
+TEST(ViTModelTest, AvgPoolWithoutClassTokenAndFcNormLoads) {
+  auto c = TinyConfig();
+  c.global_pool = "avg";
+  c.qkv_bias = false;
+  auto t = TinyTensors(c, 4);
+  t.erase("cls_token");
+  t.erase("blocks.0.attn.qkv.bias");
+  t.erase("blocks.1.attn.qkv.bias");
+  t["pos_embed"] = torch::randn({1, 16, 32}) * 0.02;
+  t["fc_norm.weight"] = t["norm.weight"];
+  t["fc_norm.bias"] = t["norm.bias"];
+  t.erase("norm.weight");
+  t.erase("norm.bias");
+  auto model = ViTModel::FromTensors(c, t);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  auto logits = model->Logits(torch::randn({4, 1, 16, 16}));
+  ASSERT_TRUE(logits.ok());
+  EXPECT_EQ(logits->sizes().vec(), (std::vector<int64_t>{4, 5}));
+  auto bad = model->Logits(torch::randn({4, 3, 16, 16}));
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ViTModelTest, DigestChangesWithAnyWeight) {
+  const auto c = TinyConfig();
+  auto t = TinyTensors(c, 5);
+  auto a = ViTModel::FromTensors(c, t);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->Digest(), ViTModel::FromTensors(c, t)->Digest());
+  auto changed = a->WithTensors({{"head.bias", t["head.bias"] + 1e-3}});
+  EXPECT_NE(a->Digest(), changed.Digest());
+}
+
+}  // namespace
+}  // namespace qs::core

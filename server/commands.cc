@@ -1,0 +1,288 @@
+#include "server/commands.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "common/quant_config.h"
+#include "core/dataset.h"
+#include "core/metrics.h"
+#include "core/quantize_model.h"
+#include "core/safetensors.h"
+#include "core/vit.h"
+
+namespace qs::server {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kVersion[] = "0.1.0";
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// JSON has no infinity: a lossless site reports null.
+json Finite(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "qsearch: error: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+struct ModelArgs {
+  std::string config;
+  std::string weights;
+};
+
+void AddModelOptions(CLI::App* cmd, ModelArgs* m) {
+  cmd->add_option("--config", m->config, "model config JSON (timm-style keys)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--weights", m->weights, "model weights (safetensors, timm tensor names)")
+      ->required()
+      ->check(CLI::ExistingFile);
+}
+
+struct QuantizeArgs {
+  ModelArgs model;
+  std::string calib = "fashion-mnist:train";
+  std::string eval = "fashion-mnist:test";
+  std::string recipe;
+  std::string out;
+  int64_t calib_count = 256;
+  int64_t eval_limit = 0;
+  uint64_t seed = 0;
+  bool quantize_edges = false;
+  bool json_output = false;
+};
+
+StatusOr<Recipe> LoadRecipe(const std::string& arg, const core::ViTModel& model,
+                            bool quantize_edges) {
+  const bool is_file = arg.size() > 5 && arg.substr(arg.size() - 5) == ".json";
+  if (!is_file) return ParseUniformRecipe(arg, quantize_edges);
+  QS_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(arg));
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    return InvalidArgumentError(arg + ": malformed JSON: " + e.what());
+  }
+  auto recipe = RecipeFromJson(j, model.SiteKinds());
+  if (!recipe.ok()) return recipe.status().WithContext(arg);
+  return recipe;
+}
+
+int RunQuantize(const QuantizeArgs& a) {
+  const auto t_start = std::chrono::steady_clock::now();
+  auto model = core::ViTModel::Load(a.model.config, a.model.weights);
+  if (!model.ok()) return Fail(model.status());
+  auto recipe = LoadRecipe(a.recipe, *model, a.quantize_edges);
+  if (!recipe.ok()) return Fail(recipe.status());
+  if (a.calib_count < 1) return Fail(InvalidArgumentError("--calib-count must be >= 1"));
+
+  auto calib_all = core::LoadDataset(a.calib);
+  if (!calib_all.ok()) return Fail(calib_all.status());
+  core::Dataset calib = core::DrawSubset(*calib_all, a.calib_count, a.seed);
+  auto eval_all = core::LoadDataset(a.eval);
+  if (!eval_all.ok()) return Fail(eval_all.status());
+  core::Dataset eval = core::Head(*eval_all, a.eval_limit);
+  auto calib_x = core::NormalizeImages(calib, model->config());
+  if (!calib_x.ok()) return Fail(calib_x.status());
+  auto eval_x = core::NormalizeImages(eval, model->config());
+  if (!eval_x.ok()) return Fail(eval_x.status());
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto fp_logits = model->Logits(*eval_x);
+  if (!fp_logits.ok()) return Fail(fp_logits.status());
+  const double fp_seconds = Seconds(t0);
+
+  t0 = std::chrono::steady_clock::now();
+  auto quantized = core::QuantizeModel(*model, *recipe, *calib_x);
+  if (!quantized.ok()) return Fail(quantized.status());
+  const double quantize_seconds = Seconds(t0);
+
+  t0 = std::chrono::steady_clock::now();
+  auto q_logits = quantized->Logits(*eval_x);
+  if (!q_logits.ok()) return Fail(q_logits.status());
+  const double q_eval_seconds = Seconds(t0);
+
+  const double fp_top1 = core::Top1(*fp_logits, eval.labels);
+  const double q_top1 = core::Top1(*q_logits, eval.labels);
+  json per_site = json::array();
+  for (const auto& r : quantized->reports()) {
+    const QuantConfig& c = quantized->sites().at(r.site).config;
+    per_site.push_back({{"site", r.site},
+                        {"kind", ToString(r.kind)},
+                        {"sqnr_db", Finite(r.sqnr_db)},
+                        {"mse", r.mse},
+                        {"weight_sqnr_db", Finite(r.weight_sqnr_db)},
+                        {"input_sqnr_db", Finite(r.input_sqnr_db)},
+                        {"rhs_sqnr_db", Finite(r.rhs_sqnr_db)},
+                        {"weight_bits", c.weight.bits},
+                        {"activation_bits", c.activation.bits}});
+  }
+  json metrics = {
+      {"fp32_top1", fp_top1},
+      {"quant_top1", q_top1},
+      {"top1_agreement", core::Top1Agreement(*fp_logits, *q_logits)},
+      {"output_kl", core::OutputKl(*fp_logits, *q_logits)},
+      {"logits_sqnr_db", Finite(core::SqnrDb(*fp_logits, *q_logits))},
+      {"eval", {{"source", eval.source}, {"images", eval.size()}}},
+      {"calibration",
+       {{"source", a.calib}, {"count", calib.size()}, {"seed", a.seed},
+        {"digest", core::DatasetDigest(calib)}}},
+      {"model_digest", model->Digest()},
+      {"recipe", a.recipe},
+      {"seconds",
+       {{"fp32_eval", fp_seconds}, {"quantize", quantize_seconds}, {"quant_eval", q_eval_seconds},
+        {"total", Seconds(t_start)}}},
+      {"per_site", per_site},
+  };
+
+  Status s = MakeDirectories(a.out);
+  if (s.ok()) {
+    s = WriteFileAtomically(a.out + "/recipe.json",
+                            RecipeToJson(*recipe, model->SiteKinds()).dump(2) + "\n");
+  }
+  if (s.ok()) s = quantized->WriteWeights(a.out + "/weights.safetensors");
+  if (s.ok()) s = WriteFileAtomically(a.out + "/metrics.json", metrics.dump(2) + "\n");
+  if (!s.ok()) return Fail(s);
+
+  if (a.json_output) {
+    std::printf("%s\n", metrics.dump().c_str());
+  } else {
+    std::printf("recipe %s on %s (%lld images), calibrated on %lld images of %s (seed %llu)\n",
+                a.recipe.c_str(), eval.source.c_str(), static_cast<long long>(eval.size()),
+                static_cast<long long>(calib.size()), a.calib.c_str(),
+                static_cast<unsigned long long>(a.seed));
+    std::printf("  %-10s %8s\n", "model", "top-1");
+    std::printf("  %-10s %7.2f%%\n", "fp32", 100 * fp_top1);
+    std::printf("  %-10s %7.2f%%   (agreement with fp32 %.2f%%, output KL %.4f)\n", "quantized",
+                100 * q_top1, 100 * metrics["top1_agreement"].get<double>(),
+                metrics["output_kl"].get<double>());
+    std::printf("  wrote %s/{recipe.json,metrics.json,weights.safetensors} in %.1fs\n",
+                a.out.c_str(), Seconds(t_start));
+  }
+  return 0;
+}
+
+struct EvalArgs {
+  ModelArgs model;
+  std::string data = "fashion-mnist:test";
+  int64_t limit = 0;
+  std::string dump_logits;
+  bool json_output = false;
+};
+
+int RunEval(const EvalArgs& a) {
+  auto model = core::ViTModel::Load(a.model.config, a.model.weights);
+  if (!model.ok()) return Fail(model.status());
+  auto data = core::LoadDataset(a.data);
+  if (!data.ok()) return Fail(data.status());
+  core::Dataset eval = core::Head(*data, a.limit);
+  auto x = core::NormalizeImages(eval, model->config());
+  if (!x.ok()) return Fail(x.status());
+  auto t0 = std::chrono::steady_clock::now();
+  auto logits = model->Logits(*x);
+  if (!logits.ok()) return Fail(logits.status());
+  const double secs = Seconds(t0);
+  const double top1 = core::Top1(*logits, eval.labels);
+  if (!a.dump_logits.empty()) {
+    Status s = core::WriteSafetensors(a.dump_logits, {{"logits", *logits}});
+    if (!s.ok()) return Fail(s);
+  }
+  json out = {{"top1", top1}, {"images", eval.size()}, {"seconds", secs},
+              {"model_digest", model->Digest()}};
+  if (a.json_output) {
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    std::printf("fp32 top-1 %.2f%% on %s (%lld images, %.2fs)\n", 100 * top1,
+                eval.source.c_str(), static_cast<long long>(eval.size()), secs);
+  }
+  return 0;
+}
+
+int RunInspect(const ModelArgs& a) {
+  auto model = core::ViTModel::Load(a.config, a.weights);
+  if (!model.ok()) return Fail(model.status());
+  const auto& c = model->config();
+  std::printf("vit: img %lld, patch %lld, chans %lld, dim %lld, depth %lld, heads %lld, mlp %lld, "
+              "classes %lld, pool %s\n",
+              (long long)c.img_size, (long long)c.patch_size, (long long)c.in_chans,
+              (long long)c.embed_dim, (long long)c.depth, (long long)c.num_heads,
+              (long long)c.mlp_hidden(), (long long)c.num_classes, c.global_pool.c_str());
+  std::printf("digest %s\n%zu sites:\n", model->Digest().c_str(), model->sites().size());
+  for (const auto& s : model->sites()) {
+    std::string shape;
+    if (!s.weight.empty()) {
+      for (auto d : model->tensor(s.weight).sizes()) {
+        shape += (shape.empty() ? "" : "x") + std::to_string(d);
+      }
+    }
+    std::printf("  %-28s %-7s %s\n", s.name.c_str(), ToString(s.kind), shape.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunCli(int argc, char** argv) {
+  CLI::App app{"qsearch: mixed-precision post-training quantization search for vision transformers"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", kVersion);
+  int threads = 0;
+  app.add_option("--threads", threads, "CPU threads for LibTorch (default: all cores)");
+
+  QuantizeArgs q;
+  auto* quantize = app.add_subcommand(
+      "quantize", "quantize a model with a fixed recipe and compare its accuracy with fp32");
+  AddModelOptions(quantize, &q.model);
+  quantize->add_option("--calib", q.calib, "calibration source")->capture_default_str();
+  quantize->add_option("--eval", q.eval, "evaluation source")->capture_default_str();
+  quantize
+      ->add_option("--recipe", q.recipe,
+                   "recipe JSON file, or shorthand w<bits>a<bits>[:method] (e.g. w4a8:rtn)")
+      ->required();
+  quantize->add_option("--out", q.out, "output directory")->required();
+  quantize->add_option("--calib-count", q.calib_count, "calibration images drawn")
+      ->capture_default_str();
+  quantize->add_option("--eval-limit", q.eval_limit, "evaluate the first N images (0: all)")
+      ->capture_default_str();
+  quantize->add_option("--seed", q.seed, "seed of the calibration draw")->capture_default_str();
+  quantize->add_flag("--quantize-edges", q.quantize_edges,
+                     "shorthand recipes: quantize patch embedding and head too (default W8A8)");
+  quantize->add_flag("--json", q.json_output, "print metrics.json on stdout");
+
+  EvalArgs e;
+  auto* eval = app.add_subcommand("eval", "fp32 top-1 of a model on a dataset");
+  AddModelOptions(eval, &e.model);
+  eval->add_option("--data", e.data, "dataset source")->capture_default_str();
+  eval->add_option("--limit", e.limit, "evaluate the first N images (0: all)");
+  eval->add_option("--dump-logits", e.dump_logits, "write the logits to this safetensors file");
+  eval->add_flag("--json", e.json_output, "machine-readable output");
+
+  ModelArgs i;
+  auto* inspect = app.add_subcommand("inspect", "print a model's config, digest and sites");
+  AddModelOptions(inspect, &i);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& err) {
+    return app.exit(err) == 0 ? 0 : 2;
+  }
+  if (threads > 0) at::set_num_threads(threads);
+  if (quantize->parsed()) return RunQuantize(q);
+  if (eval->parsed()) return RunEval(e);
+  if (inspect->parsed()) return RunInspect(i);
+  return 2;
+}
+
+}  // namespace qs::server
