@@ -1,0 +1,120 @@
+// Core benchmark: each cost is reported as a ratio to a reference measured in the same run (the
+// machine's GEMM rate, one FP32 evaluation pass of the fixture), and written as JSON.
+//
+//   build/bench/qs_core_bench [--images 2000] [--calib 256] [--out bench/results/core.json]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "core/dataset.h"
+#include "core/quantize_model.h"
+#include "core/quantizer.h"
+#include "core/vit.h"
+
+namespace {
+
+// Median wall time of `repeats` runs after one warm-up, in seconds.
+double MedianSeconds(int repeats, const std::function<void()>& fn) {
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+int Fail(const qs::Status& s) {
+  std::fprintf(stderr, "qs_core_bench: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t images = 2000, calib_count = 256;
+  int repeats = 3;
+  std::string out;
+  std::string config = "tests/data/fixture/config.json";
+  std::string weights = "tests/data/fixture/model.safetensors";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i], v = argv[i + 1];
+    if (k == "--images") images = std::stoll(v);
+    else if (k == "--calib") calib_count = std::stoll(v);
+    else if (k == "--repeats") repeats = std::stoi(v);
+    else if (k == "--out") out = v;
+    else if (k == "--config") config = v;
+    else if (k == "--weights") weights = v;
+    else {
+      std::fprintf(stderr, "usage: qs_core_bench [--images N] [--calib N] [--repeats N] "
+                           "[--out FILE] [--config C --weights W]\n");
+      return 2;
+    }
+  }
+  c10::InferenceMode guard;
+  nlohmann::json result = {{"threads", at::get_num_threads()}};
+
+  // Reference 1: the machine's float32 GEMM rate.
+  const int64_t n = 1024;
+  auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  double gemm_s = MedianSeconds(repeats * 3, [&] { at::mm(a, b); });
+  const double gemm_gflops = 2.0 * n * n * n / gemm_s / 1e9;
+  result["gemm_1024_gflops"] = gemm_gflops;
+
+  // Weight-grid fitting against the GEMM of the same size.
+  auto w = torch::randn({768, 768});
+  double gemm768_s = MedianSeconds(repeats * 3, [&] { at::mm(w, w); });
+  for (auto cal : {qs::RangeCalibrator::kMinMax, qs::RangeCalibrator::kOmse}) {
+    qs::WeightQuant spec;
+    spec.bits = 4;
+    spec.calibrator = cal;
+    double s = MedianSeconds(repeats, [&] { (void)qs::core::QuantizeWeightRtn(w, spec); });
+    result[std::string("rtn_768x768_") + qs::ToString(cal) + "_vs_gemm768"] = s / gemm768_s;
+  }
+
+  // Reference 2: one FP32 evaluation pass of the fixture.
+  auto model = qs::core::ViTModel::Load(config, weights);
+  if (!model.ok()) return Fail(model.status());
+  auto test = qs::core::LoadDataset("fashion-mnist:test");
+  auto train = qs::core::LoadDataset("fashion-mnist:train");
+  if (!test.ok()) return Fail(test.status());
+  if (!train.ok()) return Fail(train.status());
+  auto eval_x = *qs::core::NormalizeImages(qs::core::Head(*test, images), model->config());
+  auto calib_x =
+      *qs::core::NormalizeImages(qs::core::DrawSubset(*train, calib_count, 0), model->config());
+  double fp32_s = MedianSeconds(repeats, [&] { (void)model->Logits(eval_x); });
+  result["fp32_eval_seconds"] = fp32_s;
+  result["fp32_eval_images"] = images;
+  result["fp32_eval_images_per_second"] = images / fp32_s;
+
+  for (const char* r : {"w8a8", "w4a4"}) {
+    auto recipe = *qs::ParseUniformRecipe(r);
+    qs::StatusOr<qs::core::QuantizedModel> q = qs::InternalError("not run");
+    double quantize_s = MedianSeconds(repeats, [&] {
+      q = qs::core::QuantizeModel(*model, recipe, calib_x);
+    });
+    if (!q.ok()) return Fail(q.status());
+    double eval_s = MedianSeconds(repeats, [&] { (void)q->Logits(eval_x); });
+    result[std::string(r) + "_quantize_vs_fp32_eval"] = quantize_s / fp32_s;
+    result[std::string(r) + "_fake_quant_eval_vs_fp32_eval"] = eval_s / fp32_s;
+  }
+
+  const std::string text = result.dump(2);
+  std::printf("%s\n", text.c_str());
+  if (!out.empty()) {
+    auto s = qs::WriteFileAtomically(out, text + "\n");
+    if (!s.ok()) return Fail(s);
+  }
+  return 0;
+}

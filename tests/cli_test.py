@@ -1,0 +1,124 @@
+#!/usr/bin/python3
+"""End-to-end tests of the qsearch binary: outputs, replay of a written recipe, and error exits.
+
+  /usr/bin/python3 tests/cli_test.py --qsearch build/qsearch
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+QSEARCH = "build/qsearch"
+CONFIG = "tests/data/fixture/config.json"
+WEIGHTS = "tests/data/fixture/model.safetensors"
+
+
+def run(*args):
+    return subprocess.run([QSEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=600)
+
+
+def quantize(out, recipe, *extra):
+    return run("--threads", "2", "quantize", "--config", CONFIG, "--weights", WEIGHTS,
+               "--recipe", recipe, "--out", out, "--eval-limit", "400", "--calib-count", "64",
+               *extra)
+
+
+class CliTest(unittest.TestCase):
+    def test_help_lists_subcommands(self):
+        r = run("--help")
+        self.assertEqual(r.returncode, 0)
+        for sub in ("quantize", "eval", "inspect"):
+            self.assertIn(sub, r.stdout)
+        r = run("quantize", "--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("--recipe", r.stdout)
+
+    def test_quantize_writes_artifacts_and_replays_its_recipe(self):
+        with tempfile.TemporaryDirectory() as d:
+            first = os.path.join(d, "first")
+            r = quantize(first, "w4a8:rtn")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(first, "metrics.json")) as f:
+                m = json.load(f)
+            for key in ("fp32_top1", "quant_top1", "per_site", "top1_agreement", "model_digest"):
+                self.assertIn(key, m)
+            self.assertTrue(0.0 <= m["quant_top1"] <= 1.0)
+            self.assertEqual(m["eval"]["images"], 400)
+            self.assertEqual(m["calibration"]["count"], 64)
+            sites = {s["site"]: s for s in m["per_site"]}
+            self.assertIn("blocks.0.attn.qkv", sites)
+            self.assertIn("blocks.0.attn.av_matmul", sites)
+            for s in m["per_site"]:
+                self.assertIn("sqnr_db", s)
+                self.assertIn("mse", s)
+            self.assertEqual(sites["blocks.0.mlp.fc1"]["weight_bits"], 4)
+            self.assertEqual(sites["head"]["weight_bits"], 8)
+            self.assertTrue(os.path.getsize(os.path.join(first, "weights.safetensors")) > 0)
+
+            # The written recipe replays to the same accuracy, byte-identical recipe included.
+            second = os.path.join(d, "second")
+            r = quantize(second, os.path.join(first, "recipe.json"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(second, "metrics.json")) as f:
+                m2 = json.load(f)
+            self.assertEqual(m2["quant_top1"], m["quant_top1"])
+            with open(os.path.join(first, "recipe.json")) as a, \
+                    open(os.path.join(second, "recipe.json")) as b:
+                self.assertEqual(a.read(), b.read())
+
+    def test_json_output(self):
+        with tempfile.TemporaryDirectory() as d:
+            r = quantize(os.path.join(d, "o"), "w8a8", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            m = json.loads(r.stdout)
+            self.assertLessEqual(abs(m["quant_top1"] - m["fp32_top1"]), 0.02)
+
+    def test_errors_are_clear_and_exit_nonzero(self):
+        with tempfile.TemporaryDirectory() as d:
+            r = run("quantize", "--weights", WEIGHTS, "--recipe", "w8a8", "--out", d)
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("--config", r.stderr)
+
+            r = quantize(os.path.join(d, "o"), "w9a8")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("w9a8", r.stderr)
+
+            r = quantize(os.path.join(d, "o"), "w8a8", "--calib", "imagenet:train")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("imagenet:train", r.stderr)
+
+            bad = os.path.join(d, "bad.safetensors")
+            with open(WEIGHTS, "rb") as f:
+                data = f.read()
+            with open(bad, "wb") as f:
+                f.write(data[: len(data) // 3])
+            r = run("eval", "--config", CONFIG, "--weights", bad)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("DATA_LOSS", r.stderr)
+
+            recipe = os.path.join(d, "recipe.json")
+            with open(recipe, "w") as f:
+                json.dump({"format": "qsearch.recipe.v1",
+                           "sites": {"blocks.99.mlp.fc1": {"weight": {"bits": 4}}}}, f)
+            r = quantize(os.path.join(d, "o"), recipe)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("blocks.99.mlp.fc1", r.stderr)
+            self.assertIn("INVALID_ARGUMENT", r.stderr)
+
+    def test_inspect_lists_sites(self):
+        r = run("inspect", "--config", CONFIG, "--weights", WEIGHTS)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("blocks.0.mlp.fc2", r.stdout)
+        self.assertIn("digest", r.stdout)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--qsearch", default=QSEARCH)
+    args, rest = parser.parse_known_args()
+    QSEARCH = os.path.abspath(args.qsearch)
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
