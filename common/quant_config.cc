@@ -40,6 +40,8 @@ constexpr std::pair<const char*, ActivationQuantizer> kQuantizers[] = {
 };
 constexpr std::pair<const char*, WeightMethod> kWeightMethods[] = {
     {"rtn", WeightMethod::kRtn},
+    {"gptq", WeightMethod::kGptq},
+    {"erq", WeightMethod::kErq},
 };
 
 template <typename E, size_t N>
@@ -93,6 +95,18 @@ json WeightToJson(const WeightQuant& w) {
          {"symmetric", w.symmetric}};
   if (w.granularity == Granularity::kPerGroup) j["group_size"] = w.group_size;
   if (w.calibrator == RangeCalibrator::kPercentile) j["percentile"] = w.percentile;
+  if (w.method == WeightMethod::kGptq) {
+    j["gptq_damp"] = w.gptq_damp;
+    j["gptq_block_size"] = w.gptq_block_size;
+    j["gptq_act_order"] = w.gptq_act_order;
+    j["gptq_static_groups"] = w.gptq_static_groups;
+  }
+  if (w.method == WeightMethod::kErq) {
+    j["erq_aqer_lambda"] = w.erq_aqer_lambda;
+    j["erq_aqer_lambda_pooled"] = w.erq_aqer_lambda_pooled;
+    j["erq_wqer_lambda"] = w.erq_wqer_lambda;
+    j["erq_wqer_iterations"] = w.erq_wqer_iterations;
+  }
   return j;
 }
 
@@ -109,7 +123,9 @@ json ActivationToJson(const ActivationQuant& a) {
 
 StatusOr<WeightQuant> WeightFromJson(const json& j) {
   QS_RETURN_IF_ERROR(CheckKeys(
-      j, {"method", "bits", "granularity", "group_size", "calibrator", "symmetric", "percentile"},
+      j, {"method", "bits", "granularity", "group_size", "calibrator", "symmetric", "percentile",
+          "gptq_damp", "gptq_block_size", "gptq_act_order", "gptq_static_groups",
+          "erq_aqer_lambda", "erq_aqer_lambda_pooled", "erq_wqer_lambda", "erq_wqer_iterations"},
       "weight"));
   WeightQuant w;
   QS_RETURN_IF_ERROR(ReadEnumField(j, "method", ParseWeightMethod, &w.method));
@@ -119,6 +135,14 @@ StatusOr<WeightQuant> WeightFromJson(const json& j) {
   QS_RETURN_IF_ERROR(ReadEnumField(j, "calibrator", ParseRangeCalibrator, &w.calibrator));
   QS_RETURN_IF_ERROR(ReadField(j, "symmetric", &w.symmetric));
   QS_RETURN_IF_ERROR(ReadField(j, "percentile", &w.percentile));
+  QS_RETURN_IF_ERROR(ReadField(j, "gptq_damp", &w.gptq_damp));
+  QS_RETURN_IF_ERROR(ReadField(j, "gptq_block_size", &w.gptq_block_size));
+  QS_RETURN_IF_ERROR(ReadField(j, "gptq_act_order", &w.gptq_act_order));
+  QS_RETURN_IF_ERROR(ReadField(j, "gptq_static_groups", &w.gptq_static_groups));
+  QS_RETURN_IF_ERROR(ReadField(j, "erq_aqer_lambda", &w.erq_aqer_lambda));
+  QS_RETURN_IF_ERROR(ReadField(j, "erq_aqer_lambda_pooled", &w.erq_aqer_lambda_pooled));
+  QS_RETURN_IF_ERROR(ReadField(j, "erq_wqer_lambda", &w.erq_wqer_lambda));
+  QS_RETURN_IF_ERROR(ReadField(j, "erq_wqer_iterations", &w.erq_wqer_iterations));
   return w;
 }
 
@@ -206,6 +230,29 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
         return InvalidArgumentError("weight granularity per_group needs group_size >= 1");
       }
       QS_RETURN_IF_ERROR(ValidatePercentile(w.percentile, "weight"));
+      if (w.method == WeightMethod::kGptq) {
+        if (!(w.gptq_damp > 0 && w.gptq_damp < 1)) {
+          return InvalidArgumentError("weight gptq_damp must be in (0, 1)");
+        }
+        if (w.gptq_block_size < 1) {
+          return InvalidArgumentError("weight gptq_block_size must be >= 1");
+        }
+        if (w.gptq_act_order && w.granularity == Granularity::kPerGroup &&
+            !w.gptq_static_groups) {
+          return InvalidArgumentError(
+              "weight gptq_act_order with per_group needs gptq_static_groups (groups must stay "
+              "contiguous input columns)");
+        }
+      }
+      if (w.method == WeightMethod::kErq) {
+        if (!(w.erq_aqer_lambda > 0) || !(w.erq_aqer_lambda_pooled > 0) ||
+            !(w.erq_wqer_lambda > 0)) {
+          return InvalidArgumentError("weight erq ridge lambdas must be positive");
+        }
+        if (w.erq_wqer_iterations < 0) {
+          return InvalidArgumentError("weight erq_wqer_iterations must be >= 0");
+        }
+      }
     }
   } else if (w.quantized()) {
     return InvalidArgumentError("a matmul site has no weight to quantize");
@@ -350,6 +397,7 @@ StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_
   recipe.matmul_default.activation_rhs.bits = abits;
   if (!quantize_edges) {
     QuantConfig edge;
+    edge.weight.method = *wm;
     edge.weight.bits = wbits == 0 ? 0 : 8;
     edge.activation.bits = abits == 0 ? 0 : 8;
     recipe.sites["patch_embed.proj"] = edge;

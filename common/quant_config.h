@@ -44,7 +44,9 @@ enum class ActivationQuantizer {
 
 // How quantized weights are produced from the float ones.
 enum class WeightMethod {
-  kRtn,  // round to nearest on the calibrated grid
+  kRtn,   // round to nearest on the calibrated grid
+  kGptq,  // GPTQ: column-by-column rounding with Hessian-weighted error feedback
+  kErq,   // ERQ: Aqer (ridge absorbs activation error) then Wqer (rounding refinement + ridge)
 };
 
 enum class SiteKind {
@@ -71,6 +73,19 @@ struct WeightQuant {
   RangeCalibrator calibrator = RangeCalibrator::kOmse;
   bool symmetric = true;                            // signed grid with zero point 0
   double percentile = 0.9999;                       // kPercentile only, in (0.5, 1]
+
+  // GPTQ (kGptq only).
+  double gptq_damp = 0.01;         // damping λ = gptq_damp · mean(diag H)
+  int gptq_block_size = 128;       // lazy-update block; does not change the result
+  bool gptq_act_order = false;     // quantize columns by descending diag(H)
+  bool gptq_static_groups = false; // per_group: fit every group before any update
+
+  // ERQ (kErq only). Ridge strengths are absolute, as in the reference code (λ = 0.1 · coe with
+  // coe = 10000): they scale with the number of calibration tokens.
+  double erq_aqer_lambda = 1000.0;        // Aqer λ₁ for token inputs ([B, N, C])
+  double erq_aqer_lambda_pooled = 0.1;    // Aqer λ₁ for pooled 2-D inputs (the head)
+  double erq_wqer_lambda = 1000.0;        // Wqer ridge λ₂
+  int erq_wqer_iterations = 100;          // rounding-refinement steps per row and round
 
   bool quantized() const { return bits > 0; }
   bool operator==(const WeightQuant& o) const;

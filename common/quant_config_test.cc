@@ -59,6 +59,18 @@ TEST(RecipeJsonTest, RoundTripsAndIsCanonical) {
   grouped.weight.percentile = 0.999;
   grouped.activation.bits = 8;
   r->sites["blocks.0.attn.qkv"] = grouped;
+  QuantConfig gptq;
+  gptq.weight.method = WeightMethod::kGptq;
+  gptq.weight.bits = 3;
+  gptq.weight.gptq_act_order = true;
+  gptq.weight.gptq_block_size = 64;
+  r->sites["head"] = gptq;
+  QuantConfig erq;
+  erq.weight.method = WeightMethod::kErq;
+  erq.weight.bits = 4;
+  erq.weight.erq_wqer_lambda = 50;
+  erq.weight.erq_aqer_lambda = 7;
+  r->sites["patch_embed.proj"] = erq;
 
   auto j = RecipeToJson(*r, kSites);
   auto back = RecipeFromJson(j, kSites);
@@ -69,6 +81,19 @@ TEST(RecipeJsonTest, RoundTripsAndIsCanonical) {
   }
   EXPECT_TRUE(back->linear_default == r->linear_default);
   EXPECT_EQ(RecipeToJson(*back, kSites).dump(), j.dump());
+  EXPECT_EQ(back->sites.at("head").weight.gptq_block_size, 64);
+  EXPECT_TRUE(back->sites.at("head").weight.gptq_act_order);
+  EXPECT_EQ(back->sites.at("patch_embed.proj").weight.erq_wqer_lambda, 50);
+  // Method-specific fields appear only for their method.
+  EXPECT_FALSE(j["sites"]["patch_embed.proj"]["weight"].contains("gptq_damp"));
+  EXPECT_FALSE(j["sites"]["head"]["weight"].contains("erq_wqer_lambda"));
+}
+
+TEST(UniformRecipeTest, MethodSuffixSelectsGptqAndErq) {
+  EXPECT_EQ(ParseUniformRecipe("w3a4:gptq")->linear_default.weight.method, WeightMethod::kGptq);
+  EXPECT_EQ(ParseUniformRecipe("w3a4:erq")->linear_default.weight.method, WeightMethod::kErq);
+  // The 8-bit edges use the same method.
+  EXPECT_EQ(ParseUniformRecipe("w3a4:erq")->sites.at("head").weight.method, WeightMethod::kErq);
 }
 
 TEST(RecipeJsonTest, ErrorsNameTheProblem) {
@@ -106,6 +131,24 @@ TEST(ValidateQuantConfigTest, RejectsImpossibleConfigs) {
   log_on_linear.activation.quantizer = ActivationQuantizer::kLog2;
   EXPECT_FALSE(ValidateQuantConfig(log_on_linear, SiteKind::kLinear).ok());
   EXPECT_TRUE(ValidateQuantConfig(log_on_linear, SiteKind::kMatmul).ok());
+
+  QuantConfig gptq;
+  gptq.weight.method = WeightMethod::kGptq;
+  gptq.weight.bits = 4;
+  gptq.weight.gptq_damp = 0;
+  EXPECT_FALSE(ValidateQuantConfig(gptq, SiteKind::kLinear).ok());
+  gptq.weight.gptq_damp = 0.01;
+  gptq.weight.granularity = Granularity::kPerGroup;
+  gptq.weight.group_size = 32;
+  gptq.weight.gptq_act_order = true;
+  EXPECT_FALSE(ValidateQuantConfig(gptq, SiteKind::kLinear).ok());
+  gptq.weight.gptq_static_groups = true;
+  EXPECT_TRUE(ValidateQuantConfig(gptq, SiteKind::kLinear).ok());
+  QuantConfig erq;
+  erq.weight.method = WeightMethod::kErq;
+  erq.weight.bits = 4;
+  erq.weight.erq_wqer_lambda = -1;
+  EXPECT_FALSE(ValidateQuantConfig(erq, SiteKind::kLinear).ok());
 
   QuantConfig pct;
   pct.activation.bits = 8;

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include "core/erq.h"
+#include "core/gptq.h"
 #include "core/metrics.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
@@ -48,17 +50,18 @@ class CalibratingHandler : public SiteHandler {
     if (!Check(input.status(), site)) return at::linear(x, weight, bias);
     q.input = *input;
     auto x_hat = q.input.Apply(x);
-    torch::Tensor w_hat = weight;
+    torch::Tensor w_hat = weight, b_hat = bias;
     if (q.config.weight.quantized()) {
-      auto w = QuantizeWeightRtn(weight, q.config.weight);
+      auto w = QuantizeWeight(site, x, x_hat, weight, bias, q.config.weight);
       if (!Check(w.status(), site)) return at::linear(x, weight, bias);
       q.weight = *w;
       w_hat = q.weight->dequantized;
+      if (q.weight->bias.defined()) b_hat = q.weight->bias;
       report.weight_sqnr_db = SqnrDb(weight, w_hat);
     }
     if (q.config.activation.quantized()) report.input_sqnr_db = SqnrDb(x, x_hat);
     auto y_ref = at::linear(x, weight, bias);
-    auto y = at::linear(x_hat, w_hat, bias);
+    auto y = at::linear(x_hat, w_hat, b_hat);
     report.sqnr_db = SqnrDb(y_ref, y);
     report.mse = Mse(y_ref, y);
     reports_.push_back(report);
@@ -99,6 +102,28 @@ class CalibratingHandler : public SiteHandler {
   std::vector<SiteReport>& reports() { return reports_; }
 
  private:
+  // The weight method of `spec`, fed with the inputs this site receives in the quantized model.
+  StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& x,
+                                           const torch::Tensor& x_hat, const torch::Tensor& weight,
+                                           const torch::Tensor& bias, const WeightQuant& spec) {
+    switch (spec.method) {
+      case WeightMethod::kRtn:
+        return QuantizeWeightRtn(weight, spec);
+      case WeightMethod::kGptq:
+        return QuantizeWeightGptq(weight, InputHessian(x_hat), spec);
+      case WeightMethod::kErq: {
+        LinearParams layer{weight, bias};
+        // ERQ leaves the patch-embedding convolution to Wqer alone.
+        if (site.name != "patch_embed.proj") {
+          const double lambda = x.dim() == 2 ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
+          QS_ASSIGN_OR_RETURN(layer, ReduceActivationError(layer, x, x_hat, lambda));
+        }
+        return ReduceWeightError(layer, x_hat, spec);
+      }
+    }
+    return InternalError("unknown weight method");
+  }
+
   bool Check(const Status& s, const Site& site) {
     if (!s.ok() && status_.ok()) status_ = s.WithContext("site " + site.name);
     return s.ok();
@@ -119,8 +144,9 @@ class FakeQuantHandler : public SiteHandler {
   torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
                        const torch::Tensor& bias) override {
     const QuantizedSite& q = sites_.at(site.name);
-    const auto& w = q.weight ? q.weight->dequantized.to(weight.device()) : weight;
-    return at::linear(q.input.Apply(x), w, bias);
+    if (!q.weight) return at::linear(q.input.Apply(x), weight, bias);
+    const auto& b = q.weight->bias.defined() ? q.weight->bias.to(bias.device()) : bias;
+    return at::linear(q.input.Apply(x), q.weight->dequantized.to(weight.device()), b);
   }
 
   torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
@@ -200,6 +226,12 @@ Status QuantizedModel::WriteWeights(const std::string& path) const {
         out[site.name + ".weight.zero_point"] = compact(w.grid.zero_point).to(torch::kInt32);
       }
       replaced[site.weight] = site.name;
+      if (w.bias.defined()) {
+        // The method moved the bias (ERQ): the float tensor under its timm name is the new one.
+        std::string bias_name = site.weight.substr(0, site.weight.size() - 6) + "bias";
+        out[bias_name] = w.bias;
+        replaced[bias_name] = site.name;
+      }
     }
     for (const auto& [name, t] : float_model_.tensors()) {
       if (!replaced.count(name)) out[name] = t;

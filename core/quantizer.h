@@ -66,6 +66,7 @@ struct QuantizedWeight {
   UniformGrid grid;
   torch::Tensor codes;        // int32 [out, in], within [grid.qmin, grid.qmax]
   torch::Tensor dequantized;  // float32 [out, in], on the grid
+  torch::Tensor bias;         // float32 [out] when the method also changed the bias (ERQ)
 };
 StatusOr<QuantizedWeight> QuantizeWeightRtn(const torch::Tensor& weight, const WeightQuant& spec);
 

@@ -1,0 +1,146 @@
+#include "core/erq.h"
+
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "core/torch_status.h"
+
+namespace qs::core {
+namespace {
+
+// Rows of `x` ([..., in]) in float64, with a ones column appended when `with_bias`.
+torch::Tensor Augmented(const torch::Tensor& x, bool with_bias) {
+  auto flat = x.reshape({-1, x.size(-1)}).to(torch::kFloat64);
+  if (!with_bias) return flat;
+  return at::cat({flat, torch::ones({flat.size(0), 1}, flat.options())}, 1);
+}
+
+// Quantize-dequantize with an explicit rounding function, on the fixed grid.
+torch::Tensor OnGrid(const torch::Tensor& scaled, const torch::Tensor& s, const torch::Tensor& z,
+                     const UniformGrid& grid) {
+  return (scaled + z).clamp(grid.qmin, grid.qmax).sub(z).mul(s);
+}
+
+}  // namespace
+
+StatusOr<torch::Tensor> RidgeSolve(const torch::Tensor& a, const torch::Tensor& b, double lambda) {
+  return GuardTorch("ridge solve", [&]() -> StatusOr<torch::Tensor> {
+    auto a64 = a.to(torch::kFloat64);
+    auto regularized = a64 + torch::eye(a64.size(0), a64.options()) * lambda;
+    auto [lower, info] = at::linalg_cholesky_ex(regularized);
+    if (info.item<int64_t>() != 0) {
+      return FailedPreconditionError("ridge system is not positive definite (lambda " +
+                                     std::to_string(lambda) + ")");
+    }
+    return at::cholesky_solve(b.to(torch::kFloat64), lower);
+  });
+}
+
+StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const torch::Tensor& x,
+                                             const torch::Tensor& x_hat, double lambda) {
+  if (x.sizes() != x_hat.sizes() || x.size(-1) != layer.weight.size(1)) {
+    return InvalidArgumentError("aqer: inputs do not match the weight's input width");
+  }
+  const bool has_bias = layer.bias.defined();
+  return GuardTorch("aqer", [&]() -> StatusOr<LinearParams> {
+    auto xt = Augmented(x_hat, has_bias);
+    auto w64 = layer.weight.to(torch::kFloat64);
+    // R = Y − X̃W̃ᵀ = (X − X̄)Wᵀ: the bias cancels.
+    auto residual = (x - x_hat).reshape({-1, x.size(-1)}).to(torch::kFloat64).mm(w64.t());
+    QS_ASSIGN_OR_RETURN(torch::Tensor delta, RidgeSolve(xt.t().mm(xt), xt.t().mm(residual), lambda));
+    LinearParams out;
+    const int64_t n = layer.weight.size(1);
+    out.weight = (w64 + delta.narrow(0, 0, n).t()).to(torch::kFloat32);
+    if (has_bias) out.bias = (layer.bias.to(torch::kFloat64) + delta.select(0, n)).to(torch::kFloat32);
+    return out;
+  });
+}
+
+StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const torch::Tensor& x_hat,
+                                            const WeightQuant& spec) {
+  if (x_hat.size(-1) != layer.weight.size(1)) {
+    return InvalidArgumentError("wqer: input width does not match the weight");
+  }
+  QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(layer.weight, spec));
+  const bool has_bias = layer.bias.defined();
+  return GuardTorch("wqer", [&]() -> StatusOr<QuantizedWeight> {
+    const int64_t m = layer.weight.size(0), n = layer.weight.size(1);
+    auto w = layer.weight.to(torch::kFloat64);
+    if (has_bias) w = at::cat({w, layer.bias.to(torch::kFloat64).unsqueeze(1)}, 1);
+    auto xt = Augmented(x_hat, has_bias);
+    const double tokens = static_cast<double>(xt.size(0));
+    auto gram = xt.t().mm(xt);
+    // Second moment of each column pair, C = μμᵀ + Σ (Σ unbiased), the proxy's matrix.
+    auto mu = xt.mean(0);
+    auto outer = mu.unsqueeze(1) * mu.unsqueeze(0);
+    auto moment = outer + (gram - outer * tokens) / std::max(1.0, tokens - 1);
+    auto scale = grid.scale.expand({m, n}).to(torch::kFloat64);
+    auto zero = grid.zero_point.expand({m, n}).to(torch::kFloat64);
+
+    std::vector<int64_t> remaining(w.size(1));
+    for (int64_t i = 0; i < w.size(1); ++i) remaining[i] = i;
+    while (remaining.size() > 1) {
+      const size_t half = remaining.size() / 2;
+      std::vector<int64_t> s_idx(remaining.begin(), remaining.begin() + half);
+      std::vector<int64_t> r_idx(remaining.begin() + half, remaining.end());
+      auto si = torch::tensor(s_idx, torch::kLong).to(w.device());
+      auto ri = torch::tensor(r_idx, torch::kLong).to(w.device());
+      // The bias column sits last and so is never in S.
+      auto ws = w.index_select(1, si);
+      auto s = scale.index_select(1, si), z = zero.index_select(1, si);
+      auto scaled = ws / s;
+      auto e = OnGrid(scaled.round(), s, z, grid) - ws;
+      auto e_floor = OnGrid(scaled.floor(), s, z, grid) - ws;
+      auto e_ceil = OnGrid(scaled.ceil(), s, z, grid) - ws;
+
+      // Rounding refinement, all rows at once: move the coordinate with the largest gradient
+      // (pointing the same way as its error) to its other grid neighbour while eᵀCe decreases.
+      auto c = moment.index_select(0, si).index_select(1, si);
+      auto c_diag = c.diagonal();
+      auto g = e.mm(c) * 2;
+      auto active = torch::ones({m}, torch::TensorOptions().dtype(torch::kBool).device(w.device()));
+      for (int it = 0; it < spec.erq_wqer_iterations; ++it) {
+        auto candidates = (e * g > 0).logical_and(active.unsqueeze(1));
+        auto has = candidates.any(1);
+        if (!has.any().item<bool>()) break;
+        auto j = at::where(candidates, g.abs(), torch::full_like(g, -1)).argmax(1, true);
+        auto e_j = e.gather(1, j), g_j = g.gather(1, j);
+        auto f_j = e_floor.gather(1, j), c_j = e_ceil.gather(1, j);
+        auto target = e_j - g_j;
+        auto v = at::where((target - f_j).abs() <= (target - c_j).abs(), f_j, c_j);
+        auto delta = v - e_j;
+        auto change = delta * g_j + delta * delta * c_diag.index_select(0, j.squeeze(1)).unsqueeze(1);
+        auto accept = has.logical_and(change.squeeze(1) < 0);
+        auto step = at::where(accept.unsqueeze(1), delta, torch::zeros_like(delta));
+        e.scatter_add_(1, j, step);
+        g += 2 * step * c.index_select(0, j.squeeze(1));
+        active = accept;
+      }
+
+      // Ridge compensation on the still-float columns, then commit S to the grid.
+      auto rhs = gram.index_select(0, ri).index_select(1, si).mm(e.t());
+      QS_ASSIGN_OR_RETURN(
+          torch::Tensor comp,
+          RidgeSolve(gram.index_select(0, ri).index_select(1, ri), rhs, spec.erq_wqer_lambda));
+      w.index_copy_(1, ri, w.index_select(1, ri) - comp.t());
+      w.index_copy_(1, si, ws + e);
+      remaining = r_idx;
+    }
+    QuantizedWeight out;
+    out.grid = grid;
+    auto weight = w.narrow(1, 0, n).to(torch::kFloat32);
+    // The last column (when there is no bias) is plainly rounded; the others are already on the
+    // grid, and re-rounding them is exact.
+    out.codes = QuantizeCodes(weight, grid);
+    out.dequantized = DequantizeCodes(out.codes, grid);
+    if (has_bias) out.bias = w.select(1, n).to(torch::kFloat32).contiguous();
+    if (!torch::isfinite(out.dequantized).all().item<bool>() ||
+        (has_bias && !torch::isfinite(out.bias).all().item<bool>())) {
+      return FailedPreconditionError("wqer produced non-finite weights");
+    }
+    return out;
+  });
+}
+
+}  // namespace qs::core

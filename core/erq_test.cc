@@ -1,0 +1,133 @@
+#include "core/erq.h"
+
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "core/dataset.h"
+#include "core/layer_inputs_for_test.h"
+#include "core/metrics.h"
+
+namespace qs::core {
+namespace {
+
+WeightQuant Spec(int bits) {
+  WeightQuant s;
+  s.method = WeightMethod::kErq;
+  s.bits = bits;
+  return s;
+}
+
+torch::Tensor ActivationQuantize(const torch::Tensor& x, int bits) {
+  auto grid = FitUniformGrid(x, {}, RangeOptions{bits, false, RangeCalibrator::kOmse});
+  EXPECT_TRUE(grid.ok());
+  return FakeQuantize(x, *grid);
+}
+
+double OutputError(const torch::Tensor& x_hat, const torch::Tensor& w_hat,
+                   const torch::Tensor& b_hat, const torch::Tensor& x, const LinearParams& fp) {
+  return Mse(at::linear(x, fp.weight, fp.bias), at::linear(x_hat, w_hat, b_hat));
+}
+
+TEST(RidgeTest, VanishingLambdaIsLeastSquaresAndLargeLambdaIsZero) {
+  torch::manual_seed(0);
+  auto x = torch::randn({200, 20}, torch::kFloat64);
+  auto y = torch::randn({200, 5}, torch::kFloat64);
+  auto ridge = RidgeSolve(x.t().mm(x), x.t().mm(y), 1e-10);
+  ASSERT_TRUE(ridge.ok());
+  auto lstsq = std::get<0>(at::linalg_lstsq(x, y));
+  EXPECT_TRUE(torch::allclose(*ridge, lstsq, 1e-8, 1e-9));
+  auto huge = RidgeSolve(x.t().mm(x), x.t().mm(y), 1e12);
+  EXPECT_LT(huge->abs().max().item<double>(), 1e-8);
+  // The fit error does not grow as λ shrinks.
+  double prev = 1e300;
+  for (double lambda : {1e4, 1e2, 1.0, 1e-2, 1e-6}) {
+    auto d = *RidgeSolve(x.t().mm(x), x.t().mm(y), lambda);
+    double err = (x.mm(d) - y).pow(2).sum().item<double>();
+    EXPECT_LE(err, prev + 1e-9) << lambda;
+    prev = err;
+  }
+}
+
+TEST(AqerTest, ChangesNothingWithoutActivationQuantization) {
+  torch::manual_seed(1);
+  LinearParams layer{torch::randn({24, 32}), torch::randn({24})};
+  auto x = torch::randn({4, 50, 32});
+  auto out = ReduceActivationError(layer, x, x, 1000);
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(torch::equal(out->weight, layer.weight));
+  EXPECT_TRUE(torch::equal(out->bias, layer.bias));
+}
+
+TEST(AqerTest, AbsorbsActivationErrorAndKeepsBiaslessLayersBiasless) {
+  torch::manual_seed(2);
+  LinearParams layer{torch::randn({24, 32}), torch::randn({24})};
+  auto x = torch::randn({2000, 32}) + 0.3;
+  auto x_hat = ActivationQuantize(x, 4);
+  auto out = ReduceActivationError(layer, x, x_hat, 1.0);
+  ASSERT_TRUE(out.ok());
+  // Only the part of the error predictable from X̄ can be absorbed; on i.i.d. inputs that is a
+  // few percent, but it must never get worse.
+  EXPECT_LT(OutputError(x_hat, out->weight, out->bias, x, layer),
+            OutputError(x_hat, layer.weight, layer.bias, x, layer));
+  LinearParams no_bias{layer.weight, torch::Tensor()};
+  auto nb = ReduceActivationError(no_bias, x, x_hat, 1.0);
+  ASSERT_TRUE(nb.ok());
+  EXPECT_FALSE(nb->bias.defined());
+}
+
+void ExpectOnGridAndBetterThanRtn(const LinearParams& layer, const torch::Tensor& x,
+                                  const torch::Tensor& x_hat, int bits, const std::string& what) {
+  auto spec = Spec(bits);
+  auto erq = ReduceWeightError(layer, x_hat, spec);
+  ASSERT_TRUE(erq.ok()) << erq.status().ToString();
+  // On the grid: fake-quantizing again changes nothing, and the codes reproduce it.
+  EXPECT_TRUE(torch::equal(FakeQuantize(erq->dequantized, erq->grid), erq->dequantized)) << what;
+  EXPECT_TRUE(torch::equal(DequantizeCodes(erq->codes, erq->grid), erq->dequantized)) << what;
+  // RTN at the same scales.
+  auto rtn = FakeQuantize(layer.weight, erq->grid);
+  auto b = erq->bias.defined() ? erq->bias : layer.bias;
+  EXPECT_LE(OutputError(x_hat, erq->dequantized, b, x_hat, layer),
+            OutputError(x_hat, rtn, layer.bias, x_hat, layer))
+      << what << " at " << bits << " bits";
+}
+
+TEST(WqerTest, WeightsOnGridAndOutputErrorAtMostRtnOnRandomLayers) {
+  for (uint64_t seed = 0; seed < 4; ++seed) {
+    torch::manual_seed(10 + seed);
+    LinearParams layer{torch::randn({32, 48}), torch::randn({32})};
+    auto x = torch::randn({600, 48}).mm(torch::randn({48, 48}) / 7.0);
+    auto x_hat = ActivationQuantize(x, 8);
+    for (int bits : {3, 4}) ExpectOnGridAndBetterThanRtn(layer, x, x_hat, bits, "random");
+  }
+  torch::manual_seed(20);
+  LinearParams no_bias{torch::randn({16, 33}), torch::Tensor()};
+  auto x = torch::randn({300, 33});
+  ExpectOnGridAndBetterThanRtn(no_bias, x, x, 3, "no bias, odd width");
+}
+
+TEST(WqerTest, OutputErrorAtMostRtnOnTheFixtureLayers) {
+  auto model = ViTModel::Load("tests/data/fixture/config.json",
+                              "tests/data/fixture/model.safetensors");
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  auto train = LoadDataset("fashion-mnist:train");
+  ASSERT_TRUE(train.ok());
+  auto images = *NormalizeImages(DrawSubset(*train, 64, 1), model->config());
+  for (const auto& [name, layer] : testing::CaptureLinearInputs(*model, images)) {
+    auto x_hat = ActivationQuantize(layer.input, 4);
+    LinearParams params{layer.weight, layer.bias};
+    for (int bits : {3, 4}) ExpectOnGridAndBetterThanRtn(params, layer.input, x_hat, bits, name);
+  }
+}
+
+TEST(WqerTest, RejectsMismatchedInputs) {
+  LinearParams layer{torch::randn({4, 8}), torch::randn({4})};
+  EXPECT_EQ(ReduceWeightError(layer, torch::randn({10, 7}), Spec(4)).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReduceActivationError(layer, torch::randn({10, 8}), torch::randn({10, 7}), 1).status()
+                .code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace qs::core

@@ -1,0 +1,164 @@
+#include "core/gptq.h"
+
+#include <ATen/ATen.h>
+
+#include "core/torch_status.h"
+
+namespace qs::core {
+namespace {
+
+constexpr int kDampingRetries = 6;
+
+// Fits a per-row grid on `columns` ([m, width]) and returns its scale and zero point as [m, 1].
+StatusOr<std::pair<torch::Tensor, torch::Tensor>> FitColumns(const torch::Tensor& columns,
+                                                             const WeightQuant& spec,
+                                                             UniformGrid* grid) {
+  WeightQuant per_row = spec;
+  per_row.granularity = Granularity::kPerChannel;
+  QS_ASSIGN_OR_RETURN(*grid, FitWeightGrid(columns.to(torch::kFloat32), per_row));
+  return std::make_pair(grid->scale.reshape({-1, 1}), grid->zero_point.reshape({-1, 1}));
+}
+
+}  // namespace
+
+torch::Tensor InputHessian(const torch::Tensor& x) {
+  auto flat = x.reshape({-1, x.size(-1)}).to(torch::kFloat64);
+  return flat.t().mm(flat).mul_(2.0 / std::max<int64_t>(1, flat.size(0)));
+}
+
+double HessianWeightedError(const torch::Tensor& weight, const torch::Tensor& approx,
+                            const torch::Tensor& hessian) {
+  auto d = (weight.to(torch::kFloat64) - approx.to(torch::kFloat64));
+  return (d.mm(hessian.to(torch::kFloat64)) * d).sum().item<double>();
+}
+
+StatusOr<torch::Tensor> DampedInverseCholesky(const torch::Tensor& hessian, double damp) {
+  return GuardTorch("gptq cholesky", [&]() -> StatusOr<torch::Tensor> {
+    auto h = hessian.to(torch::kFloat64);
+    const int64_t n = h.size(0);
+    double lambda = damp * h.diagonal().mean().item<double>();
+    if (!(lambda > 0)) lambda = damp;
+    auto eye = torch::eye(n, h.options());
+    for (int attempt = 0; attempt <= kDampingRetries; ++attempt, lambda *= 10) {
+      auto [lower, info] = at::linalg_cholesky_ex(h + eye * lambda);
+      if (info.item<int64_t>() != 0) continue;
+      auto inverse = at::cholesky_inverse(lower);
+      auto [upper, info2] = at::linalg_cholesky_ex(inverse, /*upper=*/true);
+      if (info2.item<int64_t>() != 0 || !torch::isfinite(upper).all().item<bool>()) continue;
+      return upper;
+    }
+    return FailedPreconditionError("the Hessian stays singular after " +
+                                   std::to_string(kDampingRetries) + " tenfold damping raises");
+  });
+}
+
+StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
+                                             const torch::Tensor& hessian,
+                                             const WeightQuant& spec) {
+  if (weight.dim() != 2) return InvalidArgumentError("gptq: weight must be 2-D [out, in]");
+  const int64_t m = weight.size(0), n = weight.size(1);
+  if (hessian.dim() != 2 || hessian.size(0) != n || hessian.size(1) != n) {
+    return InvalidArgumentError("gptq: Hessian must be [" + std::to_string(n) + ", " +
+                                std::to_string(n) + "]");
+  }
+  if (spec.gptq_act_order && spec.granularity == Granularity::kPerGroup &&
+      !spec.gptq_static_groups) {
+    return InvalidArgumentError("gptq: act_order with per_group needs static groups");
+  }
+  return GuardTorch("gptq", [&]() -> StatusOr<QuantizedWeight> {
+    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(weight.device());
+    auto w = weight.to(torch::kFloat64).clone();
+    auto h = hessian.to(f64).clone();
+
+    // Dead inputs carry no signal: pin their Hessian diagonal and zero the weights.
+    auto dead = h.diagonal() == 0;
+    if (dead.any().item<bool>()) {
+      h.diagonal().masked_fill_(dead, 1.0);
+      w.index_put_({torch::indexing::Slice(), dead}, 0.0);
+    }
+
+    // Per-column grid parameters, [m, n] in the original column order.
+    UniformGrid grid;
+    torch::Tensor scale, zero;
+    const bool grouped = spec.granularity == Granularity::kPerGroup && spec.group_size < n;
+    const int64_t g = grouped ? spec.group_size : n;
+    if (!grouped || spec.gptq_static_groups) {
+      QS_ASSIGN_OR_RETURN(grid, FitWeightGrid(w.to(torch::kFloat32), spec));
+      scale = grid.scale.expand({m, n}).clone();
+      zero = grid.zero_point.expand({m, n}).clone();
+    } else {
+      // Filled group by group as the updated columns are reached.
+      scale = torch::empty({m, n}, torch::kFloat32);
+      zero = torch::empty({m, n}, torch::kFloat32);
+      QS_RETURN_IF_ERROR(FitColumns(w.narrow(1, 0, 1), spec, &grid).status());  // qmin/qmax
+    }
+    scale = scale.to(weight.device());
+    zero = zero.to(weight.device());
+
+    torch::Tensor perm, inverse_perm;
+    if (spec.gptq_act_order) {
+      perm = std::get<1>(h.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+      inverse_perm = perm.argsort();
+      w = w.index_select(1, perm);
+      h = h.index_select(0, perm).index_select(1, perm);
+      scale = scale.index_select(1, perm);
+      zero = zero.index_select(1, perm);
+    }
+
+    QS_ASSIGN_OR_RETURN(torch::Tensor u, DampedInverseCholesky(h, spec.gptq_damp));
+
+    auto q = torch::zeros_like(w);
+    const int64_t block = spec.gptq_block_size;
+    for (int64_t i1 = 0; i1 < n; i1 += block) {
+      const int64_t count = std::min(block, n - i1), i2 = i1 + count;
+      auto w1 = w.narrow(1, i1, count).clone();
+      auto err1 = torch::zeros_like(w1);
+      auto u1 = u.narrow(0, i1, count).narrow(1, i1, count);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t col = i1 + i;
+        if (grouped && !spec.gptq_static_groups && col % g == 0) {
+          // Fit the group on its current values: columns inside this block carry every update
+          // so far; columns past it still owe this block's pending update, applied here so the
+          // result does not depend on the block size.
+          const int64_t width = std::min(g, n - col);
+          const int64_t inside = std::min(width, i2 - col);
+          auto current = w1.narrow(1, i, inside);
+          if (width > inside) {
+            auto pending = err1.narrow(1, 0, i).mm(u.narrow(0, i1, i).narrow(1, i2, width - inside));
+            current = at::cat({current, w.narrow(1, i2, width - inside) - pending}, 1);
+          }
+          QS_ASSIGN_OR_RETURN(auto params, FitColumns(current, spec, &grid));
+          scale.narrow(1, col, width).copy_(params.first.expand({m, width}));
+          zero.narrow(1, col, width).copy_(params.second.expand({m, width}));
+        }
+        // Round in float32 exactly as RTN does, so a diagonal H reproduces RTN bit for bit.
+        auto column = w1.select(1, i).to(torch::kFloat32);
+        auto s = scale.select(1, col), z = zero.select(1, col);
+        auto deq = ((column / s).round() + z).clamp(grid.qmin, grid.qmax).sub(z).mul(s);
+        q.select(1, col).copy_(deq);
+        auto e = (w1.select(1, i) - deq.to(torch::kFloat64)) / u1[i][i];
+        w1.narrow(1, i, count - i).sub_(e.unsqueeze(1) * u1.select(0, i).narrow(0, i, count - i));
+        err1.select(1, i).copy_(e);
+      }
+      if (i2 < n) w.narrow(1, i2, n - i2).sub_(err1.mm(u.narrow(0, i1, count).narrow(1, i2, n - i2)));
+    }
+
+    if (spec.gptq_act_order) {
+      q = q.index_select(1, inverse_perm);
+      scale = scale.index_select(1, inverse_perm);
+      zero = zero.index_select(1, inverse_perm);
+    }
+    QuantizedWeight out;
+    out.grid = grid;
+    out.grid.scale = scale.to(torch::kFloat32);
+    out.grid.zero_point = zero.to(torch::kFloat32);
+    out.dequantized = q.to(torch::kFloat32);
+    out.codes = QuantizeCodes(out.dequantized, out.grid);
+    if (!torch::isfinite(out.dequantized).all().item<bool>()) {
+      return FailedPreconditionError("gptq produced non-finite weights");
+    }
+    return out;
+  });
+}
+
+}  // namespace qs::core

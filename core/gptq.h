@@ -1,0 +1,40 @@
+// GPTQ (Frantar et al. 2022): quantizes a linear layer's weight column by column, feeding each
+// column's rounding error back into the columns not yet quantized through the inverse Hessian of
+// the layer-output error, so ‖(W − Ŵ)Xᵀ‖² ends up far below round-to-nearest's.
+//
+//   torch::Tensor h = InputHessian(x_hat);                   // 2/N · XᵀX, float64
+//   QS_ASSIGN_OR_RETURN(QuantizedWeight q, QuantizeWeightGptq(w, h, spec));
+#ifndef QS_CORE_GPTQ_H_
+#define QS_CORE_GPTQ_H_
+
+#include <torch/types.h>
+
+#include "common/quant_config.h"
+#include "common/status.h"
+#include "core/quantizer.h"
+
+namespace qs::core {
+
+// H = (2/N) Σ x xᵀ over the rows of `x` ([..., in] flattened to [N, in]), in float64.
+torch::Tensor InputHessian(const torch::Tensor& x);
+
+// tr((W − Ŵ) H (W − Ŵ)ᵀ): the layer-output squared error summed over rows when H = XᵀX
+// (half of it for GPTQ's H = 2XᵀX/N, times N). Float64.
+double HessianWeightedError(const torch::Tensor& weight, const torch::Tensor& approx,
+                            const torch::Tensor& hessian);
+
+// GPTQ with `spec`'s grid (bits, granularity, calibrator, symmetry) and hyper-parameters
+// (gptq_damp, gptq_block_size, gptq_act_order, gptq_static_groups). Inputs whose H diagonal is 0
+// are dead: their weight columns are zeroed. If H + λI is not positive definite the damping is
+// raised tenfold, up to six times. INVALID_ARGUMENT for mismatched shapes; FAILED_PRECONDITION
+// when no damping makes H factorable or the result is not finite.
+StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
+                                             const torch::Tensor& hessian, const WeightQuant& spec);
+
+// Upper Cholesky factor U of (H + λI)⁻¹ (so the inverse is UᵀU), with λ = damp · mean(diag H)
+// raised tenfold on failure. Shared by GPTQ and tests. FAILED_PRECONDITION if it never factors.
+StatusOr<torch::Tensor> DampedInverseCholesky(const torch::Tensor& hessian, double damp);
+
+}  // namespace qs::core
+
+#endif  // QS_CORE_GPTQ_H_
