@@ -1,6 +1,8 @@
 #include "common/quant_config.h"
 
 #include <cctype>
+#include <limits>
+#include <type_traits>
 #include <set>
 
 namespace qs {
@@ -57,6 +59,15 @@ template <typename T>
 Status ReadField(const json& j, const char* key, T* out) {
   auto it = j.find(key);
   if (it == j.end()) return OkStatus();
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (!it->is_number_integer()) {
+      return InvalidArgumentError(std::string("field '") + key + "' must be an integer");
+    }
+    const auto v = it->get<int64_t>();
+    if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max()) {
+      return InvalidArgumentError(std::string("field '") + key + "' is out of range");
+    }
+  }
   try {
     *out = it->get<T>();
   } catch (const json::exception&) {

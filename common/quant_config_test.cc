@@ -109,6 +109,12 @@ TEST(RecipeJsonTest, ErrorsNameTheProblem) {
   auto bad_type = err(json{{"format", kRecipeFormat},
                            {"linear_default", {{"weight", {{"bits", "four"}}}}}});
   EXPECT_NE(bad_type.message().find("bits"), std::string::npos);
+  auto fractional = err(json{{"format", kRecipeFormat},
+                             {"linear_default", {{"weight", {{"bits", 4.7}}}}}});
+  EXPECT_NE(fractional.message().find("integer"), std::string::npos);
+  auto huge = err(json{{"format", kRecipeFormat},
+                       {"linear_default", {{"weight", {{"bits", int64_t{1} << 40}}}}}});
+  EXPECT_NE(huge.message().find("range"), std::string::npos);
   auto bad_enum = err(json{{"format", kRecipeFormat},
                            {"linear_default", {{"weight", {{"bits", 4}, {"calibrator", "avg"}}}}}});
   EXPECT_NE(bad_enum.message().find("avg"), std::string::npos);

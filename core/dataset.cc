@@ -14,6 +14,8 @@ namespace qs::core {
 namespace {
 
 constexpr char kDefaultFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
+// A bound on what one IDX file may decompress to, so a crafted file cannot exhaust memory.
+constexpr size_t kMaxDecompressedBytes = size_t{8} << 30;
 
 StatusOr<std::string> ReadMaybeGzip(const std::string& path) {
   std::error_code ec;
@@ -23,7 +25,13 @@ StatusOr<std::string> ReadMaybeGzip(const std::string& path) {
   std::string out;
   char buf[1 << 16];
   int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) out.append(buf, n);
+  while ((n = gzread(f, buf, sizeof(buf))) > 0) {
+    out.append(buf, n);
+    if (out.size() > kMaxDecompressedBytes) {
+      gzclose(f);
+      return ResourceExhaustedError(path + ": decompresses to more than 8 GiB");
+    }
+  }
   int err = 0;
   const char* msg = gzerror(f, &err);
   gzclose(f);
@@ -92,6 +100,9 @@ StatusOr<torch::Tensor> ReadIdxFile(const std::string& path) {
   uint64_t numel = 1;
   for (int i = 0; i < dims; ++i) {
     shape.push_back(BigEndian32(p + 4 + 4 * i));
+    if (shape.back() != 0 && numel > bytes.size() / static_cast<uint64_t>(shape.back())) {
+      return DataLossError(path + ": IDX dimensions describe more data than the file holds");
+    }
     numel *= static_cast<uint64_t>(shape.back());
   }
   const size_t offset = 4 + 4 * dims;
@@ -99,9 +110,11 @@ StatusOr<torch::Tensor> ReadIdxFile(const std::string& path) {
     return DataLossError(path + ": holds " + std::to_string(bytes.size() - offset) +
                          " data bytes, its header says " + std::to_string(numel));
   }
-  auto t = torch::empty(shape, torch::kUInt8);
-  std::memcpy(t.data_ptr(), p + offset, numel);
-  return t;
+  return GuardTorch(path, [&]() -> StatusOr<torch::Tensor> {
+    auto t = torch::empty(shape, torch::kUInt8);
+    std::memcpy(t.data_ptr(), p + offset, numel);
+    return t;
+  });
 }
 
 StatusOr<Dataset> LoadDataset(const std::string& source) {
@@ -126,6 +139,7 @@ StatusOr<Dataset> LoadDataset(const std::string& source) {
 
 Dataset DrawSubset(const Dataset& data, int64_t count, uint64_t seed) {
   const int64_t n = data.size();
+  count = std::max<int64_t>(count, 0);
   if (count >= n) return data;
   // Partial Fisher-Yates with mt19937_64 (whose output sequence the standard fixes) and our own
   // bounded draw, since std::uniform_int_distribution differs between library implementations.

@@ -58,6 +58,11 @@ TEST(IdxTest, RejectsBadMagicAndWrongSizes) {
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_NE(s.message().find("says 10"), std::string::npos);
   EXPECT_EQ(ReadIdxFile(TempPath("absent.idx")).status().code(), StatusCode::kNotFound);
+  // Dimensions whose product wraps around 2^64 must not pass the size check.
+  ASSERT_TRUE(
+      WriteFileAtomically(path, Idx({0xffffffffu, 0xffffffffu, 0x00000001u}, std::string(16, 'a')))
+          .ok());
+  EXPECT_EQ(ReadIdxFile(path).status().code(), StatusCode::kDataLoss);
   std::remove(path.c_str());
 }
 

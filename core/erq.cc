@@ -1,5 +1,6 @@
 #include "core/erq.h"
 
+#include <algorithm>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -39,7 +40,8 @@ StatusOr<torch::Tensor> RidgeSolve(const torch::Tensor& a, const torch::Tensor& 
 
 StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const torch::Tensor& x,
                                              const torch::Tensor& x_hat, double lambda) {
-  if (x.sizes() != x_hat.sizes() || x.size(-1) != layer.weight.size(1)) {
+  if (layer.weight.dim() != 2 || x.dim() < 1 || x.sizes() != x_hat.sizes() ||
+      x.size(-1) != layer.weight.size(1)) {
     return InvalidArgumentError("aqer: inputs do not match the weight's input width");
   }
   const bool has_bias = layer.bias.defined();
@@ -58,8 +60,8 @@ StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const to
 }
 
 StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const torch::Tensor& x_hat,
-                                            const WeightQuant& spec) {
-  if (x_hat.size(-1) != layer.weight.size(1)) {
+                                            const WeightQuant& spec, bool conv_layer) {
+  if (layer.weight.dim() != 2 || x_hat.dim() < 1 || x_hat.size(-1) != layer.weight.size(1)) {
     return InvalidArgumentError("wqer: input width does not match the weight");
   }
   QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(layer.weight, spec));
@@ -80,8 +82,27 @@ StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const tor
 
     std::vector<int64_t> remaining(w.size(1));
     for (int64_t i = 0; i < w.size(1); ++i) remaining[i] = i;
+    const double ridge_lambda = conv_layer ? 10 * spec.erq_wqer_lambda : spec.erq_wqer_lambda;
     while (remaining.size() > 1) {
       const size_t half = remaining.size() / 2;
+      if (conv_layer) {
+        // Weight columns by ascending total |rounding error| (ties by index); the bias column,
+        // which has no rounding error, stays last.
+        std::vector<int64_t> cols(remaining.begin(), remaining.end() - (has_bias ? 1 : 0));
+        auto ci = torch::tensor(cols, torch::kLong).to(w.device());
+        auto wc = w.index_select(1, ci);
+        auto sc = scale.index_select(1, ci), zc = zero.index_select(1, ci);
+        auto err = (OnGrid((wc / sc).round(), sc, zc, grid) - wc).abs().sum(0).to(torch::kCPU);
+        std::vector<double> score(err.data_ptr<double>(), err.data_ptr<double>() + err.numel());
+        std::vector<size_t> order(cols.size());
+        for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](size_t a, size_t b) { return score[a] < score[b]; });
+        std::vector<int64_t> sorted;
+        for (size_t i : order) sorted.push_back(cols[i]);
+        if (has_bias) sorted.push_back(remaining.back());
+        remaining = sorted;
+      }
       std::vector<int64_t> s_idx(remaining.begin(), remaining.begin() + half);
       std::vector<int64_t> r_idx(remaining.begin() + half, remaining.end());
       auto si = torch::tensor(s_idx, torch::kLong).to(w.device());
@@ -122,7 +143,7 @@ StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const tor
       auto rhs = gram.index_select(0, ri).index_select(1, si).mm(e.t());
       QS_ASSIGN_OR_RETURN(
           torch::Tensor comp,
-          RidgeSolve(gram.index_select(0, ri).index_select(1, ri), rhs, spec.erq_wqer_lambda));
+          RidgeSolve(gram.index_select(0, ri).index_select(1, ri), rhs, ridge_lambda));
       w.index_copy_(1, ri, w.index_select(1, ri) - comp.t());
       w.index_copy_(1, si, ws + e);
       remaining = r_idx;

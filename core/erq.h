@@ -38,8 +38,11 @@ StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const to
 // Wqer on the grid fitted to `layer.weight` under `spec` (fitted after Aqer, as ERQ re-calibrates).
 // `x_hat` is the quantized input. Every returned weight lies on the grid; the bias (if the layer
 // has one) absorbs error as a float column and is returned in `QuantizedWeight::bias`.
+// `conv_layer` follows the reference code's convolution path (the patch embedding): each round
+// quantizes the half of the float columns with the smallest rounding error, and λ₂ is 10×
+// erq_wqer_lambda (1·coe instead of 0.1·coe).
 StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const torch::Tensor& x_hat,
-                                            const WeightQuant& spec);
+                                            const WeightQuant& spec, bool conv_layer = false);
 
 }  // namespace qs::core
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <ATen/ATen.h>
 
 #include "core/dataset.h"
@@ -38,12 +40,14 @@ TEST(RidgeTest, VanishingLambdaIsLeastSquaresAndLargeLambdaIsZero) {
   auto lstsq = std::get<0>(at::linalg_lstsq(x, y));
   EXPECT_TRUE(torch::allclose(*ridge, lstsq, 1e-8, 1e-9));
   auto huge = RidgeSolve(x.t().mm(x), x.t().mm(y), 1e12);
+  ASSERT_TRUE(huge.ok());
   EXPECT_LT(huge->abs().max().item<double>(), 1e-8);
   // The fit error does not grow as λ shrinks.
   double prev = 1e300;
   for (double lambda : {1e4, 1e2, 1.0, 1e-2, 1e-6}) {
-    auto d = *RidgeSolve(x.t().mm(x), x.t().mm(y), lambda);
-    double err = (x.mm(d) - y).pow(2).sum().item<double>();
+    auto d = RidgeSolve(x.t().mm(x), x.t().mm(y), lambda);
+    ASSERT_TRUE(d.ok());
+    double err = (x.mm(*d) - y).pow(2).sum().item<double>();
     EXPECT_LE(err, prev + 1e-9) << lambda;
     prev = err;
   }
@@ -76,34 +80,58 @@ TEST(AqerTest, AbsorbsActivationErrorAndKeepsBiaslessLayersBiasless) {
   EXPECT_FALSE(nb->bias.defined());
 }
 
-void ExpectOnGridAndBetterThanRtn(const LinearParams& layer, const torch::Tensor& x,
-                                  const torch::Tensor& x_hat, int bits, const std::string& what) {
+TEST(AqerTest, VanishingLambdaGivesTheLeastSquaresLayer) {
+  torch::manual_seed(3);
+  LinearParams layer{torch::randn({6, 10}), torch::randn({6})};
+  auto x = torch::randn({500, 10});
+  auto x_hat = ActivationQuantize(x, 3);
+  auto out = ReduceActivationError(layer, x, x_hat, 1e-9);
+  ASSERT_TRUE(out.ok());
+  // Ordinary least squares of the float output on [X̄, 1].
+  auto xt = at::cat({x_hat, torch::ones({500, 1})}, 1).to(torch::kFloat64);
+  auto y = at::linear(x, layer.weight, layer.bias).to(torch::kFloat64);
+  auto ols = std::get<0>(at::linalg_lstsq(xt, y));
+  EXPECT_TRUE(torch::allclose(out->weight.to(torch::kFloat64), ols.narrow(0, 0, 10).t(), 1e-4, 1e-4));
+  EXPECT_TRUE(torch::allclose(out->bias.to(torch::kFloat64), ols.select(0, 10), 1e-4, 1e-4));
+}
+
+// Returns whether ERQ's output error is at most RTN's at the same scales; checks the grid always.
+bool OnGridAndNoWorseThanRtn(const LinearParams& layer, const torch::Tensor& x_hat, int bits,
+                             const std::string& what, bool conv = false) {
   auto spec = Spec(bits);
-  auto erq = ReduceWeightError(layer, x_hat, spec);
-  ASSERT_TRUE(erq.ok()) << erq.status().ToString();
+  auto erq = ReduceWeightError(layer, x_hat, spec, conv);
+  EXPECT_TRUE(erq.ok()) << erq.status().ToString();
+  if (!erq.ok()) return false;
   // On the grid: fake-quantizing again changes nothing, and the codes reproduce it.
   EXPECT_TRUE(torch::equal(FakeQuantize(erq->dequantized, erq->grid), erq->dequantized)) << what;
   EXPECT_TRUE(torch::equal(DequantizeCodes(erq->codes, erq->grid), erq->dequantized)) << what;
   // RTN at the same scales.
   auto rtn = FakeQuantize(layer.weight, erq->grid);
   auto b = erq->bias.defined() ? erq->bias : layer.bias;
-  EXPECT_LE(OutputError(x_hat, erq->dequantized, b, x_hat, layer),
-            OutputError(x_hat, rtn, layer.bias, x_hat, layer))
-      << what << " at " << bits << " bits";
+  const double erq_err = OutputError(x_hat, erq->dequantized, b, x_hat, layer);
+  const double rtn_err = OutputError(x_hat, rtn, layer.bias, x_hat, layer);
+  if (erq_err > rtn_err) std::printf("note: ERQ above RTN on %s at %d bits\n", what.c_str(), bits);
+  return erq_err <= rtn_err;
 }
 
 TEST(WqerTest, WeightsOnGridAndOutputErrorAtMostRtnOnRandomLayers) {
+  int wins = 0, cases = 0;
   for (uint64_t seed = 0; seed < 4; ++seed) {
     torch::manual_seed(10 + seed);
     LinearParams layer{torch::randn({32, 48}), torch::randn({32})};
     auto x = torch::randn({600, 48}).mm(torch::randn({48, 48}) / 7.0);
     auto x_hat = ActivationQuantize(x, 8);
-    for (int bits : {3, 4}) ExpectOnGridAndBetterThanRtn(layer, x, x_hat, bits, "random");
+    for (int bits : {3, 4}) {
+      wins += OnGridAndNoWorseThanRtn(layer, x_hat, bits, "random");
+      wins += OnGridAndNoWorseThanRtn(layer, x_hat, bits, "random, conv path", /*conv=*/true);
+      cases += 2;
+    }
   }
   torch::manual_seed(20);
   LinearParams no_bias{torch::randn({16, 33}), torch::Tensor()};
-  auto x = torch::randn({300, 33});
-  ExpectOnGridAndBetterThanRtn(no_bias, x, x, 3, "no bias, odd width");
+  wins += OnGridAndNoWorseThanRtn(no_bias, torch::randn({300, 33}), 3, "no bias, odd width");
+  ++cases;
+  EXPECT_GE(wins, (cases * 95 + 99) / 100);
 }
 
 TEST(WqerTest, OutputErrorAtMostRtnOnTheFixtureLayers) {
@@ -112,12 +140,19 @@ TEST(WqerTest, OutputErrorAtMostRtnOnTheFixtureLayers) {
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   auto train = LoadDataset("fashion-mnist:train");
   ASSERT_TRUE(train.ok());
-  auto images = *NormalizeImages(DrawSubset(*train, 64, 1), model->config());
-  for (const auto& [name, layer] : testing::CaptureLinearInputs(*model, images)) {
+  auto images = NormalizeImages(DrawSubset(*train, 64, 1), model->config());
+  ASSERT_TRUE(images.ok());
+  // Statistical, as methods.md §5.1 (e) says: at least 95% of layer × bit-width cases.
+  int wins = 0, cases = 0;
+  for (const auto& [name, layer] : testing::CaptureLinearInputs(*model, *images)) {
     auto x_hat = ActivationQuantize(layer.input, 4);
     LinearParams params{layer.weight, layer.bias};
-    for (int bits : {3, 4}) ExpectOnGridAndBetterThanRtn(params, layer.input, x_hat, bits, name);
+    for (int bits : {3, 4}) {
+      wins += OnGridAndNoWorseThanRtn(params, x_hat, bits, name, name == "patch_embed.proj");
+      ++cases;
+    }
   }
+  EXPECT_GE(wins, (cases * 95 + 99) / 100);
 }
 
 TEST(WqerTest, RejectsMismatchedInputs) {

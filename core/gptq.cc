@@ -65,6 +65,8 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
       !spec.gptq_static_groups) {
     return InvalidArgumentError("gptq: act_order with per_group needs static groups");
   }
+  if (spec.gptq_block_size < 1) return InvalidArgumentError("gptq: block size must be >= 1");
+  if (!(spec.gptq_damp > 0)) return InvalidArgumentError("gptq: damping must be positive");
   return GuardTorch("gptq", [&]() -> StatusOr<QuantizedWeight> {
     const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(weight.device());
     auto w = weight.to(torch::kFloat64).clone();

@@ -113,12 +113,13 @@ class CalibratingHandler : public SiteHandler {
         return QuantizeWeightGptq(weight, InputHessian(x_hat), spec);
       case WeightMethod::kErq: {
         LinearParams layer{weight, bias};
-        // ERQ leaves the patch-embedding convolution to Wqer alone.
-        if (site.name != "patch_embed.proj") {
+        // ERQ leaves the patch-embedding convolution to Wqer alone, on its convolution path.
+        const bool conv = site.name == "patch_embed.proj";
+        if (!conv) {
           const double lambda = x.dim() == 2 ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
           QS_ASSIGN_OR_RETURN(layer, ReduceActivationError(layer, x, x_hat, lambda));
         }
-        return ReduceWeightError(layer, x_hat, spec);
+        return ReduceWeightError(layer, x_hat, spec, conv);
       }
     }
     return InternalError("unknown weight method");
@@ -179,13 +180,15 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
       return InvalidArgumentError("recipe names site '" + name + "', which the model lacks");
     }
   }
-  if (calib_images.size(0) == 0) return InvalidArgumentError("calibration set is empty");
+  if (calib_images.dim() != 4 || calib_images.size(0) == 0) {
+    return InvalidArgumentError("calibration images must be a non-empty [N, C, H, W] batch");
+  }
   // Shape errors surface through Logits' own check on a zero-cost call.
   QS_RETURN_IF_ERROR(model.Logits(calib_images.narrow(0, 0, 0)).status());
   return GuardTorch("quantize", [&]() -> StatusOr<QuantizedModel> {
     c10::InferenceMode guard;
     CalibratingHandler handler(model.config(), recipe);
-    model.Forward(calib_images.to(model.tensor("head.weight").device()), &handler);
+    model.Forward(calib_images.to(model.tensor("head.weight").device(), torch::kFloat32), &handler);
     QS_RETURN_IF_ERROR(handler.status());
     QuantizedModel q;
     q.float_model_ = model;

@@ -161,15 +161,60 @@ TEST(QuantizeModelTest, WrittenCodesReproduceTheQuantizedWeights) {
   std::remove(path.c_str());
 }
 
+TEST(QuantizeModelTest, GptqAndErqRunThroughTheModelAndErqBiasIsWritten) {
+  auto t = MakeTiny();
+  auto fp = *t.model.Logits(t.eval);
+  for (const char* r : {"w3a8:gptq", "w3a8:erq"}) {
+    Recipe recipe = Uniform(r);
+    // Act order and static groups on one site, to check the written scales too.
+    QuantConfig grouped = recipe.linear_default;
+    grouped.weight.granularity = Granularity::kPerGroup;
+    grouped.weight.group_size = 16;
+    grouped.weight.gptq_act_order = true;
+    grouped.weight.gptq_static_groups = true;
+    recipe.sites["blocks.1.mlp.fc2"] = grouped;
+    auto q = QuantizeModel(t.model, recipe, t.calib);
+    ASSERT_TRUE(q.ok()) << r << ": " << q.status().ToString();
+    auto logits = q->Logits(t.eval);
+    ASSERT_TRUE(logits.ok());
+    EXPECT_TRUE(torch::isfinite(*logits).all().item<bool>());
+    EXPECT_GT(SqnrDb(fp, *logits), 5.0) << r;
+    const std::string path =
+        (std::filesystem::temp_directory_path() / "qs_qm_methods.safetensors").string();
+    ASSERT_TRUE(q->WriteWeights(path).ok());
+    auto file = SafetensorsFile::Open(path);
+    ASSERT_TRUE(file.ok());
+    for (const char* site : {"blocks.0.mlp.fc1", "blocks.1.mlp.fc2"}) {
+      const auto& w = *q->sites().at(site).weight;
+      auto codes = *file->Tensor(std::string(site) + ".weight.codes");
+      auto scale = *file->Tensor(std::string(site) + ".weight.scale");
+      if (scale.size(1) > 1) scale = scale.repeat_interleave(16, 1);
+      EXPECT_TRUE(torch::allclose(codes.to(torch::kFloat32) * scale, w.dequantized)) << r << site;
+      auto bias = *file->Tensor(std::string(site) + ".bias");
+      if (std::string(r).find("erq") != std::string::npos) {
+        ASSERT_TRUE(w.bias.defined());
+        EXPECT_TRUE(torch::equal(bias, w.bias));
+        EXPECT_FALSE(torch::equal(bias, t.model.tensor(std::string(site) + ".bias")));
+      } else {
+        EXPECT_TRUE(torch::equal(bias, t.model.tensor(std::string(site) + ".bias")));
+      }
+    }
+    std::remove(path.c_str());
+  }
+}
+
 TEST(QuantizeModelTest, FixtureKeepsItsAccuracyAtW8A8) {
   auto model = ViTModel::Load(kFixtureConfig, kFixtureWeights);
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   auto train = LoadDataset("fashion-mnist:train");
   auto test = LoadDataset("fashion-mnist:test");
   ASSERT_TRUE(train.ok() && test.ok());
-  auto calib = *NormalizeImages(DrawSubset(*train, 128, 0), model->config());
+  auto calib_x = NormalizeImages(DrawSubset(*train, 128, 0), model->config());
   auto eval_set = Head(*test, 1000);
-  auto eval = *NormalizeImages(eval_set, model->config());
+  auto eval_x = NormalizeImages(eval_set, model->config());
+  ASSERT_TRUE(calib_x.ok() && eval_x.ok());
+  const auto& calib = *calib_x;
+  const auto& eval = *eval_x;
   auto fp = model->Logits(eval);
   ASSERT_TRUE(fp.ok());
   auto w8a8 = QuantizeModel(*model, Uniform("w8a8", false), calib);

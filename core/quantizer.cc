@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "core/torch_status.h"
 
@@ -96,10 +97,15 @@ torch::Tensor RowError(const torch::Tensor& rows, const torch::Tensor& approx, b
   return absolute ? d.abs().sum(1) : d.pow(2).sum(1);
 }
 
+// A fixed pseudo-random subset of columns (the same on every run). A plain stride could alias with
+// the channel count of a flattened activation and skip whole channels.
 torch::Tensor SampleColumns(const torch::Tensor& rows) {
   if (rows.numel() <= kSearchSampleElements) return rows;
-  int64_t stride = (rows.numel() + kSearchSampleElements - 1) / kSearchSampleElements;
-  return rows.slice(1, 0, rows.size(1), stride);
+  const int64_t keep = std::max<int64_t>(1, kSearchSampleElements / rows.size(0));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(/*seed_in=*/0x5eed);
+  auto index = std::get<0>(
+      at::randperm(rows.size(1), gen, torch::kLong).narrow(0, 0, keep).sort());
+  return rows.index_select(1, index.to(rows.device()));
 }
 
 // Per-row grid for rows [G, K] under `range`; returns scale and zero point of shape [G].
@@ -109,7 +115,7 @@ void FitRows(const torch::Tensor& rows, const RangeOptions& range, torch::Tensor
   GridRange(range.bits, range.symmetric, &qmin, &qmax);
   torch::Tensor lo, hi;
   if (range.calibrator == RangeCalibrator::kPercentile) {
-    auto sample = SampleColumns(rows);
+    const auto& sample = rows;  // quantiles over every element
     const int64_t k = sample.size(1);
     int64_t k_hi = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(range.percentile * k)), 1, k);
     int64_t k_lo =

@@ -125,6 +125,25 @@ TEST(UniformQuantizerTest, OutlierChannelsHurtPerTensorButNotPerChannel) {
   EXPECT_GT(channel_db, 38.0);
 }
 
+TEST(UniformQuantizerTest, LargeActivationsKeepEveryChannelInTheirRange) {
+  // 4096 tokens × 768 channels (3.1M elements, above the search's sampling threshold) with one
+  // channel of each parity scaled up: neither may be missed.
+  torch::manual_seed(14);
+  auto x = torch::randn({4096, 768});
+  x.select(1, 6).mul_(40);
+  x.select(1, 7).mul_(40);
+  for (auto cal : {RangeCalibrator::kOmse, RangeCalibrator::kPercentile}) {
+    auto g = FitUniformGrid(x, {}, RangeOptions{8, true, cal, 0.99999});
+    ASSERT_TRUE(g.ok());
+    EXPECT_GT(g->scale.item<double>() * 127, 40.0) << ToString(cal);
+  }
+  // The sampled search still lands at or near min-max's error on the whole tensor.
+  auto omse = FitUniformGrid(x, {}, RangeOptions{8, true, RangeCalibrator::kOmse});
+  auto mm = FitUniformGrid(x, {}, RangeOptions{8, true, RangeCalibrator::kMinMax});
+  ASSERT_TRUE(omse.ok() && mm.ok());
+  EXPECT_LE(Mse(x, FakeQuantize(x, *omse)), 1.05 * Mse(x, FakeQuantize(x, *mm)));
+}
+
 TEST(UniformQuantizerTest, PercentileClipsOutliers) {
   auto x = Gaussian(1, 100000, 7).flatten();
   x[0] = 100.0;
@@ -243,9 +262,10 @@ TEST(TwinUniformTest, PostSoftmaxBeatsPlainUniformAndIsIdempotent) {
   ASSERT_TRUE(twin.ok()) << twin.status().ToString();
   auto q = twin->Apply(p);
   EXPECT_TRUE(torch::equal(twin->Apply(q), q));
-  // Split m = 0 is the plain (bits−1)-bit uniform grid over [0, 1]; the search can only improve.
+  // Split m = 0 is the plain (bits−1)-bit uniform grid over [0, 1]. Softmax rows put most values
+  // near 0, so the search must find a finer small region that does strictly better.
   auto plain = (p * 7).round().clamp(0, 7) / 7;
-  EXPECT_LE(Mse(p, q), Mse(p, plain));
+  EXPECT_LT(Mse(p, q), 0.9 * Mse(p, plain));
   EXPECT_LT(twin->twin_small_step(), twin->twin_large_step());
 }
 

@@ -158,12 +158,19 @@ StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes, const std::s
     return a.second->begin != b.second->begin ? a.second->begin < b.second->begin
                                               : a.second->end < b.second->end;
   });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const auto* prev = by_offset[i - 1].second;
-    const auto* cur = by_offset[i].second;
-    if (cur->begin < prev->end && cur->begin != cur->end && prev->begin != prev->end) {
-      return DataLossError(name + ": tensor '" + *by_offset[i].first + "' overlaps tensor '" +
-                           *by_offset[i - 1].first + "' in the data section");
+  // Empty tensors occupy no bytes; among the others, each must start at or after the furthest end
+  // seen so far.
+  uint64_t max_end = 0;
+  const std::string* max_owner = nullptr;
+  for (const auto& [tensor, entry] : by_offset) {
+    if (entry->begin == entry->end) continue;
+    if (max_owner != nullptr && entry->begin < max_end) {
+      return DataLossError(name + ": tensor '" + *tensor + "' overlaps tensor '" + *max_owner +
+                           "' in the data section");
+    }
+    if (entry->end > max_end) {
+      max_end = entry->end;
+      max_owner = tensor;
     }
   }
   file.bytes_ = std::make_shared<const std::string>(std::move(bytes));
@@ -178,11 +185,14 @@ StatusOr<torch::Tensor> SafetensorsFile::Tensor(const std::string& tensor) const
   const SafetensorsEntry& e = it->second;
   return GuardTorch(name_ + ": tensor '" + tensor + "'", [&]() -> StatusOr<torch::Tensor> {
     const DtypeInfo* info = FindDtype(e.dtype);
-    auto out = torch::empty(e.shape, torch::TensorOptions().dtype(info->type));
+    // Booleans are read as bytes and compared with 0: a stored byte other than 0 or 1 must not
+    // become an invalid bool.
+    const auto storage = info->type == torch::kBool ? torch::kUInt8 : info->type;
+    auto out = torch::empty(e.shape, torch::TensorOptions().dtype(storage));
     if (e.end > e.begin) {
       std::memcpy(out.data_ptr(), bytes_->data() + data_start_ + e.begin, e.end - e.begin);
     }
-    return out;
+    return info->type == torch::kBool ? out.ne(0) : out;
   });
 }
 

@@ -31,8 +31,8 @@ struct SafetensorsEntry {
 class SafetensorsFile {
  public:
   // Reads and validates the whole file. Errors: NOT_FOUND (no such file), DATA_LOSS (truncated,
-  // malformed header, offsets outside the data or overlapping), INVALID_ARGUMENT (unknown dtype,
-  // byte size that disagrees with dtype × shape).
+  // malformed header, offsets outside the data or overlapping, a byte size that disagrees with
+  // dtype × shape), INVALID_ARGUMENT (unknown dtype).
   static StatusOr<SafetensorsFile> Open(const std::string& path);
   // The same checks over bytes already in memory; `name` is used in messages.
   static StatusOr<SafetensorsFile> Parse(std::string bytes, const std::string& name);

@@ -122,11 +122,29 @@ TEST(SafetensorsTest, HeadersThatLieAboutOffsetsAreRejected) {
       data));
   EXPECT_EQ(overlap.code(), StatusCode::kDataLoss);
   EXPECT_NE(overlap.message().find("overlaps"), std::string::npos);
+  // An empty tensor between two overlapping ones must not hide the overlap.
+  auto hidden = ParseStatus(WithHeader(
+      R"({"a":{"dtype":"U8","shape":[12],"data_offsets":[0,12]},)"
+      R"("e":{"dtype":"U8","shape":[0],"data_offsets":[6,6]},)"
+      R"("c":{"dtype":"U8","shape":[2],"data_offsets":[8,10]}})",
+      data));
+  EXPECT_EQ(hidden.code(), StatusCode::kDataLoss);
   // Offsets that are not unsigned integers.
   EXPECT_EQ(ParseStatus(WithHeader(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[-1,0]}})",
                                    data))
                 .code(),
             StatusCode::kDataLoss);
+}
+
+TEST(SafetensorsTest, BoolBytesOtherThanZeroOrOneReadAsTrue) {
+  auto file = SafetensorsFile::Parse(
+      WithHeader(R"({"m":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})",
+                 std::string("\x00\x01\x07", 3)),
+      "x");
+  ASSERT_TRUE(file.ok());
+  auto m = file->Tensor("m");
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(torch::equal(*m, torch::tensor({false, true, true})));
 }
 
 TEST(SafetensorsTest, UnknownDtypeIsInvalidArgument) {

@@ -115,7 +115,20 @@ StatusOr<ViTConfig> ParseViTConfig(const json& j) {
     return bad("embed_dim " + std::to_string(c.embed_dim) + " is not a multiple of num_heads " +
                std::to_string(c.num_heads));
   }
-  if (!(c.mlp_ratio > 0) || c.mlp_hidden() < 1) return bad("mlp_ratio must be positive");
+  const std::pair<const char*, std::pair<int64_t, int64_t>> limits[] = {
+      {"img_size", {c.img_size, 8192}},    {"patch_size", {c.patch_size, c.img_size}},
+      {"in_chans", {c.in_chans, 64}},      {"embed_dim", {c.embed_dim, 16384}},
+      {"depth", {c.depth, 512}},           {"num_heads", {c.num_heads, c.embed_dim}},
+      {"num_classes", {c.num_classes, 1000000}}};
+  for (const auto& [key, v] : limits) {
+    if (v.first > v.second) {
+      return bad(std::string(key) + " " + std::to_string(v.first) + " exceeds the limit " +
+                 std::to_string(v.second));
+    }
+  }
+  if (!(c.mlp_ratio > 0) || !(c.mlp_ratio <= 64) || c.embed_dim * c.mlp_ratio < 1) {
+    return bad("mlp_ratio must be in (0, 64] with embed_dim · mlp_ratio >= 1");
+  }
   if (c.global_pool != "token" && c.global_pool != "avg") {
     return bad("global_pool must be \"token\" or \"avg\", got \"" + c.global_pool + "\"");
   }
@@ -256,9 +269,21 @@ std::map<std::string, SiteKind> ViTModel::SiteKinds() const {
   return kinds;
 }
 
-ViTModel ViTModel::WithTensors(const std::map<std::string, torch::Tensor>& replacements) const {
+StatusOr<ViTModel> ViTModel::WithTensors(
+    const std::map<std::string, torch::Tensor>& replacements) const {
   ViTModel out = *this;
-  for (const auto& [name, t] : replacements) out.tensors_.at(name) = t;
+  for (const auto& [name, t] : replacements) {
+    auto it = out.tensors_.find(name);
+    if (it == out.tensors_.end()) return InvalidArgumentError("no tensor '" + name + "'");
+    if (!t.defined() || t.sizes() != it->second.sizes() || !t.is_floating_point()) {
+      return InvalidArgumentError("replacement for '" + name + "' has another shape or dtype");
+    }
+    auto f = t.to(it->second.device(), torch::kFloat32);
+    if (!torch::isfinite(f).all().item<bool>()) {
+      return InvalidArgumentError("replacement for '" + name + "' holds NaN or infinite values");
+    }
+    it->second = f;
+  }
   return out;
 }
 
@@ -344,6 +369,7 @@ StatusOr<torch::Tensor> ViTModel::Logits(const torch::Tensor& images, SiteHandle
                                 std::to_string(c.img_size) + ", " + std::to_string(c.img_size) +
                                 "]");
   }
+  if (batch_size < 1) return InvalidArgumentError("batch size must be >= 1");
   return GuardTorch("forward", [&]() -> StatusOr<torch::Tensor> {
     c10::InferenceMode guard;
     const auto device = tensors_.at("head.weight").device();

@@ -85,8 +85,9 @@ class ViTModel {
   const std::map<std::string, torch::Tensor>& tensors() const { return tensors_; }
   const torch::Tensor& tensor(const std::string& name) const { return tensors_.at(name); }
 
-  // A model sharing this one's tensors except those in `replacements` (same names and shapes).
-  ViTModel WithTensors(const std::map<std::string, torch::Tensor>& replacements) const;
+  // A model sharing this one's tensors except those in `replacements`. INVALID_ARGUMENT for a
+  // name the model lacks, another shape, a non-float dtype or non-finite values.
+  StatusOr<ViTModel> WithTensors(const std::map<std::string, torch::Tensor>& replacements) const;
   // The model on `device` (weights copied).
   ViTModel To(const torch::Device& device) const;
 

@@ -67,6 +67,15 @@ TEST(ViTConfigTest, ErrorsNameTheKey) {
   j = base;
   j["depth"] = 0;
   expect_error(j, "depth");
+  j = base;
+  j["depth"] = 100000;
+  expect_error(j, "depth");
+  j = base;
+  j["mlp_ratio"] = 1e300;
+  expect_error(j, "mlp_ratio");
+  j = base;
+  j["embed_dim"] = int64_t{1} << 40;
+  expect_error(j, "embed_dim");
   EXPECT_EQ(LoadViTConfig(TempPath("missing.json")).status().code(), StatusCode::kNotFound);
 }
 
@@ -206,6 +215,8 @@ TEST(ViTModelTest, AvgPoolWithoutClassTokenAndFcNormLoads) {
   EXPECT_EQ(logits->sizes().vec(), (std::vector<int64_t>{4, 5}));
   auto bad = model->Logits(torch::randn({4, 3, 16, 16}));
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->Logits(torch::randn({4, 1, 16, 16}), nullptr, 0).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST(ViTModelTest, DigestChangesWithAnyWeight) {
@@ -215,7 +226,10 @@ TEST(ViTModelTest, DigestChangesWithAnyWeight) {
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(a->Digest(), ViTModel::FromTensors(c, t)->Digest());
   auto changed = a->WithTensors({{"head.bias", t["head.bias"] + 1e-3}});
-  EXPECT_NE(a->Digest(), changed.Digest());
+  ASSERT_TRUE(changed.ok());
+  EXPECT_NE(a->Digest(), changed->Digest());
+  EXPECT_FALSE(a->WithTensors({{"head.bias", torch::zeros({4})}}).ok());
+  EXPECT_FALSE(a->WithTensors({{"nope", torch::zeros({5})}}).ok());
 }
 
 }  // namespace
