@@ -1,9 +1,8 @@
 #include "common/quant_config.h"
 
 #include <cctype>
-#include <limits>
-#include <type_traits>
-#include <set>
+
+#include "common/json_fields.h"
 
 namespace qs {
 namespace {
@@ -52,49 +51,6 @@ const char* EnumName(E v, const std::pair<const char*, E> (&table)[N]) {
     if (v == value) return name;
   }
   return "?";
-}
-
-// Reads j[key] into *out when present, checking its JSON type.
-template <typename T>
-Status ReadField(const json& j, const char* key, T* out) {
-  auto it = j.find(key);
-  if (it == j.end()) return OkStatus();
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-    if (!it->is_number_integer()) {
-      return InvalidArgumentError(std::string("field '") + key + "' must be an integer");
-    }
-    const auto v = it->get<int64_t>();
-    if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max()) {
-      return InvalidArgumentError(std::string("field '") + key + "' is out of range");
-    }
-  }
-  try {
-    *out = it->get<T>();
-  } catch (const json::exception&) {
-    return InvalidArgumentError(std::string("field '") + key + "' has the wrong type (" +
-                                it->type_name() + ")");
-  }
-  return OkStatus();
-}
-
-template <typename E, typename ParseFn>
-Status ReadEnumField(const json& j, const char* key, ParseFn parse, E* out) {
-  std::string text;
-  if (j.contains(key)) {
-    QS_RETURN_IF_ERROR(ReadField(j, key, &text));
-    QS_ASSIGN_OR_RETURN(*out, parse(text));
-  }
-  return OkStatus();
-}
-
-Status CheckKeys(const json& j, const std::set<std::string>& allowed, const std::string& where) {
-  if (!j.is_object()) return InvalidArgumentError(where + " must be a JSON object");
-  for (const auto& item : j.items()) {
-    if (!allowed.count(item.key())) {
-      return InvalidArgumentError("unknown field '" + item.key() + "' in " + where);
-    }
-  }
-  return OkStatus();
 }
 
 json WeightToJson(const WeightQuant& w) {

@@ -1,0 +1,245 @@
+#include "common/job_spec.h"
+
+#include "common/file_util.h"
+#include "common/json_fields.h"
+
+namespace qs {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::pair<const char*, BudgetKind> kBudgets[] = {
+    {"avg_weight_bits", BudgetKind::kAvgWeightBits},
+    {"model_bytes", BudgetKind::kModelBytes},
+    {"bops", BudgetKind::kBops},
+};
+constexpr std::pair<const char*, RankingMetric> kMetrics[] = {
+    {"noise_ratio", RankingMetric::kNoiseRatio},
+    {"mse", RankingMetric::kMse},
+    {"mae", RankingMetric::kMae},
+};
+
+StatusOr<RankingMetric> ParseMetric(const std::string& s) {
+  for (const auto& [name, v] : kMetrics) {
+    if (s == name) return v;
+  }
+  return InvalidArgumentError("unknown ranking metric '" + s +
+                              "' (expected noise_ratio, mse or mae)");
+}
+
+Status Section(const json& j, const char* key, bool required, const json** out) {
+  auto it = j.find(key);
+  if (it == j.end()) {
+    if (required) return InvalidArgumentError(std::string("missing section '") + key + "'");
+    static const json kEmpty = json::object();
+    *out = &kEmpty;
+    return OkStatus();
+  }
+  if (!it->is_object()) return InvalidArgumentError(std::string("'") + key + "' must be an object");
+  *out = &*it;
+  return OkStatus();
+}
+
+Status ReadBits(const json& v, int* out, int min_bits) {
+  if (!v.is_number_integer()) return InvalidArgumentError("bit-width must be an integer");
+  *out = v.get<int>();
+  if (*out != 0 && (*out < min_bits || *out > 8)) {
+    return InvalidArgumentError("bit-width " + std::to_string(*out) + " is outside " +
+                                std::to_string(min_bits) + "..8");
+  }
+  return OkStatus();
+}
+
+template <typename E, typename Parse>
+auto EnumReader(Parse parse) {
+  return [parse](const json& v, E* out) -> Status {
+    if (!v.is_string()) return InvalidArgumentError("expected a string");
+    QS_ASSIGN_OR_RETURN(*out, parse(v.get<std::string>()));
+    return OkStatus();
+  };
+}
+
+Status ParseSearch(const json& j, CandidateSpace* space) {
+  QS_RETURN_IF_ERROR(CheckKeys(j,
+                               {"weight_methods", "weight_bits", "weight_granularities",
+                                "group_size", "weight_calibrators", "activation_bits",
+                                "softmax_quantizers", "skip", "pin"},
+                               "search"));
+  QS_RETURN_IF_ERROR(ReadArrayField<WeightMethod>(
+      j, "weight_methods", EnumReader<WeightMethod>(ParseWeightMethod), &space->weight_methods));
+  QS_RETURN_IF_ERROR(ReadArrayField<int>(
+      j, "weight_bits", [](const json& v, int* b) { return ReadBits(v, b, 2); },
+      &space->weight_bits));
+  QS_RETURN_IF_ERROR(ReadArrayField<Granularity>(j, "weight_granularities",
+                                                 EnumReader<Granularity>(ParseGranularity),
+                                                 &space->weight_granularities));
+  for (auto g : space->weight_granularities) {
+    if (g == Granularity::kPerHead) {
+      return InvalidArgumentError("field 'weight_granularities': per_head is not a weight option");
+    }
+  }
+  QS_RETURN_IF_ERROR(ReadField(j, "group_size", &space->group_size));
+  if (space->group_size < 1) return InvalidArgumentError("field 'group_size' must be >= 1");
+  QS_RETURN_IF_ERROR(ReadArrayField<RangeCalibrator>(
+      j, "weight_calibrators", EnumReader<RangeCalibrator>(ParseRangeCalibrator),
+      &space->weight_calibrators));
+  QS_RETURN_IF_ERROR(ReadArrayField<int>(
+      j, "activation_bits", [](const json& v, int* b) { return ReadBits(v, b, 2); },
+      &space->activation_bits));
+  QS_RETURN_IF_ERROR(ReadArrayField<ActivationQuantizer>(
+      j, "softmax_quantizers", EnumReader<ActivationQuantizer>(ParseActivationQuantizer),
+      &space->softmax_quantizers));
+  if (j.contains("skip")) {
+    QS_RETURN_IF_ERROR(ReadField(j, "skip", &space->skip));
+  }
+  if (j.contains("pin")) {
+    if (!j["pin"].is_object()) return InvalidArgumentError("field 'pin' must be an object");
+    for (const auto& item : j["pin"].items()) space->pin[item.key()] = item.value();
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+const char* ToString(BudgetKind v) {
+  for (const auto& [name, k] : kBudgets) {
+    if (k == v) return name;
+  }
+  return "?";
+}
+
+const char* ToString(RankingMetric v) {
+  for (const auto& [name, k] : kMetrics) {
+    if (k == v) return name;
+  }
+  return "?";
+}
+
+StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
+  auto fail = [](const Status& s, const char* section) {
+    return s.WithContext(std::string("spec ") + section);
+  };
+  Status s = CheckKeys(j, {"model", "calibration", "validation", "search", "objective", "accuracy"},
+                       "the spec");
+  if (!s.ok()) return fail(s, "");
+  JobSpec spec;
+  spec.spec_path = spec_path;
+  const json* section = nullptr;
+
+  if (!(s = Section(j, "model", true, &section)).ok()) return fail(s, "");
+  if (!(s = CheckKeys(*section, {"config", "weights"}, "model")).ok()) return fail(s, "model");
+  for (const char* key : {"config", "weights"}) {
+    if (!section->contains(key)) {
+      return InvalidArgumentError(std::string("spec model: missing field '") + key + "'");
+    }
+  }
+  if (!(s = ReadField(*section, "config", &spec.model_config)).ok()) return fail(s, "model");
+  if (!(s = ReadField(*section, "weights", &spec.model_weights)).ok()) return fail(s, "model");
+  spec.model_config = ResolveRelativeTo(spec_path, spec.model_config);
+  spec.model_weights = ResolveRelativeTo(spec_path, spec.model_weights);
+
+  if (!(s = Section(j, "calibration", false, &section)).ok()) return fail(s, "");
+  s = CheckKeys(*section, {"source", "count", "seed"}, "calibration");
+  if (s.ok()) s = ReadField(*section, "source", &spec.calibration_source);
+  if (s.ok()) s = ReadField(*section, "count", &spec.calibration_count);
+  if (s.ok()) s = ReadField(*section, "seed", &spec.seed);
+  if (s.ok() && spec.calibration_count < 1) s = InvalidArgumentError("'count' must be >= 1");
+  if (!s.ok()) return fail(s, "calibration");
+
+  if (!(s = Section(j, "validation", false, &section)).ok()) return fail(s, "");
+  s = CheckKeys(*section, {"source", "limit"}, "validation");
+  if (s.ok()) s = ReadField(*section, "source", &spec.validation_source);
+  if (s.ok()) s = ReadField(*section, "limit", &spec.validation_limit);
+  if (s.ok() && spec.validation_limit < 0) s = InvalidArgumentError("'limit' must be >= 0");
+  if (!s.ok()) return fail(s, "validation");
+  for (std::string* src : {&spec.calibration_source, &spec.validation_source}) {
+    if (src->rfind("fashion-mnist:", 0) != 0) *src = ResolveRelativeTo(spec_path, *src);
+  }
+
+  if (!(s = Section(j, "search", false, &section)).ok()) return fail(s, "");
+  if (!(s = ParseSearch(*section, &spec.space)).ok()) return fail(s, "search");
+
+  if (!(s = Section(j, "objective", true, &section)).ok()) return fail(s, "");
+  s = CheckKeys(*section, {"avg_weight_bits", "model_bytes", "bops", "metric"}, "objective");
+  int budgets = 0;
+  for (const auto& [name, kind] : kBudgets) {
+    if (!s.ok() || !section->contains(name)) continue;
+    ++budgets;
+    spec.budget_kind = kind;
+    if (!(*section)[name].is_number()) {
+      s = InvalidArgumentError(std::string("'") + name + "' must be a number");
+    } else {
+      spec.budget = (*section)[name].get<double>();
+    }
+  }
+  if (s.ok() && budgets != 1) {
+    s = InvalidArgumentError("give exactly one budget: avg_weight_bits, model_bytes or bops");
+  }
+  if (s.ok() && !(spec.budget > 0)) s = InvalidArgumentError("the budget must be positive");
+  if (s.ok()) s = ReadEnumField(*section, "metric", ParseMetric, &spec.metric);
+  if (!s.ok()) return fail(s, "objective");
+
+  if (!(s = Section(j, "accuracy", false, &section)).ok()) return fail(s, "");
+  s = CheckKeys(*section, {"max_abs_top1_drop", "max_rel_top1_drop", "max_validations"},
+                "accuracy");
+  if (s.ok()) s = ReadField(*section, "max_abs_top1_drop", &spec.max_abs_top1_drop);
+  if (s.ok()) s = ReadField(*section, "max_rel_top1_drop", &spec.max_rel_top1_drop);
+  if (s.ok()) s = ReadField(*section, "max_validations", &spec.max_validations);
+  if (s.ok() && section->contains("max_abs_top1_drop") && !(spec.max_abs_top1_drop >= 0)) {
+    s = InvalidArgumentError("'max_abs_top1_drop' must be >= 0 (a fraction of top-1)");
+  }
+  if (s.ok() && section->contains("max_rel_top1_drop") &&
+      !(spec.max_rel_top1_drop >= 0 && spec.max_rel_top1_drop <= 1)) {
+    s = InvalidArgumentError("'max_rel_top1_drop' must be in [0, 1]");
+  }
+  if (s.ok() && spec.max_validations < 1) s = InvalidArgumentError("'max_validations' must be >= 1");
+  if (!s.ok()) return fail(s, "accuracy");
+  return spec;
+}
+
+StatusOr<JobSpec> LoadJobSpec(const std::string& path) {
+  QS_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(path));
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    return InvalidArgumentError(path + ": malformed JSON: " + e.what());
+  }
+  auto spec = ParseJobSpec(j, path);
+  if (!spec.ok()) return spec.status().WithContext(path);
+  return spec;
+}
+
+json ToJson(const JobSpec& spec) {
+  auto names = [](const auto& values) {
+    json a = json::array();
+    for (const auto& v : values) a.push_back(ToString(v));
+    return a;
+  };
+  json pin = json::object();
+  for (const auto& [site, config] : spec.space.pin) pin[site] = config;
+  json objective = {{ToString(spec.budget_kind), spec.budget}, {"metric", ToString(spec.metric)}};
+  json accuracy = {{"max_validations", spec.max_validations}};
+  if (spec.max_abs_top1_drop >= 0) accuracy["max_abs_top1_drop"] = spec.max_abs_top1_drop;
+  if (spec.max_rel_top1_drop >= 0) accuracy["max_rel_top1_drop"] = spec.max_rel_top1_drop;
+  return json{
+      {"model", {{"config", spec.model_config}, {"weights", spec.model_weights}}},
+      {"calibration",
+       {{"source", spec.calibration_source}, {"count", spec.calibration_count}, {"seed", spec.seed}}},
+      {"validation", {{"source", spec.validation_source}, {"limit", spec.validation_limit}}},
+      {"search",
+       {{"weight_methods", names(spec.space.weight_methods)},
+        {"weight_bits", spec.space.weight_bits},
+        {"weight_granularities", names(spec.space.weight_granularities)},
+        {"group_size", spec.space.group_size},
+        {"weight_calibrators", names(spec.space.weight_calibrators)},
+        {"activation_bits", spec.space.activation_bits},
+        {"softmax_quantizers", names(spec.space.softmax_quantizers)},
+        {"skip", spec.space.skip},
+        {"pin", pin}}},
+      {"objective", objective},
+      {"accuracy", accuracy},
+  };
+}
+
+}  // namespace qs

@@ -1,0 +1,81 @@
+// JobSpec: what a search job asks for, parsed and validated from JSON.
+//
+// The spec names the model, the calibration and validation data, the candidate space per site
+// kind, the objective (a budget and the metric that ranks candidates) and the accuracy criterion.
+// Paths are resolved relative to the spec file. Every error names the offending field.
+//
+//   QS_ASSIGN_OR_RETURN(JobSpec spec, LoadJobSpec("job.json"));
+#ifndef QS_COMMON_JOB_SPEC_H_
+#define QS_COMMON_JOB_SPEC_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/quant_config.h"
+#include "common/status.h"
+
+namespace qs {
+
+// What the budget limits.
+enum class BudgetKind {
+  kAvgWeightBits,  // mean bits per quantizable linear weight parameter
+  kModelBytes,     // bytes of all linear weights (scales not counted)
+  kBops,           // Σ MACs × weight bits × activation bits over linear sites
+};
+
+// The per-site number the selection minimizes (summed over sites).
+enum class RankingMetric {
+  kNoiseRatio,  // site-output noise power / signal power (1 / linear SQNR), default
+  kMse,         // site-output mean squared error
+  kMae,         // site-output mean absolute error
+};
+
+struct CandidateSpace {
+  std::vector<WeightMethod> weight_methods = {WeightMethod::kRtn};
+  std::vector<int> weight_bits = {4, 8};
+  std::vector<Granularity> weight_granularities = {Granularity::kPerChannel};
+  int group_size = 64;  // for per_group
+  std::vector<RangeCalibrator> weight_calibrators = {RangeCalibrator::kOmse};
+  std::vector<int> activation_bits = {8};  // 0 keeps activations in float
+  std::vector<ActivationQuantizer> softmax_quantizers = {ActivationQuantizer::kUniform};
+  std::vector<std::string> skip;  // site-name prefixes kept in float
+  std::map<std::string, nlohmann::json> pin;  // site -> fixed config (recipe site JSON)
+};
+
+struct JobSpec {
+  std::string spec_path;  // where the spec was read from ("" for inline specs)
+  std::string model_config;
+  std::string model_weights;
+  std::string calibration_source = "fashion-mnist:train";
+  int64_t calibration_count = 256;
+  uint64_t seed = 0;
+  std::string validation_source = "fashion-mnist:test";
+  int64_t validation_limit = 0;  // 0: all
+  CandidateSpace space;
+  BudgetKind budget_kind = BudgetKind::kAvgWeightBits;
+  double budget = 4.0;
+  RankingMetric metric = RankingMetric::kNoiseRatio;
+  // Accuracy criterion on validated top-1 (fractions); a negative value means "none".
+  double max_abs_top1_drop = -1;
+  double max_rel_top1_drop = -1;
+  // How many Pareto points below the budget validation may try when the criterion fails.
+  int max_validations = 3;
+};
+
+// Parses a spec. `spec_path` anchors relative paths. INVALID_ARGUMENT naming the field for any
+// missing required field, unknown field, wrong type or out-of-range value.
+StatusOr<JobSpec> ParseJobSpec(const nlohmann::json& j, const std::string& spec_path);
+StatusOr<JobSpec> LoadJobSpec(const std::string& path);
+
+// The canonical JSON of a spec (sorted keys; paths as resolved).
+nlohmann::json ToJson(const JobSpec& spec);
+
+const char* ToString(BudgetKind v);
+const char* ToString(RankingMetric v);
+
+}  // namespace qs
+
+#endif  // QS_COMMON_JOB_SPEC_H_

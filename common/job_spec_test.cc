@@ -1,0 +1,83 @@
+#include "common/job_spec.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+
+namespace qs {
+namespace {
+
+using nlohmann::json;
+
+json Minimal() {
+  return json::parse(R"({
+    "model": {"config": "model/config.json", "weights": "/abs/model.safetensors"},
+    "calibration": {"source": "fashion-mnist:train", "count": 256, "seed": 0},
+    "validation": {"source": "fashion-mnist:test", "limit": 2000},
+    "search": {"weight_methods": ["rtn", "gptq", "erq"], "weight_bits": [2, 3, 4, 6, 8],
+               "activation_bits": [8]},
+    "objective": {"avg_weight_bits": 4.0}
+  })");
+}
+
+TEST(JobSpecTest, ParsesTheDocumentedInterface) {
+  auto spec = ParseJobSpec(Minimal(), "/jobs/a/spec.json");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->model_config, "/jobs/a/model/config.json");
+  EXPECT_EQ(spec->model_weights, "/abs/model.safetensors");
+  EXPECT_EQ(spec->calibration_count, 256);
+  EXPECT_EQ(spec->validation_limit, 2000);
+  EXPECT_EQ(spec->space.weight_methods.size(), 3u);
+  EXPECT_EQ(spec->space.weight_bits, (std::vector<int>{2, 3, 4, 6, 8}));
+  EXPECT_EQ(spec->budget_kind, BudgetKind::kAvgWeightBits);
+  EXPECT_DOUBLE_EQ(spec->budget, 4.0);
+  EXPECT_EQ(spec->metric, RankingMetric::kNoiseRatio);
+  EXPECT_LT(spec->max_abs_top1_drop, 0);  // no criterion given
+  // The canonical form parses back to the same canonical form.
+  auto again = ParseJobSpec(ToJson(*spec), "/elsewhere/spec.json");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(ToJson(*again).dump(), ToJson(*spec).dump());
+}
+
+TEST(JobSpecTest, ErrorsNameTheField) {
+  struct Case {
+    std::function<void(json&)> edit;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {[](json& j) { j.erase("model"); }, "model"},
+      {[](json& j) { j["model"].erase("weights"); }, "weights"},
+      {[](json& j) { j["modle"] = 1; }, "modle"},
+      {[](json& j) { j["calibration"]["count"] = 0; }, "count"},
+      {[](json& j) { j["calibration"]["count"] = "many"; }, "count"},
+      {[](json& j) { j["validation"]["limit"] = -5; }, "limit"},
+      {[](json& j) { j["search"]["weight_bits"] = json::array({4, 9}); }, "weight_bits[1]"},
+      {[](json& j) { j["search"]["weight_bits"] = json::array(); }, "weight_bits"},
+      {[](json& j) { j["search"]["weight_methods"] = json::array({"rtn", "awq"}); }, "awq"},
+      {[](json& j) { j["search"]["weight_granularities"] = json::array({"per_head"}); },
+       "per_head"},
+      {[](json& j) { j["search"]["bits"] = 4; }, "bits"},
+      {[](json& j) { j["objective"] = json::object(); }, "exactly one budget"},
+      {[](json& j) { j["objective"]["model_bytes"] = 1000; }, "exactly one budget"},
+      {[](json& j) { j["objective"]["avg_weight_bits"] = -1; }, "positive"},
+      {[](json& j) { j["objective"]["metric"] = "accuracy"; }, "accuracy"},
+      {[](json& j) { j["accuracy"] = {{"max_rel_top1_drop", 3}}; }, "max_rel_top1_drop"},
+      {[](json& j) { j["accuracy"] = {{"max_validations", 0}}; }, "max_validations"},
+  };
+  for (const auto& c : cases) {
+    json j = Minimal();
+    c.edit(j);
+    auto spec = ParseJobSpec(j, "spec.json");
+    ASSERT_FALSE(spec.ok()) << c.needle;
+    EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument) << c.needle;
+    EXPECT_NE(spec.status().message().find(c.needle), std::string::npos)
+        << c.needle << " not in: " << spec.status().message();
+  }
+}
+
+TEST(JobSpecTest, MissingFileAndMalformedJson) {
+  EXPECT_EQ(LoadJobSpec("/nonexistent/spec.json").status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace qs
