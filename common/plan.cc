@@ -1,0 +1,156 @@
+#include "common/plan.h"
+
+#include <map>
+
+#include "common/sha256.h"
+
+namespace qs {
+namespace {
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+ActivationQuant Uniform(int bits) {
+  ActivationQuant a;
+  a.bits = bits;
+  return a;
+}
+
+std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpace& space) {
+  std::vector<Candidate> out;
+  for (WeightMethod method : space.weight_methods) {
+    for (int bits : space.weight_bits) {
+      for (Granularity g : space.weight_granularities) {
+        for (RangeCalibrator cal : space.weight_calibrators) {
+          for (int abits : space.activation_bits) {
+            Candidate c{site.name, SiteKind::kLinear, {}};
+            c.config.weight.method = method;
+            c.config.weight.bits = bits;
+            c.config.weight.granularity = g;
+            if (g == Granularity::kPerGroup) c.config.weight.group_size = space.group_size;
+            c.config.weight.calibrator = cal;
+            c.config.activation = Uniform(abits);
+            out.push_back(c);
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<Candidate> MatmulCandidates(const SiteInfo& site, const CandidateSpace& space) {
+  const bool softmax = EndsWith(site.name, ".av_matmul");
+  std::vector<Candidate> out;
+  for (int abits : space.activation_bits) {
+    std::vector<ActivationQuantizer> lhs_kinds = {ActivationQuantizer::kUniform};
+    if (softmax && abits > 0) lhs_kinds = space.softmax_quantizers;
+    for (ActivationQuantizer kind : lhs_kinds) {
+      if (kind == ActivationQuantizer::kTwinUniform && abits < 3) continue;
+      Candidate c{site.name, SiteKind::kMatmul, {}};
+      c.config.activation = Uniform(abits);
+      c.config.activation.quantizer = kind;
+      c.config.activation_rhs = Uniform(abits);
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+size_t Plan::candidate_count() const {
+  size_t n = 0;
+  for (const auto& s : sites) n += s.candidates.size();
+  return n;
+}
+
+CandidateCost CostOf(const SiteInfo& site, const QuantConfig& config) {
+  CandidateCost cost;
+  auto bits_or_float = [](int bits) { return bits > 0 ? bits : 32; };
+  if (site.kind == SiteKind::kLinear) {
+    cost.weight_bits = site.weight_params * bits_or_float(config.weight.bits);
+    cost.bops = site.macs * bits_or_float(config.weight.bits) * bits_or_float(config.activation.bits);
+  } else {
+    cost.bops = site.macs * bits_or_float(config.activation.bits) *
+                bits_or_float(config.activation_rhs.bits);
+  }
+  return cost;
+}
+
+int64_t CostUnits(BudgetKind kind, const CandidateCost& cost) {
+  return kind == BudgetKind::kBops ? cost.bops : cost.weight_bits;
+}
+
+StatusOr<int64_t> BudgetUnits(const JobSpec& spec, const Plan& plan) {
+  switch (spec.budget_kind) {
+    case BudgetKind::kAvgWeightBits:
+      return static_cast<int64_t>(spec.budget * static_cast<double>(plan.total_weight_params));
+    case BudgetKind::kModelBytes:
+      return static_cast<int64_t>(spec.budget * 8);
+    case BudgetKind::kBops:
+      return static_cast<int64_t>(spec.budget);
+  }
+  return InternalError("unknown budget kind");
+}
+
+StatusOr<Plan> MakePlan(const JobSpec& spec, const std::vector<SiteInfo>& sites) {
+  std::map<std::string, SiteKind> kinds;
+  for (const auto& s : sites) kinds[s.name] = s.kind;
+  for (const auto& [name, config] : spec.space.pin) {
+    if (!kinds.count(name)) {
+      return InvalidArgumentError("spec search.pin names site '" + name +
+                                  "', which the model does not have");
+    }
+  }
+  for (const auto& prefix : spec.space.skip) {
+    bool any = false;
+    for (const auto& s : sites) any = any || s.name.rfind(prefix, 0) == 0;
+    if (!any) return InvalidArgumentError("spec search.skip '" + prefix + "' matches no site");
+  }
+  Plan plan;
+  for (const auto& site : sites) {
+    SitePlan sp;
+    sp.site = site;
+    plan.total_weight_params += site.weight_params;
+    bool skipped = false;
+    for (const auto& prefix : spec.space.skip) skipped = skipped || site.name.rfind(prefix, 0) == 0;
+    auto pin = spec.space.pin.find(site.name);
+    if (pin != spec.space.pin.end()) {
+      auto config = QuantConfigFromJson(pin->second, site.kind);
+      if (!config.ok()) return config.status().WithContext("spec search.pin '" + site.name + "'");
+      sp.candidates.push_back({site.name, site.kind, *config});
+      sp.fixed = true;
+    } else if (skipped) {
+      sp.candidates.push_back({site.name, site.kind, QuantConfig{}});
+      sp.fixed = true;
+    } else {
+      sp.candidates = site.kind == SiteKind::kLinear ? LinearCandidates(site, spec.space)
+                                                     : MatmulCandidates(site, spec.space);
+    }
+    for (const auto& c : sp.candidates) {
+      QS_RETURN_IF_ERROR(ValidateQuantConfig(c.config, c.kind).WithContext("site " + site.name));
+    }
+    if (sp.candidates.empty()) {
+      return InvalidArgumentError("site " + site.name + " has no candidate in the search space");
+    }
+    plan.sites.push_back(std::move(sp));
+  }
+  return plan;
+}
+
+std::string CandidateKey(const std::string& model_digest, const std::string& calibration_digest,
+                         const Candidate& candidate) {
+  Sha256 h;
+  for (const std::string& part :
+       {model_digest, calibration_digest, candidate.site,
+        ToJson(candidate.config, candidate.kind).dump(), std::string(kCoreVersion)}) {
+    h.Update(std::to_string(part.size()) + ":");
+    h.Update(part);
+  }
+  return h.HexDigest();
+}
+
+}  // namespace qs

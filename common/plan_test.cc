@@ -1,0 +1,92 @@
+#include "common/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+namespace qs {
+namespace {
+
+std::vector<SiteInfo> Sites() {
+  return {{"patch_embed.proj", SiteKind::kLinear, 96 * 49, 16 * 96 * 49},
+          {"blocks.0.attn.qkv", SiteKind::kLinear, 288 * 96, 17 * 288 * 96},
+          {"blocks.0.attn.qk_matmul", SiteKind::kMatmul, 0, 4 * 17 * 17 * 24},
+          {"blocks.0.attn.av_matmul", SiteKind::kMatmul, 0, 4 * 17 * 17 * 24},
+          {"head", SiteKind::kLinear, 10 * 96, 10 * 96}};
+}
+
+JobSpec Spec() {
+  JobSpec spec;
+  spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq};
+  spec.space.weight_bits = {3, 4, 8};
+  spec.space.activation_bits = {8};
+  spec.space.softmax_quantizers = {ActivationQuantizer::kUniform, ActivationQuantizer::kLog2};
+  return spec;
+}
+
+TEST(PlanTest, CrossesSitesWithTheSpace) {
+  auto plan = MakePlan(Spec(), Sites());
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  ASSERT_EQ(plan->sites.size(), 5u);
+  EXPECT_EQ(plan->sites[1].candidates.size(), 2u * 3u);  // methods × bits
+  EXPECT_EQ(plan->sites[2].candidates.size(), 1u);       // q·kᵀ: uniform only
+  EXPECT_EQ(plan->sites[3].candidates.size(), 2u);       // softmax: uniform, log2
+  EXPECT_EQ(plan->candidate_count(), 6u + 6u + 1u + 2u + 6u);
+  EXPECT_EQ(plan->total_weight_params, 96 * 49 + 288 * 96 + 10 * 96);
+}
+
+TEST(PlanTest, SkipAndPinFixASite) {
+  JobSpec spec = Spec();
+  spec.space.skip = {"patch_embed"};
+  spec.space.pin["head"] = nlohmann::json::parse(R"({"weight": {"bits": 8}, "activation": {"bits": 8}})");
+  auto plan = MakePlan(spec, Sites());
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  EXPECT_TRUE(plan->sites[0].fixed);
+  EXPECT_FALSE(plan->sites[0].candidates[0].config.weight.quantized());
+  EXPECT_TRUE(plan->sites[4].fixed);
+  EXPECT_EQ(plan->sites[4].candidates[0].config.weight.bits, 8);
+
+  spec.space.pin["blocks.7.mlp.fc1"] = nlohmann::json::object();
+  EXPECT_NE(MakePlan(spec, Sites()).status().message().find("blocks.7.mlp.fc1"),
+            std::string::npos);
+  spec.space.pin.erase("blocks.7.mlp.fc1");
+  spec.space.skip = {"decoder"};
+  EXPECT_NE(MakePlan(spec, Sites()).status().message().find("decoder"), std::string::npos);
+}
+
+TEST(PlanTest, KeysAreStableAndDistinct) {
+  auto plan = MakePlan(Spec(), Sites());
+  ASSERT_TRUE(plan.ok());
+  std::set<std::string> keys;
+  for (const auto& s : plan->sites) {
+    for (const auto& c : s.candidates) keys.insert(CandidateKey("m", "c", c));
+  }
+  EXPECT_EQ(keys.size(), plan->candidate_count());
+  const auto& c = plan->sites[1].candidates[0];
+  EXPECT_EQ(CandidateKey("m", "c", c), CandidateKey("m", "c", c));
+  EXPECT_NE(CandidateKey("m", "c", c), CandidateKey("m2", "c", c));
+  EXPECT_NE(CandidateKey("m", "c", c), CandidateKey("m", "c2", c));
+  EXPECT_EQ(CandidateKey("m", "c", c).size(), 64u);
+}
+
+TEST(PlanTest, CostsAndBudgets) {
+  const SiteInfo site{"x", SiteKind::kLinear, 1000, 5000};
+  QuantConfig c;
+  c.weight.bits = 4;
+  c.activation.bits = 8;
+  EXPECT_EQ(CostOf(site, c).weight_bits, 4000);
+  EXPECT_EQ(CostOf(site, c).bops, 5000 * 4 * 8);
+  c.activation.bits = 0;
+  EXPECT_EQ(CostOf(site, c).bops, 5000 * 4 * 32);
+  JobSpec spec = Spec();
+  spec.budget = 4.0;
+  auto plan = MakePlan(spec, Sites());
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(*BudgetUnits(spec, *plan), 4 * plan->total_weight_params);
+  spec.budget_kind = BudgetKind::kModelBytes;
+  spec.budget = 1000;
+  EXPECT_EQ(*BudgetUnits(spec, *plan), 8000);
+}
+
+}  // namespace
+}  // namespace qs
