@@ -31,6 +31,29 @@ GroupLayout ActivationLayout(const ActivationQuant& spec, const Site& site, int6
   return layout;
 }
 
+// The weight method of `spec`, fed with the inputs this site receives.
+StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& x,
+                                         const torch::Tensor& x_hat, const torch::Tensor& weight,
+                                         const torch::Tensor& bias, const WeightQuant& spec) {
+  switch (spec.method) {
+    case WeightMethod::kRtn:
+      return QuantizeWeightRtn(weight, spec);
+    case WeightMethod::kGptq:
+      return QuantizeWeightGptq(weight, InputHessian(x_hat), spec);
+    case WeightMethod::kErq: {
+      LinearParams layer{weight, bias};
+      // ERQ leaves the patch-embedding convolution to Wqer alone, on its convolution path.
+      const bool conv = site.name == "patch_embed.proj";
+      if (!conv) {
+        const double lambda = x.dim() == 2 ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
+        QS_ASSIGN_OR_RETURN(layer, ReduceActivationError(layer, x, x_hat, lambda));
+      }
+      return ReduceWeightError(layer, x_hat, spec, conv);
+    }
+  }
+  return InternalError("unknown weight method");
+}
+
 // The first pass: fits every site in forward order and records how each fared.
 class CalibratingHandler : public SiteHandler {
  public:
@@ -40,61 +63,17 @@ class CalibratingHandler : public SiteHandler {
   torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
                        const torch::Tensor& bias) override {
     if (!status_.ok()) return at::linear(x, weight, bias);
-    QuantizedSite& q = sites_[site.name];
-    q.config = recipe_.Resolve(site.name, site.kind);
-    SiteReport report{site.name, site.kind, kInf, 0, kInf, kInf, kInf};
-    if (!Check(ValidateQuantConfig(q.config, site.kind), site)) return at::linear(x, weight, bias);
-    auto input = ActivationQuantizerState::Fit(
-        x, q.config.activation, ActivationLayout(q.config.activation, site, config_.num_heads),
-        OperandDomain(site, 0));
-    if (!Check(input.status(), site)) return at::linear(x, weight, bias);
-    q.input = *input;
-    auto x_hat = q.input.Apply(x);
-    torch::Tensor w_hat = weight, b_hat = bias;
-    if (q.config.weight.quantized()) {
-      auto w = QuantizeWeight(site, x, x_hat, weight, bias, q.config.weight);
-      if (!Check(w.status(), site)) return at::linear(x, weight, bias);
-      q.weight = *w;
-      w_hat = q.weight->dequantized;
-      if (q.weight->bias.defined()) b_hat = q.weight->bias;
-      report.weight_sqnr_db = SqnrDb(weight, w_hat);
-    }
-    if (q.config.activation.quantized()) report.input_sqnr_db = SqnrDb(x, x_hat);
-    auto y_ref = at::linear(x, weight, bias);
-    auto y = at::linear(x_hat, w_hat, b_hat);
-    report.sqnr_db = SqnrDb(y_ref, y);
-    report.mse = Mse(y_ref, y);
-    reports_.push_back(report);
-    return y;
+    auto r = QuantizeLinearSite(site, recipe_.Resolve(site.name, site.kind), config_.num_heads, x,
+                                weight, bias);
+    return Keep(site, std::move(r), [&] { return at::linear(x, weight, bias); });
   }
 
   torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
                        const torch::Tensor& rhs) override {
     if (!status_.ok()) return at::matmul(lhs, rhs);
-    QuantizedSite& q = sites_[site.name];
-    q.config = recipe_.Resolve(site.name, site.kind);
-    SiteReport report{site.name, site.kind, kInf, 0, kInf, kInf, kInf};
-    if (!Check(ValidateQuantConfig(q.config, site.kind), site)) return at::matmul(lhs, rhs);
-    auto a = ActivationQuantizerState::Fit(
-        lhs, q.config.activation, ActivationLayout(q.config.activation, site, config_.num_heads),
-        OperandDomain(site, 0));
-    if (!Check(a.status(), site)) return at::matmul(lhs, rhs);
-    auto b = ActivationQuantizerState::Fit(
-        rhs, q.config.activation_rhs,
-        ActivationLayout(q.config.activation_rhs, site, config_.num_heads),
-        OperandDomain(site, 1));
-    if (!Check(b.status(), site)) return at::matmul(lhs, rhs);
-    q.input = *a;
-    q.input_rhs = *b;
-    auto lhs_hat = q.input.Apply(lhs), rhs_hat = q.input_rhs.Apply(rhs);
-    if (q.config.activation.quantized()) report.input_sqnr_db = SqnrDb(lhs, lhs_hat);
-    if (q.config.activation_rhs.quantized()) report.rhs_sqnr_db = SqnrDb(rhs, rhs_hat);
-    auto y_ref = at::matmul(lhs, rhs);
-    auto y = at::matmul(lhs_hat, rhs_hat);
-    report.sqnr_db = SqnrDb(y_ref, y);
-    report.mse = Mse(y_ref, y);
-    reports_.push_back(report);
-    return y;
+    auto r = QuantizeMatmulSite(site, recipe_.Resolve(site.name, site.kind), config_.num_heads,
+                                lhs, rhs);
+    return Keep(site, std::move(r), [&] { return at::matmul(lhs, rhs); });
   }
 
   const Status& status() const { return status_; }
@@ -102,32 +81,16 @@ class CalibratingHandler : public SiteHandler {
   std::vector<SiteReport>& reports() { return reports_; }
 
  private:
-  // The weight method of `spec`, fed with the inputs this site receives in the quantized model.
-  StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& x,
-                                           const torch::Tensor& x_hat, const torch::Tensor& weight,
-                                           const torch::Tensor& bias, const WeightQuant& spec) {
-    switch (spec.method) {
-      case WeightMethod::kRtn:
-        return QuantizeWeightRtn(weight, spec);
-      case WeightMethod::kGptq:
-        return QuantizeWeightGptq(weight, InputHessian(x_hat), spec);
-      case WeightMethod::kErq: {
-        LinearParams layer{weight, bias};
-        // ERQ leaves the patch-embedding convolution to Wqer alone, on its convolution path.
-        const bool conv = site.name == "patch_embed.proj";
-        if (!conv) {
-          const double lambda = x.dim() == 2 ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
-          QS_ASSIGN_OR_RETURN(layer, ReduceActivationError(layer, x, x_hat, lambda));
-        }
-        return ReduceWeightError(layer, x_hat, spec, conv);
-      }
+  // Records a site's result, or the first error (then the float op keeps the pass going).
+  template <typename Fallback>
+  torch::Tensor Keep(const Site& site, StatusOr<SiteResult> r, Fallback fallback) {
+    if (!r.ok()) {
+      if (status_.ok()) status_ = r.status().WithContext("site " + site.name);
+      return fallback();
     }
-    return InternalError("unknown weight method");
-  }
-
-  bool Check(const Status& s, const Site& site) {
-    if (!s.ok() && status_.ok()) status_ = s.WithContext("site " + site.name);
-    return s.ok();
+    sites_[site.name] = std::move(r->site);
+    reports_.push_back(r->report);
+    return r->output;
   }
 
   const ViTConfig& config_;
@@ -161,6 +124,65 @@ class FakeQuantHandler : public SiteHandler {
 };
 
 }  // namespace
+
+StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& config,
+                                        int64_t num_heads, const torch::Tensor& x,
+                                        const torch::Tensor& weight, const torch::Tensor& bias) {
+  QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
+  return GuardTorch("quantize", [&]() -> StatusOr<SiteResult> {
+    SiteResult r;
+    r.site.config = config;
+    r.report = {site.name, site.kind, kInf, 0, kInf, kInf, kInf};
+    QS_ASSIGN_OR_RETURN(r.site.input,
+                        ActivationQuantizerState::Fit(
+                            x, config.activation, ActivationLayout(config.activation, site, num_heads),
+                            OperandDomain(site, 0)));
+    auto x_hat = r.site.input.Apply(x);
+    torch::Tensor w_hat = weight, b_hat = bias;
+    if (config.weight.quantized()) {
+      QS_ASSIGN_OR_RETURN(r.site.weight,
+                          QuantizeWeight(site, x, x_hat, weight, bias, config.weight));
+      w_hat = r.site.weight->dequantized;
+      if (r.site.weight->bias.defined()) b_hat = r.site.weight->bias;
+      r.report.weight_sqnr_db = SqnrDb(weight, w_hat);
+    }
+    if (config.activation.quantized()) r.report.input_sqnr_db = SqnrDb(x, x_hat);
+    r.reference_output = at::linear(x, weight, bias);
+    r.output = at::linear(x_hat, w_hat, b_hat);
+    r.report.sqnr_db = SqnrDb(r.reference_output, r.output);
+    r.report.mse = Mse(r.reference_output, r.output);
+    return r;
+  });
+}
+
+StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& config,
+                                        int64_t num_heads, const torch::Tensor& lhs,
+                                        const torch::Tensor& rhs) {
+  QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
+  return GuardTorch("quantize", [&]() -> StatusOr<SiteResult> {
+    SiteResult r;
+    r.site.config = config;
+    r.report = {site.name, site.kind, kInf, 0, kInf, kInf, kInf};
+    QS_ASSIGN_OR_RETURN(
+        r.site.input,
+        ActivationQuantizerState::Fit(lhs, config.activation,
+                                      ActivationLayout(config.activation, site, num_heads),
+                                      OperandDomain(site, 0)));
+    QS_ASSIGN_OR_RETURN(
+        r.site.input_rhs,
+        ActivationQuantizerState::Fit(rhs, config.activation_rhs,
+                                      ActivationLayout(config.activation_rhs, site, num_heads),
+                                      OperandDomain(site, 1)));
+    auto lhs_hat = r.site.input.Apply(lhs), rhs_hat = r.site.input_rhs.Apply(rhs);
+    if (config.activation.quantized()) r.report.input_sqnr_db = SqnrDb(lhs, lhs_hat);
+    if (config.activation_rhs.quantized()) r.report.rhs_sqnr_db = SqnrDb(rhs, rhs_hat);
+    r.reference_output = at::matmul(lhs, rhs);
+    r.output = at::matmul(lhs_hat, rhs_hat);
+    r.report.sqnr_db = SqnrDb(r.reference_output, r.output);
+    r.report.mse = Mse(r.reference_output, r.output);
+    return r;
+  });
+}
 
 ValueDomain OperandDomain(const Site& site, int operand) {
   if (site.kind == SiteKind::kMatmul && operand == 0 && EndsWith(site.name, ".attn.av_matmul")) {

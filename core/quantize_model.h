@@ -75,6 +75,25 @@ class QuantizedModel {
 StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
                                        const torch::Tensor& calib_images);
 
+// One site quantized on one batch of its inputs.
+struct SiteResult {
+  QuantizedSite site;              // what was fitted
+  SiteReport report;               // how it fared
+  torch::Tensor output;            // the quantized operation's output
+  torch::Tensor reference_output;  // the float operation's output on the same input
+};
+
+// Fits `config` at the linear site whose input is `x` ([..., in]): the input's activation
+// quantizer, then the weight method on the quantized input. INVALID_ARGUMENT when the config does
+// not suit the site; method errors (e.g. FAILED_PRECONDITION from a singular solve) as they come.
+StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& config,
+                                        int64_t num_heads, const torch::Tensor& x,
+                                        const torch::Tensor& weight, const torch::Tensor& bias);
+// The same for an attention matmul site with operands `lhs` [B, H, N, K] and `rhs` [B, H, K, M].
+StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& config,
+                                        int64_t num_heads, const torch::Tensor& lhs,
+                                        const torch::Tensor& rhs);
+
 // The value domain of a site's operand, for quantizers that need one.
 ValueDomain OperandDomain(const Site& site, int operand);
 
