@@ -1,0 +1,72 @@
+#include "common/evaluation.h"
+
+#include <cmath>
+#include <limits>
+
+#include "common/json_fields.h"
+
+namespace qs {
+namespace {
+
+using nlohmann::json;
+
+json Number(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+Status ReadNumber(const json& j, const char* key, double* out) {
+  auto it = j.find(key);
+  if (it == j.end()) return InvalidArgumentError(std::string("evaluation: missing '") + key + "'");
+  if (it->is_null()) {
+    *out = std::numeric_limits<double>::infinity();
+    return OkStatus();
+  }
+  return ReadField(j, key, out);
+}
+
+}  // namespace
+
+json ToJson(const Evaluation& e) {
+  return json{{"key", e.key},
+              {"site", e.site},
+              {"sqnr_db", Number(e.sqnr_db)},
+              {"mse", e.mse},
+              {"mae", e.mae},
+              {"cosine", e.cosine},
+              {"noise_ratio", e.noise_ratio},
+              {"weight_sqnr_db", Number(e.weight_sqnr_db)},
+              {"seconds", e.seconds},
+              {"error", e.error}};
+}
+
+StatusOr<Evaluation> EvaluationFromJson(const json& j) {
+  Evaluation e;
+  QS_RETURN_IF_ERROR(CheckKeys(j,
+                               {"key", "site", "sqnr_db", "mse", "mae", "cosine", "noise_ratio",
+                                "weight_sqnr_db", "seconds", "error"},
+                               "evaluation"));
+  QS_RETURN_IF_ERROR(ReadField(j, "key", &e.key));
+  QS_RETURN_IF_ERROR(ReadField(j, "site", &e.site));
+  QS_RETURN_IF_ERROR(ReadNumber(j, "sqnr_db", &e.sqnr_db));
+  QS_RETURN_IF_ERROR(ReadNumber(j, "mse", &e.mse));
+  QS_RETURN_IF_ERROR(ReadNumber(j, "mae", &e.mae));
+  QS_RETURN_IF_ERROR(ReadNumber(j, "cosine", &e.cosine));
+  QS_RETURN_IF_ERROR(ReadNumber(j, "noise_ratio", &e.noise_ratio));
+  QS_RETURN_IF_ERROR(ReadNumber(j, "weight_sqnr_db", &e.weight_sqnr_db));
+  QS_RETURN_IF_ERROR(ReadNumber(j, "seconds", &e.seconds));
+  QS_RETURN_IF_ERROR(ReadField(j, "error", &e.error));
+  if (e.key.empty()) return InvalidArgumentError("evaluation: empty key");
+  return e;
+}
+
+double RankingLoss(const Evaluation& e, RankingMetric metric) {
+  switch (metric) {
+    case RankingMetric::kNoiseRatio:
+      return e.noise_ratio;
+    case RankingMetric::kMse:
+      return e.mse;
+    case RankingMetric::kMae:
+      return e.mae;
+  }
+  return e.noise_ratio;
+}
+
+}  // namespace qs

@@ -1,0 +1,42 @@
+// Evaluation: one candidate's measured numbers, stored under its candidate key.
+//
+// A candidate that fails (NaN, a singular solve) is an Evaluation with `error` set, not a crash:
+// it is stored like any other result and simply never selected.
+#ifndef QS_COMMON_EVALUATION_H_
+#define QS_COMMON_EVALUATION_H_
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/job_spec.h"
+#include "common/status.h"
+
+namespace qs {
+
+struct Evaluation {
+  std::string key;
+  std::string site;
+  // Site output, quantized against float, on the calibration inputs of the float model.
+  double sqnr_db = 0;        // +inf when lossless
+  double mse = 0;
+  double mae = 0;
+  double cosine = 1;
+  double noise_ratio = 0;    // Σ(y − ŷ)² / Σy², i.e. 10^(−sqnr_db/10)
+  double weight_sqnr_db = 0; // +inf for float weights and matmul sites
+  double seconds = 0;        // wall time of this evaluation
+  std::string error;         // non-empty: the candidate failed and why
+
+  bool ok() const { return error.empty(); }
+};
+
+// JSON with +inf written as null.
+nlohmann::json ToJson(const Evaluation& e);
+StatusOr<Evaluation> EvaluationFromJson(const nlohmann::json& j);
+
+// The additive per-site loss the selection minimizes under `metric`.
+double RankingLoss(const Evaluation& e, RankingMetric metric);
+
+}  // namespace qs
+
+#endif  // QS_COMMON_EVALUATION_H_
