@@ -17,6 +17,7 @@
 #include "core/quantize_model.h"
 #include "core/safetensors.h"
 #include "core/vit.h"
+#include "server/run_command.h"
 
 namespace qs::server {
 namespace {
@@ -269,6 +270,18 @@ int RunCli(int argc, char** argv) {
   eval->add_option("--dump-logits", e.dump_logits, "write the logits to this safetensors file");
   eval->add_flag("--json", e.json_output, "machine-readable output");
 
+  RunArgs run_args;
+  auto* run = app.add_subcommand(
+      "run", "search the per-site quantization mix under a budget (embedded, one process)");
+  run->add_option("--spec", run_args.spec, "job spec JSON (docs/search.md)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  run->add_option("--out", run_args.out, "output directory")->required();
+  run->add_option("--cache", run_args.cache,
+                  "evaluation cache directory (default $QS_CACHE_DIR, ~/.cache/qsearch)");
+  run->add_option("--workers", run_args.workers, "evaluation threads")->capture_default_str();
+  run->add_flag("--json", run_args.json_output, "print metrics.json on stdout");
+
   ModelArgs i;
   auto* inspect = app.add_subcommand("inspect", "print a model's config, digest and sites");
   AddModelOptions(inspect, &i);
@@ -280,6 +293,7 @@ int RunCli(int argc, char** argv) {
   }
   if (threads > 0) at::set_num_threads(threads);
   if (quantize->parsed()) return RunQuantize(q);
+  if (run->parsed()) return RunSearchCommand(run_args);
   if (eval->parsed()) return RunEval(e);
   if (inspect->parsed()) return RunInspect(i);
   return 2;

@@ -61,6 +61,11 @@ class InProcessTaskQueue : public TaskQueue {
     changed_.wait(lock, [&] { return closed_ || (queued_.empty() && leased_.empty()); });
   }
 
+  bool Idle() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return queued_.empty() && leased_.empty();
+  }
+
   void Close() override {
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = true;

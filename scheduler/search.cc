@@ -1,0 +1,275 @@
+#include "scheduler/search.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+#include <thread>
+
+namespace qs::scheduler {
+namespace {
+
+using nlohmann::json;
+
+constexpr auto kPollInterval = std::chrono::milliseconds(100);
+
+bool CriterionMet(const JobSpec& spec, double fp32_top1, double top1) {
+  const double drop = fp32_top1 - top1;
+  if (spec.max_abs_top1_drop >= 0 && drop > spec.max_abs_top1_drop + 1e-12) return false;
+  if (spec.max_rel_top1_drop >= 0 && fp32_top1 > 0 &&
+      drop / fp32_top1 > spec.max_rel_top1_drop + 1e-12) {
+    return false;
+  }
+  return true;
+}
+
+std::string Percent(double v) {
+  std::ostringstream s;
+  s.precision(2);
+  s << std::fixed << 100 * v << "%";
+  return s.str();
+}
+
+}  // namespace
+
+json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
+                 const std::vector<size_t>& which) {
+  json candidates = json::array();
+  for (size_t j : which) {
+    candidates.push_back({{"key", keys[j]},
+                          {"config", ToJson(site.candidates[j].config, site.site.kind)}});
+  }
+  return json{{"site", site.site.name}, {"candidates", candidates}};
+}
+
+StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
+                                 storage::EvaluationStore& store, storage::TaskQueue& queue,
+                                 const SearchOptions& options) {
+  auto progress = [&](const char* stage, size_t done, size_t total) {
+    if (options.progress) options.progress(stage, done, total);
+  };
+  SearchResult r;
+  progress("prepare", 0, 1);
+  QS_ASSIGN_OR_RETURN(r.facts, backend.Prepare());
+  progress("prepare", 1, 1);
+  QS_ASSIGN_OR_RETURN(r.plan, MakePlan(spec, r.facts.sites));
+  QS_ASSIGN_OR_RETURN(r.budget_units, BudgetUnits(spec, r.plan));
+  const size_t n_sites = r.plan.sites.size();
+
+  // Keys, and what the store already has.
+  std::vector<std::vector<std::string>> keys(n_sites);
+  std::vector<std::vector<size_t>> missing(n_sites);
+  auto lookup = [&](const std::string& key) -> StatusOr<bool> {
+    QS_ASSIGN_OR_RETURN(auto stored, store.Get(key));
+    if (!stored) return false;
+    json j;
+    try {
+      j = json::parse(*stored);
+    } catch (const json::exception&) {
+      return false;  // a damaged entry is evaluated again
+    }
+    auto e = EvaluationFromJson(j);
+    if (!e.ok() || e->key != key) return false;
+    r.evaluations[key] = *e;
+    return true;
+  };
+  for (size_t i = 0; i < n_sites; ++i) {
+    for (const auto& c : r.plan.sites[i].candidates) {
+      keys[i].push_back(CandidateKey(r.facts.model_digest, r.facts.calibration_digest, c));
+      QS_ASSIGN_OR_RETURN(bool have, lookup(keys[i].back()));
+      if (have) {
+        ++r.from_cache;
+      } else {
+        missing[i].push_back(keys[i].size() - 1);
+      }
+    }
+  }
+
+  // One task per site with its missing candidates: the worker loads that site's inputs once.
+  const size_t total = r.plan.candidate_count();
+  size_t pending = total - r.from_cache;
+  for (size_t i = 0; i < n_sites; ++i) {
+    if (missing[i].empty()) continue;
+    storage::Task task;
+    task.id = "eval:" + r.facts.model_digest.substr(0, 16) + ":" +
+              r.facts.calibration_digest.substr(0, 16) + ":" + r.plan.sites[i].site.name;
+    task.payload = TaskPayload(r.plan.sites[i], keys[i], missing[i]).dump();
+    Status pushed = queue.Push(task);
+    if (!pushed.ok() && pushed.code() != StatusCode::kAlreadyExists) return pushed;
+  }
+  progress("evaluate", r.from_cache, total);
+  while (pending > 0) {
+    const bool idle = queue.Idle();  // read before the store, so a final write is not missed
+    for (size_t i = 0; i < n_sites; ++i) {
+      auto& m = missing[i];
+      for (auto it = m.begin(); it != m.end();) {
+        QS_ASSIGN_OR_RETURN(bool have, lookup(keys[i][*it]));
+        if (have) {
+          ++r.evaluated_now;
+          --pending;
+          it = m.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    progress("evaluate", total - pending, total);
+    if (pending == 0 || idle) break;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  // Whatever is still missing was dead-lettered: record it as failed, not lost.
+  for (size_t i = 0; i < n_sites; ++i) {
+    for (size_t j : missing[i]) {
+      Evaluation e;
+      e.key = keys[i][j];
+      e.site = r.plan.sites[i].site.name;
+      e.error = "evaluation task failed on every attempt";
+      r.evaluations[e.key] = e;
+    }
+  }
+
+  // Selection over the candidates that evaluated cleanly.
+  progress("select", 0, 1);
+  std::vector<SelectionGroup> groups(n_sites);
+  std::vector<std::vector<size_t>> option_candidate(n_sites);
+  for (size_t i = 0; i < n_sites; ++i) {
+    const SitePlan& sp = r.plan.sites[i];
+    groups[i].site = sp.site.name;
+    for (size_t j = 0; j < sp.candidates.size(); ++j) {
+      const Evaluation& e = r.evaluations.at(keys[i][j]);
+      if (!e.ok()) {
+        ++r.failed;
+        continue;
+      }
+      groups[i].options.push_back(
+          {CostUnits(spec.budget_kind, CostOf(sp.site, sp.candidates[j].config)),
+           RankingLoss(e, spec.metric)});
+      option_candidate[i].push_back(j);
+    }
+    if (groups[i].options.empty()) {
+      return FailedPreconditionError("every candidate of site " + sp.site.name +
+                                     " failed to evaluate; first error: " +
+                                     r.evaluations.at(keys[i][0]).error);
+    }
+  }
+  QS_ASSIGN_OR_RETURN(std::vector<KnapsackSolution> front, ParetoFront(groups));
+  double total_params = static_cast<double>(std::max<int64_t>(1, r.plan.total_weight_params));
+  auto weight_bits_of = [&](const KnapsackSolution& s) {
+    int64_t bits = 0;
+    for (size_t i = 0; i < n_sites; ++i) {
+      const SitePlan& sp = r.plan.sites[i];
+      bits += CostOf(sp.site, sp.candidates[option_candidate[i][s.choice[i]]].config).weight_bits;
+    }
+    return bits;
+  };
+  for (const auto& p : front) {
+    r.pareto.push_back({p.cost, weight_bits_of(p) / total_params, p.loss, false, 0});
+  }
+  bool budget_ok = true;
+  size_t chosen = 0;
+  for (size_t k = 0; k < front.size(); ++k) {
+    if (front[k].cost <= r.budget_units) chosen = k;
+  }
+  if (front[0].cost > r.budget_units) {
+    budget_ok = false;
+    r.goal_note = "the budget is below the cheapest mix in the search space; returning that mix";
+  }
+  progress("select", 1, 1);
+
+  auto recipe_of = [&](const KnapsackSolution& s) {
+    Recipe recipe;
+    for (size_t i = 0; i < n_sites; ++i) {
+      const Candidate& c = r.plan.sites[i].candidates[option_candidate[i][s.choice[i]]];
+      recipe.sites[c.site] = c.config;
+    }
+    return recipe;
+  };
+
+  // Validation: the optimum first; if the accuracy goal fails, the next cheaper Pareto points,
+  // keeping the best measured.
+  const size_t tries = std::min<size_t>(spec.max_validations, chosen + 1);
+  size_t best = chosen;
+  bool criterion_ok = false;
+  size_t validated = 0;
+  for (size_t t = 0; t < tries; ++t) {
+    const size_t k = chosen - t;
+    progress("validate", t, tries);
+    QS_ASSIGN_OR_RETURN(ValidationResult v, backend.Validate(recipe_of(front[k])));
+    r.pareto[k].validated = true;
+    ++validated;
+    r.pareto[k].top1 = v.top1;
+    if (t == 0 || v.top1 > r.validation.top1) {
+      r.validation = v;
+      best = k;
+    }
+    // The criterion only asks for enough top-1, so a mix meeting it is also the best so far.
+    if (CriterionMet(spec, r.facts.fp32_top1, v.top1)) {
+      criterion_ok = true;
+      break;
+    }
+  }
+  progress("validate", validated, validated);
+  r.chosen_point = best;
+  r.goal_met = budget_ok && criterion_ok;
+  if (budget_ok && !criterion_ok) {
+    r.goal_note = "no validated mix met the accuracy criterion (best top-1 " +
+                  Percent(r.validation.top1) + " vs fp32 " + Percent(r.facts.fp32_top1) +
+                  "); returning the best found";
+  }
+
+  // The chosen mix, per site with its runner-up.
+  const KnapsackSolution& s = front[best];
+  r.recipe = recipe_of(s);
+  int64_t weight_bits = 0;
+  for (size_t i = 0; i < n_sites; ++i) {
+    const SitePlan& sp = r.plan.sites[i];
+    SiteChoice choice;
+    const size_t j = option_candidate[i][s.choice[i]];
+    choice.chosen = sp.candidates[j];
+    choice.chosen_eval = r.evaluations.at(keys[i][j]);
+    choice.cost_units = groups[i].options[s.choice[i]].cost;
+    const CandidateCost cost = CostOf(sp.site, choice.chosen.config);
+    weight_bits += cost.weight_bits;
+    r.bops += cost.bops;
+    // Runner-up: the best other option by loss (then cost, then order).
+    int best_other = -1;
+    for (size_t o = 0; o < groups[i].options.size(); ++o) {
+      if (static_cast<int>(o) == s.choice[i]) continue;
+      const auto& a = groups[i].options[o];
+      if (best_other < 0 || a.loss < groups[i].options[best_other].loss ||
+          (a.loss == groups[i].options[best_other].loss &&
+           a.cost < groups[i].options[best_other].cost)) {
+        best_other = static_cast<int>(o);
+      }
+    }
+    if (best_other >= 0) {
+      const size_t rj = option_candidate[i][best_other];
+      choice.has_runner_up = true;
+      choice.runner_up = sp.candidates[rj];
+      choice.runner_up_eval = r.evaluations.at(keys[i][rj]);
+      const auto& chosen_opt = groups[i].options[s.choice[i]];
+      const auto& other = groups[i].options[best_other];
+      std::ostringstream why;
+      if (other.loss < chosen_opt.loss) {
+        why << "lower loss (" << other.loss << " vs " << chosen_opt.loss << ") but costs "
+            << (other.cost - chosen_opt.cost) << " more " << ToString(spec.budget_kind)
+            << " units than the budget leaves for this site";
+      } else if (other.loss == chosen_opt.loss) {
+        why << "equal loss at a cost of " << other.cost << " vs " << chosen_opt.cost;
+      } else {
+        why << "higher loss (" << other.loss << " vs " << chosen_opt.loss << ")";
+      }
+      choice.why = why.str();
+    } else {
+      choice.why = sp.fixed                      ? "fixed by the spec (skip or pin)"
+                   : sp.candidates.size() == 1 ? "the only candidate in the search space"
+                                               : "the only candidate that evaluated cleanly";
+    }
+    r.choices.push_back(choice);
+  }
+  r.avg_weight_bits = weight_bits / total_params;
+  r.model_weight_bytes = weight_bits / 8.0;
+  return r;
+}
+
+}  // namespace qs::scheduler

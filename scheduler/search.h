@@ -1,0 +1,120 @@
+// The search job, from spec to selection: plan the candidates, dispatch the ones the store lacks
+// as one task per site, wait for the workers, select the least-loss mix under the budget, and
+// validate it on the whole model, moving along the Pareto front when the accuracy goal is missed.
+//
+// The scheduler never touches tensors: the model side (loading, validation, weights) is behind
+// ModelBackend, and evaluations arrive through the EvaluationStore, written by workers that take
+// tasks from the TaskQueue. Embedded and distributed runs differ only in those implementations.
+//
+//   QS_ASSIGN_OR_RETURN(SearchResult r, RunSearch(spec, backend, *store, *queue, {}));
+#ifndef QS_SCHEDULER_SEARCH_H_
+#define QS_SCHEDULER_SEARCH_H_
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/evaluation.h"
+#include "common/job_spec.h"
+#include "common/plan.h"
+#include "common/quant_config.h"
+#include "common/select.h"
+#include "common/status.h"
+#include "storage/evaluation_store.h"
+#include "storage/task_queue.h"
+
+namespace qs::scheduler {
+
+// What the model side reports once it has loaded the model and data.
+struct ModelFacts {
+  std::string model_digest;
+  std::string calibration_digest;
+  std::vector<SiteInfo> sites;
+  double fp32_top1 = 0;           // on the validation set
+  double fp32_eval_seconds = 0;   // one float pass over the validation set
+  int64_t validation_images = 0;
+};
+
+struct ValidationResult {
+  double top1 = 0;
+  double top1_agreement = 0;
+  double output_kl = 0;
+  double seconds = 0;
+};
+
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+  // Loads model and data and captures what workers need. Called once, first.
+  virtual StatusOr<ModelFacts> Prepare() = 0;
+  // Quantizes the whole model with `recipe` (sequentially) and measures it on the validation set.
+  virtual StatusOr<ValidationResult> Validate(const Recipe& recipe) = 0;
+  // Writes the quantized weights of `recipe` (validated before) to `path`.
+  virtual Status WriteWeights(const Recipe& recipe, const std::string& path) = 0;
+};
+
+// Progress: `stage` is "prepare", "evaluate", "select", "validate" or "artifacts"; `done` of
+// `total` units of that stage.
+using ProgressFn = std::function<void(const std::string& stage, size_t done, size_t total)>;
+
+struct SearchOptions {
+  ProgressFn progress;  // may be empty
+};
+
+// One selected site: the chosen candidate and the runner-up (the next-best choice the optimizer
+// saw for this site), with why it lost.
+struct SiteChoice {
+  Candidate chosen;
+  Evaluation chosen_eval;
+  int64_t cost_units = 0;
+  bool has_runner_up = false;
+  Candidate runner_up;
+  Evaluation runner_up_eval;
+  std::string why;
+};
+
+struct ParetoPoint {
+  int64_t cost_units = 0;
+  double avg_weight_bits = 0;
+  double predicted_loss = 0;
+  bool validated = false;
+  double top1 = 0;
+};
+
+struct SearchResult {
+  ModelFacts facts;
+  Plan plan;
+  std::map<std::string, Evaluation> evaluations;  // by key
+  size_t evaluated_now = 0;   // candidates this run evaluated
+  size_t from_cache = 0;      // candidates found in the store
+  size_t failed = 0;          // candidates whose evaluation failed
+  int64_t budget_units = 0;
+  std::vector<ParetoPoint> pareto;
+  size_t chosen_point = 0;    // index into `pareto`
+  std::vector<SiteChoice> choices;  // in plan order
+  Recipe recipe;
+  ValidationResult validation;
+  double avg_weight_bits = 0;
+  double model_weight_bytes = 0;
+  int64_t bops = 0;
+  bool goal_met = false;
+  std::string goal_note;      // why the goal was missed, when it was
+};
+
+// Runs the job. INVALID_ARGUMENT for a spec the model cannot satisfy; FAILED_PRECONDITION when the
+// budget is below the cheapest mix or every candidate of some site failed. The queue must be
+// served by workers writing each task's evaluations to `store` (see worker/).
+StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
+                                 storage::EvaluationStore& store, storage::TaskQueue& queue,
+                                 const SearchOptions& options = {});
+
+// A task's payload: the site and its candidates (key + config), as workers read it.
+nlohmann::json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
+                           const std::vector<size_t>& which);
+
+}  // namespace qs::scheduler
+
+#endif  // QS_SCHEDULER_SEARCH_H_

@@ -1,0 +1,193 @@
+#include "server/run_command.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "common/job_spec.h"
+#include "scheduler/artifacts.h"
+#include "scheduler/search.h"
+#include "storage/evaluation_store.h"
+#include "storage/task_queue.h"
+#include "worker/model_session.h"
+
+namespace qs::server {
+namespace {
+
+using nlohmann::json;
+
+// The model side in this process: a ModelSession, and worker threads serving the queue from it.
+class EmbeddedBackend : public scheduler::ModelBackend {
+ public:
+  EmbeddedBackend(const JobSpec& spec, storage::EvaluationStore& store, storage::TaskQueue& queue,
+                  int workers)
+      : spec_(spec), store_(store), queue_(queue), workers_(std::max(1, workers)) {}
+
+  ~EmbeddedBackend() override {
+    stop_ = true;
+    queue_.Close();
+    for (auto& t : threads_) t.join();
+  }
+
+  StatusOr<scheduler::ModelFacts> Prepare() override {
+    QS_ASSIGN_OR_RETURN(session_, worker::ModelSession::Open(spec_));
+    for (int i = 0; i < workers_; ++i) {
+      threads_.emplace_back([this] { worker::ServeTasks(*session_, store_, queue_, stop_); });
+    }
+    scheduler::ModelFacts f;
+    f.model_digest = session_->model_digest();
+    f.calibration_digest = session_->calibration_digest();
+    f.sites = session_->sites();
+    f.fp32_top1 = session_->fp32_top1();
+    f.fp32_eval_seconds = session_->fp32_eval_seconds();
+    f.validation_images = session_->validation_images();
+    return f;
+  }
+
+  StatusOr<scheduler::ValidationResult> Validate(const Recipe& recipe) override {
+    QS_ASSIGN_OR_RETURN(worker::ValidationOutcome v, session_->Validate(recipe));
+    return scheduler::ValidationResult{v.top1, v.top1_agreement, v.output_kl, v.seconds};
+  }
+
+  Status WriteWeights(const Recipe& recipe, const std::string& path) override {
+    return session_->WriteWeights(recipe, path);
+  }
+
+ private:
+  const JobSpec& spec_;
+  storage::EvaluationStore& store_;
+  storage::TaskQueue& queue_;
+  const int workers_;
+  std::unique_ptr<worker::ModelSession> session_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
+// A bar with ETA on a terminal, a plain line per stage (and per 10%) otherwise.
+class ProgressPrinter {
+ public:
+  ProgressPrinter() : tty_(::isatty(STDERR_FILENO) == 1) {}
+
+  void Update(const std::string& stage, size_t done, size_t total) {
+    auto now = std::chrono::steady_clock::now();
+    if (stage != stage_) {
+      if (tty_ && !stage_.empty()) std::fprintf(stderr, "\n");
+      stage_ = stage;
+      stage_start_ = now;
+      first_done_ = done;
+      last_decile_ = -1;
+    }
+    const double frac = total ? static_cast<double>(done) / total : 1.0;
+    const double secs = std::chrono::duration<double>(now - stage_start_).count();
+    double eta = -1;
+    if (done > first_done_ && total > done) {
+      eta = secs / static_cast<double>(done - first_done_) * static_cast<double>(total - done);
+    }
+    if (tty_) {
+      const int width = 30, filled = static_cast<int>(frac * width);
+      std::string bar(filled, '#');
+      bar += std::string(width - filled, '.');
+      std::fprintf(stderr, "\r%-9s [%s] %zu/%zu %3.0f%% %s   ", stage.c_str(), bar.c_str(), done,
+                   total, 100 * frac,
+                   eta >= 0 ? ("ETA " + std::to_string(static_cast<int>(eta + 0.5)) + "s").c_str()
+                            : "");
+      if (done >= total && stage == "validate") std::fprintf(stderr, "\n");
+    } else {
+      const int decile = static_cast<int>(frac * 10);
+      if (decile != last_decile_) {
+        last_decile_ = decile;
+        std::fprintf(stderr, "%s: %zu/%zu (%.0f%%)\n", stage.c_str(), done, total, 100 * frac);
+      }
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  const bool tty_;
+  std::string stage_;
+  std::chrono::steady_clock::time_point stage_start_;
+  size_t first_done_ = 0;
+  int last_decile_ = -1;
+};
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "qsearch: error: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+std::string DefaultCacheDir() {
+  if (const char* d = std::getenv("QS_CACHE_DIR"); d && *d) return d;
+  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return std::string(d) + "/qsearch";
+  if (const char* d = std::getenv("HOME"); d && *d) return std::string(d) + "/.cache/qsearch";
+  return ".qsearch-cache";
+}
+
+int RunSearchCommand(const RunArgs& args) {
+  const auto start = std::chrono::steady_clock::now();
+  auto spec = LoadJobSpec(args.spec);
+  if (!spec.ok()) return Fail(spec.status());
+  auto store = storage::OpenDirectoryEvaluationStore(
+      (args.cache.empty() ? DefaultCacheDir() : args.cache) + "/evaluations");
+  if (!store.ok()) return Fail(store.status());
+  Status s = MakeDirectories(args.out);
+  if (!s.ok()) return Fail(s);
+
+  auto queue = storage::NewInProcessTaskQueue();
+  scheduler::SearchResult result;
+  {
+    EmbeddedBackend backend(*spec, **store, *queue, args.workers);
+    ProgressPrinter printer;
+    scheduler::SearchOptions options;
+    options.progress = [&](const std::string& stage, size_t done, size_t total) {
+      printer.Update(stage, done, total);
+    };
+    auto r = scheduler::RunSearch(*spec, backend, **store, *queue, options);
+    if (!r.ok()) return Fail(r.status());
+    result = std::move(*r);
+    s = backend.WriteWeights(result.recipe, args.out + "/weights.safetensors");
+    if (!s.ok()) return Fail(s);
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const json metrics = scheduler::MetricsDocument(*spec, result, wall);
+  // The other documents first; metrics.json, which says the run is complete, last.
+  for (const auto& [name, text] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"recipe.json", scheduler::RecipeDocument(result).dump(2) + "\n"},
+           {"pareto.json", scheduler::ParetoDocument(*spec, result).dump(2) + "\n"},
+           {"report.html", scheduler::ReportHtml(*spec, result)},
+           {"metrics.json", metrics.dump(2) + "\n"}}) {
+    s = WriteFileAtomically(args.out + "/" + name, text);
+    if (!s.ok()) return Fail(s);
+  }
+  if (args.json_output) {
+    std::printf("%s\n", metrics.dump().c_str());
+  } else {
+    std::printf("%s: fp32 top-1 %.2f%%, searched top-1 %.2f%% at %.3f average weight bits "
+                "(budget %s %g)\n",
+                result.goal_met ? "goal met" : "GOAL MISSED", 100 * result.facts.fp32_top1,
+                100 * result.validation.top1, result.avg_weight_bits,
+                ToString(spec->budget_kind), spec->budget);
+    if (!result.goal_met) std::printf("  %s\n", result.goal_note.c_str());
+    std::printf("  %zu candidates: %zu evaluated now, %zu from the cache, %zu failed; %.1fs "
+                "(one fp32 pass over %lld validation images: %.2fs)\n",
+                result.plan.candidate_count(), result.evaluated_now, result.from_cache,
+                result.failed, wall, static_cast<long long>(result.facts.validation_images),
+                result.facts.fp32_eval_seconds);
+    std::printf("  wrote %s/{recipe.json,metrics.json,pareto.json,weights.safetensors,report.html}\n",
+                args.out.c_str());
+  }
+  return 0;
+}
+
+}  // namespace qs::server

@@ -1,0 +1,28 @@
+// `qsearch run`: the whole search embedded in one process, with in-process storage.
+//
+//   qsearch run --spec job.json --out out/job [--cache DIR] [--workers N] [--json]
+#ifndef QS_SERVER_RUN_COMMAND_H_
+#define QS_SERVER_RUN_COMMAND_H_
+
+#include <string>
+
+namespace qs::server {
+
+struct RunArgs {
+  std::string spec;
+  std::string out;
+  std::string cache;   // evaluation cache directory; empty: the default (see DefaultCacheDir)
+  int workers = 1;     // evaluation threads
+  bool json_output = false;
+};
+
+// $QS_CACHE_DIR, else $XDG_CACHE_HOME/qsearch, else $HOME/.cache/qsearch, else .qsearch-cache.
+std::string DefaultCacheDir();
+
+// Runs the search and writes DIR/{recipe.json, metrics.json, pareto.json, weights.safetensors,
+// report.html}. Returns the process exit code (0 ok, 1 failed with the reason on stderr).
+int RunSearchCommand(const RunArgs& args);
+
+}  // namespace qs::server
+
+#endif  // QS_SERVER_RUN_COMMAND_H_
