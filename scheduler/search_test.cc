@@ -1,0 +1,252 @@
+#include "scheduler/search.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <thread>
+
+#include "scheduler/artifacts.h"
+
+namespace qs::scheduler {
+namespace {
+
+using nlohmann::json;
+
+// A model of four linear sites and one matmul; a candidate's noise is 4^-bits scaled per site,
+// so low bits hurt some sites far more than others. Validation top-1 falls with total noise.
+class FakeBackend : public ModelBackend {
+ public:
+  StatusOr<ModelFacts> Prepare() override {
+    ++prepares;
+    ModelFacts f;
+    f.model_digest = "m1";
+    f.calibration_digest = "c1";
+    f.sites = {{"a", SiteKind::kLinear, 1000, 1000},
+               {"b", SiteKind::kLinear, 4000, 4000},
+               {"c", SiteKind::kLinear, 2000, 2000},
+               {"d", SiteKind::kLinear, 1000, 1000},
+               {"m", SiteKind::kMatmul, 0, 500}};
+    f.fp32_top1 = 0.9;
+    f.validation_images = 100;
+    return f;
+  }
+  StatusOr<ValidationResult> Validate(const Recipe& recipe) override {
+    ++validations;
+    double noise = 0;
+    for (const auto& [site, config] : recipe.sites) noise += Noise(site, config.weight.bits);
+    ValidationResult v;
+    v.top1 = 0.9 - top1_penalty * std::sqrt(noise);
+    return v;
+  }
+  Status WriteWeights(const Recipe&, const std::string&) override { return OkStatus(); }
+
+  static double Noise(const std::string& site, int bits) {
+    if (bits == 0) return 0;
+    const double scale = site == "a" ? 50 : site == "b" ? 1 : site == "c" ? 5 : 20;
+    return scale * std::pow(4.0, -bits);
+  }
+
+  int prepares = 0;
+  int validations = 0;
+  double top1_penalty = 0.05;
+};
+
+// Serves the queue like a worker: evaluates with FakeBackend::Noise; `fail_bits` fail.
+class FakeWorkers {
+ public:
+  FakeWorkers(storage::EvaluationStore& store, storage::TaskQueue& queue, int fail_bits = -1)
+      : store_(store), queue_(queue), fail_bits_(fail_bits) {
+    for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~FakeWorkers() {
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+  }
+  std::atomic<int> evaluated{0};
+
+ private:
+  void Loop() {
+    while (!stop_) {
+      auto t = queue_.Pop(std::chrono::milliseconds(20));
+      if (!t.ok() || !t->has_value()) continue;
+      const json payload = json::parse((*t)->payload);
+      const std::string site = payload["site"];
+      for (const auto& c : payload["candidates"]) {
+        Evaluation e;
+        e.key = c["key"];
+        e.site = site;
+        const int bits = c["config"].contains("weight") ? c["config"]["weight"]["bits"].get<int>() : 0;
+        e.noise_ratio = FakeBackend::Noise(site, bits);
+        e.mse = e.noise_ratio;
+        e.sqnr_db = e.noise_ratio > 0 ? -10 * std::log10(e.noise_ratio) : INFINITY;
+        if (bits == fail_bits_) e.error = "synthetic failure";
+        ASSERT_TRUE(store_.Put(e.key, ToJson(e).dump()).ok());
+        ++evaluated;
+      }
+      ASSERT_TRUE(queue_.Ack((*t)->id).ok());
+    }
+  }
+  storage::EvaluationStore& store_;
+  storage::TaskQueue& queue_;
+  const int fail_bits_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
+JobSpec Spec(double avg_bits) {
+  JobSpec spec;
+  spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq};
+  spec.space.weight_bits = {2, 3, 4, 6, 8};
+  spec.space.activation_bits = {8};
+  spec.budget = avg_bits;
+  return spec;
+}
+
+StatusOr<SearchResult> RunJob(const JobSpec& spec, FakeBackend& backend,
+                           storage::EvaluationStore& store, int fail_bits = -1) {
+  auto queue = storage::NewInProcessTaskQueue();
+  FakeWorkers workers(store, *queue, fail_bits);
+  return RunSearch(spec, backend, store, *queue);
+}
+
+TEST(SearchTest, SelectsWithinBudgetAndSpendsBitsWhereTheyMatter) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  auto r = RunJob(Spec(4.0), backend, *store);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->goal_met);
+  EXPECT_LE(r->avg_weight_bits, 4.0 + 1e-9);
+  EXPECT_GT(r->avg_weight_bits, 3.5);
+  EXPECT_EQ(r->evaluated_now, r->plan.candidate_count());
+  EXPECT_EQ(r->from_cache, 0u);
+  // Site "a" (50× noise) gets more bits than site "b" (1×).
+  EXPECT_GT(r->recipe.sites.at("a").weight.bits, r->recipe.sites.at("b").weight.bits);
+  // The front is monotone and the chosen point is the last within budget.
+  for (size_t i = 1; i < r->pareto.size(); ++i) {
+    EXPECT_GT(r->pareto[i].avg_weight_bits, r->pareto[i - 1].avg_weight_bits - 1e-12);
+    EXPECT_LT(r->pareto[i].predicted_loss, r->pareto[i - 1].predicted_loss);
+  }
+  EXPECT_LE(r->pareto[r->chosen_point].cost_units, r->budget_units);
+  if (r->chosen_point + 1 < r->pareto.size()) {
+    EXPECT_GT(r->pareto[r->chosen_point + 1].cost_units, r->budget_units);
+  }
+  EXPECT_EQ(backend.validations, 1);
+}
+
+TEST(SearchTest, DeterministicAndCachedAcrossBudgets) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend b1, b2, b3;
+  auto first = RunJob(Spec(4.0), b1, *store);
+  auto again = RunJob(Spec(4.0), b2, *store);
+  ASSERT_TRUE(first.ok() && again.ok());
+  EXPECT_EQ(again->evaluated_now, 0u);
+  EXPECT_EQ(again->from_cache, first->plan.candidate_count());
+  EXPECT_EQ(RecipeDocument(*first).dump(), RecipeDocument(*again).dump());
+  auto other_budget = RunJob(Spec(3.0), b3, *store);
+  ASSERT_TRUE(other_budget.ok());
+  EXPECT_EQ(other_budget->evaluated_now, 0u);
+  EXPECT_LE(other_budget->avg_weight_bits, 3.0 + 1e-9);
+}
+
+TEST(SearchTest, ResumesFromAPartiallyFilledStore) {
+  auto full = storage::NewInMemoryEvaluationStore();
+  FakeBackend b1;
+  auto complete = RunJob(Spec(4.0), b1, *full);
+  ASSERT_TRUE(complete.ok());
+  // A store holding every other evaluation, as a killed run would leave it.
+  auto partial = storage::NewInMemoryEvaluationStore();
+  size_t kept = 0, i = 0;
+  for (const auto& [key, e] : complete->evaluations) {
+    if (i++ % 2 == 0) {
+      ASSERT_TRUE(partial->Put(key, ToJson(e).dump()).ok());
+      ++kept;
+    }
+  }
+  FakeBackend b2;
+  auto resumed = RunJob(Spec(4.0), b2, *partial);
+  ASSERT_TRUE(resumed.ok());
+  EXPECT_EQ(resumed->from_cache, kept);
+  EXPECT_EQ(resumed->evaluated_now, complete->plan.candidate_count() - kept);
+  EXPECT_EQ(RecipeDocument(*resumed).dump(), RecipeDocument(*complete).dump());
+}
+
+TEST(SearchTest, FailedCandidatesAreExcludedNotFatal) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  auto r = RunJob(Spec(4.0), backend, *store, /*fail_bits=*/4);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->failed, 4u * 2u);  // four linear sites × two methods at 4 bits
+  for (const auto& [site, config] : r->recipe.sites) EXPECT_NE(config.weight.bits, 4) << site;
+}
+
+TEST(SearchTest, InfeasibleBudgetReturnsTheCheapestMixFlagged) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  auto r = RunJob(Spec(1.0), backend, *store);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->goal_met);
+  EXPECT_NE(r->goal_note.find("budget"), std::string::npos);
+  EXPECT_NEAR(r->avg_weight_bits, 2.0, 1e-9);
+}
+
+TEST(SearchTest, MissedAccuracyGoalWalksTheFrontAndFlags) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  backend.top1_penalty = 1;  // every mix loses far more than allowed
+  JobSpec spec = Spec(4.0);
+  spec.max_abs_top1_drop = 0.001;
+  spec.max_validations = 3;
+  auto r = RunJob(spec, backend, *store);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->goal_met);
+  EXPECT_EQ(backend.validations, 3);
+  EXPECT_NE(r->goal_note.find("criterion"), std::string::npos);
+  // The best validated point is the one returned.
+  double best = -INFINITY;
+  for (const auto& p : r->pareto) {
+    if (p.validated) best = std::max(best, p.top1);
+  }
+  EXPECT_DOUBLE_EQ(r->validation.top1, best);
+}
+
+TEST(SearchTest, EveryCandidateOfASiteFailingIsAnError) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  JobSpec spec = Spec(4.0);
+  spec.space.weight_bits = {4};
+  auto r = RunJob(spec, backend, *store, /*fail_bits=*/4);
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("synthetic failure"), std::string::npos);
+}
+
+TEST(ArtifactsTest, DocumentsCarryWhatUsersNeed) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  auto r = RunJob(Spec(4.0), backend, *store);
+  ASSERT_TRUE(r.ok());
+  auto recipe = RecipeDocument(*r);
+  EXPECT_EQ(recipe["format"], kRecipeFormat);
+  EXPECT_EQ(recipe["sites"].size(), 5u);
+  EXPECT_TRUE(recipe["search"]["sites"]["a"].contains("runner_up"));
+  EXPECT_FALSE(recipe["search"]["sites"]["a"]["why"].get<std::string>().empty());
+  // The recipe parses back as a recipe.
+  std::map<std::string, SiteKind> kinds;
+  for (const auto& s : r->plan.sites) kinds[s.site.name] = s.site.kind;
+  auto back = RecipeFromJson(recipe, kinds);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->sites.at("a") == r->recipe.sites.at("a"));
+  auto metrics = MetricsDocument(Spec(4.0), *r, 1.0);
+  for (const char* key : {"fp32_top1", "quant_top1", "avg_weight_bits", "evaluations", "goal_met"}) {
+    EXPECT_TRUE(metrics.contains(key)) << key;
+  }
+  auto pareto = ParetoDocument(Spec(4.0), *r);
+  EXPECT_EQ(pareto["points"].size(), r->pareto.size());
+  const std::string html = ReportHtml(Spec(4.0), *r);
+  EXPECT_NE(html.find("id=\"heatmap\""), std::string::npos);
+  EXPECT_NE(html.find("chosen-point"), std::string::npos);
+  EXPECT_NE(html.find("id=\"accuracy\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace qs::scheduler
