@@ -4,6 +4,7 @@
 # took. Expects build/qsearch (scripts/build.sh).
 #   scripts/recipe_table.sh w8a8 w4a4:rtn w4a4:gptq w4a4:erq
 #   EVAL_LIMIT=2000 CALIB_COUNT=256 SEED=0 scripts/recipe_table.sh w4a8
+#   EXTRA="--quantize-edges" scripts/recipe_table.sh w4a8:erq   # patch embed and head too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${CONFIG:-tests/data/fixture/config.json}
@@ -14,7 +15,7 @@ for r in "$@"; do
   build/qsearch quantize --config "$config" --weights "$weights" \
     --calib "${CALIB:-fashion-mnist:train}" --eval "${EVAL:-fashion-mnist:test}" \
     --eval-limit "${EVAL_LIMIT:-0}" --calib-count "${CALIB_COUNT:-256}" --seed "${SEED:-0}" \
-    --recipe "$r" --out "$out/${r//:/_}" --json >"$out/${r//:/_}.json"
+    --recipe "$r" --out "$out/${r//:/_}" ${EXTRA:-} --json >"$out/${r//:/_}.json"
 done
 python3 - "$out" "$@" <<'PY'
 import json, sys
@@ -26,10 +27,10 @@ print(f"{first['eval']['images']} images of {first['eval']['source']}; calibrati
       f"{first['calibration']['seed']}; one FP32 evaluation pass took "
       f"{first['seconds']['fp32_eval']:.2f} s")
 print()
-print("| recipe | top-1 | Δ vs FP32 | agreement | output KL | quantize time (s) |")
-print("|---|---|---|---|---|---|")
-print(f"| fp32 | {100 * first['fp32_top1']:.2f}% | | | | |")
+print("| recipe | avg weight bits | top-1 | Δ vs FP32 | agreement | output KL | quantize time (s) |")
+print("|---|---|---|---|---|---|---|")
+print(f"| fp32 | 32 | {100 * first['fp32_top1']:.2f}% | | | | |")
 for r, m in rows:
-    print(f"| {r} | {100 * m['quant_top1']:.2f}% | {100 * (m['quant_top1'] - m['fp32_top1']):+.2f} | "
+    print(f"| {r} | {m['avg_weight_bits']:.3f} | {100 * m['quant_top1']:.2f}% | {100 * (m['quant_top1'] - m['fp32_top1']):+.2f} | "
           f"{100 * m['top1_agreement']:.2f}% | {m['output_kl']:.4f} | {m['seconds']['quantize']:.2f} |")
 PY

@@ -130,8 +130,18 @@ int RunQuantize(const QuantizeArgs& a) {
                         {"weight_bits", c.weight.bits},
                         {"activation_bits", c.activation.bits}});
   }
+  // Mean bits per linear weight parameter, float weights counting 32, as the search counts them.
+  double weight_bits = 0, weight_params = 0;
+  for (const auto& site : model->sites()) {
+    if (site.kind != SiteKind::kLinear) continue;
+    const int bits = quantized->sites().at(site.name).config.weight.bits;
+    const double params = static_cast<double>(model->tensor(site.weight).numel());
+    weight_bits += params * (bits > 0 ? bits : 32);
+    weight_params += params;
+  }
   json metrics = {
       {"fp32_top1", fp_top1},
+      {"avg_weight_bits", weight_bits / weight_params},
       {"quant_top1", q_top1},
       {"top1_agreement", core::Top1Agreement(*fp_logits, *q_logits)},
       {"output_kl", core::OutputKl(*fp_logits, *q_logits)},

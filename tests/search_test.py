@@ -1,0 +1,174 @@
+#!/usr/bin/python3
+"""End-to-end tests of `qsearch run` on the fixture: outputs, replay, cache reuse, resume after a
+kill, determinism, spec errors, and the report rendered in headless Chromium.
+
+  /usr/bin/python3 tests/search_test.py --qsearch build/qsearch
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+QSEARCH = "build/qsearch"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def spec(d, name, **overrides):
+    s = {
+        "model": {"config": os.path.join(ROOT, "tests/data/fixture/config.json"),
+                  "weights": os.path.join(ROOT, "tests/data/fixture/model.safetensors")},
+        "calibration": {"source": "fashion-mnist:train", "count": 64, "seed": 0},
+        "validation": {"source": "fashion-mnist:test", "limit": 500},
+        "search": {"weight_methods": ["rtn"], "weight_bits": [3, 4, 8], "activation_bits": [8]},
+        "objective": {"avg_weight_bits": 4.0},
+    }
+    for key, value in overrides.items():
+        s[key] = value
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        json.dump(s, f)
+    return path
+
+
+def run(spec_path, out, cache, *extra, check=True):
+    r = subprocess.run([QSEARCH, "--threads", "2", "run", "--spec", spec_path, "--out", out,
+                        "--cache", cache, "--json", *extra],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=900)
+    if check and r.returncode != 0:
+        raise AssertionError(r.stderr)
+    return r
+
+
+def cached_files(cache):
+    n = 0
+    for _, _, files in os.walk(os.path.join(cache, "evaluations")):
+        n += sum(1 for f in files if f.endswith(".json"))
+    return n
+
+
+class SearchTest(unittest.TestCase):
+    def test_run_writes_artifacts_replays_and_reuses_the_cache(self):
+        with tempfile.TemporaryDirectory() as d:
+            cache = os.path.join(d, "cache")
+            out = os.path.join(d, "out4")
+            r = run(spec(d, "s4.json"), out, cache)
+            m = json.loads(r.stdout)
+            for key in ("fp32_top1", "quant_top1", "avg_weight_bits", "evaluations", "goal_met"):
+                self.assertIn(key, m)
+            self.assertTrue(m["goal_met"])
+            self.assertLessEqual(m["avg_weight_bits"], 4.0 + 1e-9)
+            self.assertEqual(m["evaluations"], m["candidates"])
+            for name in ("recipe.json", "metrics.json", "pareto.json", "weights.safetensors",
+                         "report.html"):
+                self.assertTrue(os.path.getsize(os.path.join(out, name)) > 0, name)
+            with open(os.path.join(out, "pareto.json")) as f:
+                points = json.load(f)["points"]
+            for a, b in zip(points, points[1:]):
+                self.assertGreater(b["cost_units"], a["cost_units"])
+                self.assertLess(b["predicted_loss"], a["predicted_loss"])
+            self.assertEqual(sum(p["chosen"] for p in points), 1)
+
+            # The recipe replays through `qsearch quantize` to the same validated accuracy.
+            replay = os.path.join(d, "replay")
+            q = subprocess.run([QSEARCH, "--threads", "2", "quantize",
+                                "--config", os.path.join(ROOT, "tests/data/fixture/config.json"),
+                                "--weights", os.path.join(ROOT, "tests/data/fixture/model.safetensors"),
+                                "--recipe", os.path.join(out, "recipe.json"), "--out", replay,
+                                "--calib-count", "64", "--seed", "0", "--eval-limit", "500",
+                                "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(q.returncode, 0, q.stderr)
+            self.assertEqual(json.loads(q.stdout)["quant_top1"], m["quant_top1"])
+
+            # Another budget on the same model and calibration set evaluates nothing new.
+            r3 = run(spec(d, "s3.json", objective={"avg_weight_bits": 3.0}),
+                     os.path.join(d, "out3"), cache)
+            m3 = json.loads(r3.stdout)
+            self.assertEqual(m3["evaluations"], 0)
+            self.assertEqual(m3["evaluations_from_cache"], m["candidates"])
+            self.assertLessEqual(m3["avg_weight_bits"], 3.0 + 1e-9)
+
+    def test_same_spec_same_recipe_bytes_with_fresh_caches(self):
+        with tempfile.TemporaryDirectory() as d:
+            s = spec(d, "s.json", search={"weight_methods": ["rtn"], "weight_bits": [4, 8],
+                                          "activation_bits": [8]})
+            run(s, os.path.join(d, "a"), os.path.join(d, "cache_a"))
+            run(s, os.path.join(d, "b"), os.path.join(d, "cache_b"))
+            with open(os.path.join(d, "a", "recipe.json"), "rb") as a, \
+                    open(os.path.join(d, "b", "recipe.json"), "rb") as b:
+                self.assertEqual(a.read(), b.read())
+
+    def test_resume_after_kill_redoes_no_finished_evaluation(self):
+        with tempfile.TemporaryDirectory() as d:
+            cache = os.path.join(d, "cache")
+            s = spec(d, "s.json", search={"weight_methods": ["rtn", "gptq", "erq"],
+                                          "weight_bits": [2, 3, 4, 8], "activation_bits": [8]})
+            p = subprocess.Popen([QSEARCH, "--threads", "2", "run", "--spec", s, "--out",
+                                  os.path.join(d, "killed"), "--cache", cache],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 300
+            while cached_files(cache) < 25 and time.time() < deadline and p.poll() is None:
+                time.sleep(0.05)
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            at_kill = cached_files(cache)
+            self.assertGreaterEqual(at_kill, 25)
+            r = run(s, os.path.join(d, "resumed"), cache)
+            m = json.loads(r.stdout)
+            self.assertGreaterEqual(m["evaluations_from_cache"], at_kill)
+            self.assertEqual(m["evaluations"] + m["evaluations_from_cache"], m["candidates"])
+            self.assertLess(m["evaluations"], m["candidates"])
+
+    def test_spec_errors_name_the_field(self):
+        with tempfile.TemporaryDirectory() as d:
+            cases = [({"objective": {}}, "exactly one budget"),
+                     ({"search": {"weight_bits": [4, 12]}}, "weight_bits[1]"),
+                     ({"calibration": {"count": -1}}, "count"),
+                     ({"objectve": {"avg_weight_bits": 4}}, "objectve")]
+            for overrides, needle in cases:
+                r = run(spec(d, "bad.json", **overrides), os.path.join(d, "o"),
+                        os.path.join(d, "c"), check=False)
+                self.assertEqual(r.returncode, 1, overrides)
+                self.assertIn("INVALID_ARGUMENT", r.stderr)
+                self.assertIn(needle, r.stderr)
+            with open(os.path.join(d, "broken.json"), "w") as f:
+                f.write("{not json")
+            r = run(os.path.join(d, "broken.json"), os.path.join(d, "o"), os.path.join(d, "c"),
+                    check=False)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("malformed JSON", r.stderr)
+
+    @unittest.skipUnless(CHROMIUM, "chromium is not installed (scripts/setup.sh installs it)")
+    def test_report_renders_in_headless_chromium(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "out")
+            run(spec(d, "s.json"), out, os.path.join(d, "cache"))
+            flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     "--user-data-dir=" + os.path.join(d, "profile")]
+            url = "file://" + os.path.join(out, "report.html")
+            dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, timeout=120).stdout
+            self.assertIn('id="pareto"', dom)
+            self.assertIn("chosen-point", dom)
+            self.assertEqual(dom.count('class="site"') >= 26, True)
+            shot = os.path.join(d, "report.png")
+            subprocess.run([CHROMIUM, *flags, "--screenshot=" + shot, "--window-size=1000,1400",
+                            url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+            self.assertTrue(os.path.exists(shot) and os.path.getsize(shot) > 10000)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--qsearch", default=QSEARCH)
+    args, rest = parser.parse_known_args()
+    QSEARCH = os.path.abspath(args.qsearch)
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
