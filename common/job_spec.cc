@@ -198,13 +198,7 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
 }
 
 StatusOr<JobSpec> LoadJobSpec(const std::string& path) {
-  QS_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(path));
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(path + ": malformed JSON: " + e.what());
-  }
+  QS_ASSIGN_OR_RETURN(json j, ReadJsonFile(path));
   auto spec = ParseJobSpec(j, path);
   if (!spec.ok()) return spec.status().WithContext(path);
   return spec;

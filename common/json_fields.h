@@ -10,9 +10,21 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/file_util.h"
 #include "common/status.h"
 
 namespace qs {
+
+// The parsed JSON document in `path`. NOT_FOUND for a missing file, INVALID_ARGUMENT (naming the
+// file) for malformed JSON.
+inline StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  QS_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(path));
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgumentError(path + ": malformed JSON: " + e.what());
+  }
+}
 
 // INVALID_ARGUMENT if `j` is not an object or has a key outside `allowed`.
 inline Status CheckKeys(const nlohmann::json& j, const std::set<std::string>& allowed,

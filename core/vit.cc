@@ -6,7 +6,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
-#include "common/file_util.h"
+#include "common/json_fields.h"
 #include "common/sha256.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
@@ -145,13 +145,7 @@ StatusOr<ViTConfig> ParseViTConfig(const json& j) {
 }
 
 StatusOr<ViTConfig> LoadViTConfig(const std::string& path) {
-  QS_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(path));
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(path + ": malformed JSON: " + e.what());
-  }
+  QS_ASSIGN_OR_RETURN(json j, ReadJsonFile(path));
   auto config = ParseViTConfig(j);
   if (!config.ok()) return config.status().WithContext(path);
   return config;

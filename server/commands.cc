@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "common/json_fields.h"
 #include "common/quant_config.h"
 #include "core/dataset.h"
 #include "core/metrics.h"
@@ -69,13 +70,7 @@ StatusOr<Recipe> LoadRecipe(const std::string& arg, const core::ViTModel& model,
                             bool quantize_edges) {
   const bool is_file = arg.size() > 5 && arg.substr(arg.size() - 5) == ".json";
   if (!is_file) return ParseUniformRecipe(arg, quantize_edges);
-  QS_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(arg));
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(arg + ": malformed JSON: " + e.what());
-  }
+  QS_ASSIGN_OR_RETURN(json j, ReadJsonFile(arg));
   auto recipe = RecipeFromJson(j, model.SiteKinds());
   if (!recipe.ok()) return recipe.status().WithContext(arg);
   return recipe;
