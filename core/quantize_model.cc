@@ -1,6 +1,7 @@
 #include "core/quantize_model.h"
 
 #include <limits>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -8,6 +9,7 @@
 #include "core/erq.h"
 #include "core/gptq.h"
 #include "core/metrics.h"
+#include "core/quantized_format.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
 
@@ -228,43 +230,34 @@ StatusOr<torch::Tensor> QuantizedModel::Logits(const torch::Tensor& images,
 }
 
 Status QuantizedModel::WriteWeights(const std::string& path) const {
-  return GuardTorch("write quantized weights", [&]() -> Status {
-    std::map<std::string, torch::Tensor> out;
-    std::map<std::string, std::string> replaced;  // weight tensor -> site
-    for (const auto& site : float_model_.sites()) {
-      auto it = sites_.find(site.name);
-      if (site.kind != SiteKind::kLinear || it == sites_.end() || !it->second.weight) continue;
-      const QuantizedWeight& w = *it->second.weight;
-      const WeightQuant& spec = it->second.config.weight;
-      out[site.name + ".weight.codes"] =
-          w.codes.to(w.grid.symmetric ? torch::kInt8 : torch::kUInt8);
-      // Compact parameters: one column per group (per-channel: one; per-tensor: a single value).
-      auto compact = [&](const torch::Tensor& full) {
-        if (full.dim() == 0) return full.reshape({1});
-        if (spec.granularity == Granularity::kPerGroup && spec.group_size < full.size(1)) {
-          return full.slice(1, 0, full.size(1), spec.group_size).contiguous();
-        }
-        return full.expand({w.codes.size(0), full.size(1)}).slice(1, 0, 1).contiguous();
-      };
-      out[site.name + ".weight.scale"] = compact(w.grid.scale).to(torch::kFloat32);
-      if (!w.grid.symmetric) {
-        out[site.name + ".weight.zero_point"] = compact(w.grid.zero_point).to(torch::kInt32);
-      }
-      replaced[site.weight] = site.name;
-      if (w.bias.defined()) {
-        // The method moved the bias (ERQ): the float tensor under its timm name is the new one.
-        std::string bias_name = site.weight.substr(0, site.weight.size() - 6) + "bias";
-        out[bias_name] = w.bias;
-        replaced[bias_name] = site.name;
-      }
+  std::map<std::string, torch::Tensor> out;
+  nlohmann::json layout = nlohmann::json::object();
+  std::set<std::string> replaced;
+  for (const auto& site : float_model_.sites()) {
+    auto it = sites_.find(site.name);
+    if (site.kind != SiteKind::kLinear || it == sites_.end() || !it->second.weight) continue;
+    const QuantizedWeight& w = *it->second.weight;
+    const WeightQuant& spec = it->second.config.weight;
+    PackedWeightInput input{site.name, site.weight,
+                            float_model_.tensor(site.weight).sizes().vec(), &w,
+                            spec.granularity == Granularity::kPerGroup ? spec.group_size : 0};
+    QS_RETURN_IF_ERROR(AddPackedWeight(input, &out, &layout));
+    replaced.insert(site.weight);
+    if (w.bias.defined()) {
+      // The method moved the bias (ERQ): the float tensor under its timm name is the new one.
+      std::string bias_name = site.weight.substr(0, site.weight.size() - 6) + "bias";
+      out[bias_name] = w.bias;
+      replaced.insert(bias_name);
     }
-    for (const auto& [name, t] : float_model_.tensors()) {
-      if (!replaced.count(name)) out[name] = t;
-    }
-    const auto recipe_json = RecipeToJson(recipe_, float_model_.SiteKinds());
-    return WriteSafetensors(path, out,
-                            {{"format", "qsearch.quantized.v1"}, {"recipe", recipe_json.dump()}});
-  });
+  }
+  for (const auto& [name, t] : float_model_.tensors()) {
+    if (!replaced.count(name)) out[name] = t;
+  }
+  const auto recipe_json = RecipeToJson(recipe_, float_model_.SiteKinds());
+  return WriteSafetensors(path, out,
+                          {{"format", kQuantizedFormat},
+                           {"layout", layout.dump()},
+                           {"recipe", recipe_json.dump()}});
 }
 
 }  // namespace qs::core

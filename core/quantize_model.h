@@ -53,11 +53,10 @@ class QuantizedModel {
   // Fake-quantized logits for normalized images (CPU float), in batches.
   StatusOr<torch::Tensor> Logits(const torch::Tensor& images, int64_t batch_size = 256) const;
 
-  // Writes the quantized weights: for each quantized linear site, "<site>.weight.codes" (I8 for
-  // symmetric grids, U8 for affine ones, shape [out, in] with the patch-embedding conv flattened
-  // in (C, p, p) order), "<site>.weight.scale" (F32, [out, groups] or [1]) and, for affine grids,
-  // "<site>.weight.zero_point" (I32, same shape); every other tensor in F32 under its timm name.
-  // Metadata: format "qsearch.quantized.v1" and the recipe JSON.
+  // Writes the quantized weights in the "qsearch.quantized.v1" format (core/quantized_format.h):
+  // bit-packed codes, scales and zero points for every quantized linear weight (the
+  // patch-embedding conv flattened in (C, p, p) order), every other tensor in F32 under its timm
+  // name (biases moved by ERQ included), and the recipe JSON in the metadata.
   Status WriteWeights(const std::string& path) const;
 
  private:

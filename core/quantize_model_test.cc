@@ -7,7 +7,9 @@
 #include <filesystem>
 
 #include "core/dataset.h"
+#include "common/file_util.h"
 #include "core/metrics.h"
+#include "core/quantized_format.h"
 #include "core/safetensors.h"
 #include "core/test_models.h"
 
@@ -122,12 +124,12 @@ TEST(QuantizeModelTest, SiteSpecificQuantizersAndTheirErrors) {
             StatusCode::kInvalidArgument);
 }
 
-TEST(QuantizeModelTest, WrittenCodesReproduceTheQuantizedWeights) {
+TEST(QuantizeModelTest, WrittenWeightsArePackedAndDequantizeExactly) {
   auto t = MakeTiny();
-  Recipe r = Uniform("w4a8");
+  Recipe r = Uniform("w3a8");
   QuantConfig grouped = r.linear_default;
   grouped.weight.granularity = Granularity::kPerGroup;
-  grouped.weight.group_size = 16;
+  grouped.weight.group_size = 24;  // 64 = 24 + 24 + 16: a short last group
   grouped.weight.symmetric = false;
   r.sites["blocks.0.mlp.fc2"] = grouped;
   auto q = QuantizeModel(t.model, r, t.calib);
@@ -137,28 +139,61 @@ TEST(QuantizeModelTest, WrittenCodesReproduceTheQuantizedWeights) {
   ASSERT_TRUE(q->WriteWeights(path).ok());
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok());
-  EXPECT_EQ(file->metadata().at("format"), "qsearch.quantized.v1");
+  EXPECT_TRUE(IsQuantizedWeightsFile(*file));
   EXPECT_FALSE(file->Has("blocks.0.attn.qkv.weight"));
   EXPECT_TRUE(file->Has("blocks.0.norm1.weight"));
-  // Symmetric per-channel: int8 codes times one scale per row.
+  // 3-bit codes take 3/8 of a byte each.
   auto codes = *file->Tensor("blocks.0.attn.qkv.weight.codes");
-  auto scale = *file->Tensor("blocks.0.attn.qkv.weight.scale");
-  EXPECT_EQ(codes.scalar_type(), torch::kInt8);
-  EXPECT_GE(codes.min().item<int>(), -8);
-  EXPECT_LE(codes.max().item<int>(), 7);
-  EXPECT_TRUE(torch::allclose(codes.to(torch::kFloat32) * scale,
-                              q->sites().at("blocks.0.attn.qkv").weight->dequantized));
-  // Affine per-group: uint8 codes, [out, groups] scales and zero points.
-  auto gcodes = *file->Tensor("blocks.0.mlp.fc2.weight.codes");
-  auto gscale = *file->Tensor("blocks.0.mlp.fc2.weight.scale");
-  auto gzero = *file->Tensor("blocks.0.mlp.fc2.weight.zero_point");
-  EXPECT_EQ(gcodes.scalar_type(), torch::kUInt8);
-  EXPECT_EQ(gscale.sizes().vec(), (std::vector<int64_t>{32, 4}));
-  auto full_scale = gscale.repeat_interleave(16, 1);
-  auto full_zero = gzero.repeat_interleave(16, 1).to(torch::kFloat32);
-  EXPECT_TRUE(torch::allclose((gcodes.to(torch::kFloat32) - full_zero) * full_scale,
-                              q->sites().at("blocks.0.mlp.fc2").weight->dequantized));
+  EXPECT_EQ(codes.scalar_type(), torch::kUInt8);
+  EXPECT_EQ(codes.numel(), (96 * 32 * 3 + 7) / 8);
+  EXPECT_EQ(file->Tensor("blocks.0.mlp.fc2.weight.scale")->sizes().vec(),
+            (std::vector<int64_t>{32, 3}));
+  EXPECT_TRUE(file->Has("blocks.0.mlp.fc2.weight.zero_point"));
+  auto weights = ReadQuantizedWeights(*file);
+  ASSERT_TRUE(weights.ok()) << weights.status().ToString();
+  for (const auto& site : t.model.sites()) {
+    if (site.kind != SiteKind::kLinear) continue;
+    const auto& w = *q->sites().at(site.name).weight;
+    EXPECT_TRUE(torch::allclose(weights->at(site.weight).reshape(w.dequantized.sizes()),
+                                w.dequantized, 1e-6, 1e-7))
+        << site.name;
+  }
+  // A layout that lies about the codes is DATA_LOSS, not a crash.
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& [name, entry] : file->entries()) tensors[name] = *file->Tensor(name);
+  auto meta = file->metadata();
+  auto layout = nlohmann::json::parse(meta["layout"]);
+  layout["blocks.0.attn.qkv"]["shape"] = {960, 32};
+  meta["layout"] = layout.dump();
+  ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
+  EXPECT_EQ(ReadQuantizedWeights(*SafetensorsFile::Open(path)).status().code(),
+            StatusCode::kDataLoss);
+  meta["layout"] = "{";
+  ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
+  EXPECT_EQ(ReadQuantizedWeights(*SafetensorsFile::Open(path)).status().code(),
+            StatusCode::kDataLoss);
   std::remove(path.c_str());
+}
+
+TEST(QuantizeModelTest, WeightOnlyArtifactLoadsAsAModelWithTheSameLogits) {
+  auto t = MakeTiny();
+  for (const char* r : {"w4a32:rtn", "w3a32:erq"}) {
+    auto q = QuantizeModel(t.model, Uniform(r), t.calib);
+    ASSERT_TRUE(q.ok());
+    const auto dir = std::filesystem::temp_directory_path();
+    const std::string weights = (dir / "qs_qm_artifact.safetensors").string();
+    const std::string config = (dir / "qs_qm_artifact.json").string();
+    ASSERT_TRUE(q->WriteWeights(weights).ok());
+    ASSERT_TRUE(WriteFileAtomically(config, ToJson(t.model.config()).dump()).ok());
+    auto loaded = ViTModel::Load(config, weights);
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    auto expected = q->Logits(t.eval);
+    auto got = loaded->Logits(t.eval);
+    ASSERT_TRUE(expected.ok() && got.ok());
+    EXPECT_TRUE(torch::allclose(*got, *expected, 1e-5, 1e-5)) << r;
+    std::remove(weights.c_str());
+    std::remove(config.c_str());
+  }
 }
 
 TEST(QuantizeModelTest, GptqAndErqRunThroughTheModelAndErqBiasIsWritten) {
@@ -184,13 +219,14 @@ TEST(QuantizeModelTest, GptqAndErqRunThroughTheModelAndErqBiasIsWritten) {
     ASSERT_TRUE(q->WriteWeights(path).ok());
     auto file = SafetensorsFile::Open(path);
     ASSERT_TRUE(file.ok());
+    auto weights = ReadQuantizedWeights(*file);
+    ASSERT_TRUE(weights.ok()) << weights.status().ToString();
     for (const char* site : {"blocks.0.mlp.fc1", "blocks.1.mlp.fc2"}) {
       const auto& w = *q->sites().at(site).weight;
-      auto codes = *file->Tensor(std::string(site) + ".weight.codes");
-      auto scale = *file->Tensor(std::string(site) + ".weight.scale");
-      if (scale.size(1) > 1) scale = scale.repeat_interleave(16, 1);
-      EXPECT_TRUE(torch::allclose(codes.to(torch::kFloat32) * scale, w.dequantized)) << r << site;
-      auto bias = *file->Tensor(std::string(site) + ".bias");
+      EXPECT_TRUE(torch::allclose(weights->at(std::string(site) + ".weight"), w.dequantized,
+                                  1e-6, 1e-7))
+          << r << site;
+      auto bias = weights->at(std::string(site) + ".bias");
       if (std::string(r).find("erq") != std::string::npos) {
         ASSERT_TRUE(w.bias.defined());
         EXPECT_TRUE(torch::equal(bias, w.bias));

@@ -8,6 +8,7 @@
 
 #include "common/json_fields.h"
 #include "common/sha256.h"
+#include "core/quantized_format.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
 
@@ -244,8 +245,15 @@ StatusOr<ViTModel> ViTModel::Load(const std::string& config_path,
   QS_ASSIGN_OR_RETURN(ViTConfig config, LoadViTConfig(config_path));
   QS_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(weights_path));
   std::map<std::string, torch::Tensor> tensors;
-  for (const auto& [name, entry] : file.entries()) {
-    QS_ASSIGN_OR_RETURN(tensors[name], file.Tensor(name));
+  if (IsQuantizedWeightsFile(file)) {
+    // A qsearch artifact: the quantized weights, dequantized to float.
+    auto read = ReadQuantizedWeights(file);
+    if (!read.ok()) return read.status().WithContext(weights_path);
+    tensors = std::move(*read);
+  } else {
+    for (const auto& [name, entry] : file.entries()) {
+      QS_ASSIGN_OR_RETURN(tensors[name], file.Tensor(name));
+    }
   }
   auto model = GuardTorch(weights_path, [&] { return FromTensors(config, std::move(tensors)); });
   if (!model.ok()) return model.status().WithContext(weights_path);

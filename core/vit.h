@@ -69,8 +69,8 @@ class SiteHandler {
 
 class ViTModel {
  public:
-  // Loads the config and the safetensors weights (F32, F16 or BF16; kept as float32). Errors name
-  // the tensor: NOT_FOUND for a missing one, INVALID_ARGUMENT for a wrong shape or dtype, DATA_LOSS
+  // Loads the config and the safetensors weights (F32, F16 or BF16; kept as float32), or a
+  // qsearch quantized-weights file (dequantized). Errors name the tensor: NOT_FOUND for a missing one, INVALID_ARGUMENT for a wrong shape or dtype, DATA_LOSS
   // for a damaged file.
   static StatusOr<ViTModel> Load(const std::string& config_path, const std::string& weights_path);
   // The same from a parsed config and tensors already in memory (validated identically).
