@@ -278,7 +278,7 @@ int RunCli(int argc, char** argv) {
   RunArgs run_args;
   auto* run = app.add_subcommand(
       "run", "search the per-site quantization mix under a budget (embedded, one process)");
-  run->add_option("--spec", run_args.spec, "job spec JSON (docs/search.md)")
+  run->add_option("--spec", run_args.spec, "job spec, JSON or YAML (.yaml/.yml) (docs/search.md)")
       ->required()
       ->check(CLI::ExistingFile);
   run->add_option("--out", run_args.out, "output directory")->required();

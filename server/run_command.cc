@@ -15,6 +15,7 @@
 #include "common/file_util.h"
 #include "common/job_spec.h"
 #include "scheduler/artifacts.h"
+#include "server/spec_file.h"
 #include "scheduler/search.h"
 #include "storage/evaluation_store.h"
 #include "storage/task_queue.h"
@@ -135,7 +136,7 @@ std::string DefaultCacheDir() {
 
 int RunSearchCommand(const RunArgs& args) {
   const auto start = std::chrono::steady_clock::now();
-  auto spec = LoadJobSpec(args.spec);
+  auto spec = LoadSpecFile(args.spec);
   if (!spec.ok()) return Fail(spec.status());
   auto store = storage::OpenDirectoryEvaluationStore(
       (args.cache.empty() ? DefaultCacheDir() : args.cache) + "/evaluations");
