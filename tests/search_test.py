@@ -145,6 +145,38 @@ class SearchTest(unittest.TestCase):
             self.assertEqual(r.returncode, 1)
             self.assertIn("malformed JSON", r.stderr)
 
+    def test_any_loadable_model_and_a_safetensors_dataset(self):
+        sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+        import torch
+        import vit_reference as ref
+        config = dict(architecture="vit", img_size=16, patch_size=4, in_chans=3, embed_dim=24,
+                      depth=2, num_heads=3, mlp_ratio=2.0, num_classes=4, global_pool="avg",
+                      qkv_bias=False, layer_norm_eps=1e-6, mean=[0.5, 0.5, 0.5],
+                      std=[0.25, 0.25, 0.25])
+        with tempfile.TemporaryDirectory() as d:
+            tensors = ref.random_model(config, seed=5, class_token=False, fc_norm=True)
+            ref.write_safetensors(os.path.join(d, "model.safetensors"), tensors)
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(config, f)
+            torch.manual_seed(6)
+            ref.write_safetensors(os.path.join(d, "data.safetensors"),
+                                  {"images": torch.rand(96, 3, 16, 16),
+                                   "labels": torch.randint(0, 4, (96,), dtype=torch.int64)})
+            s = spec(d, "s.json", model={"config": "config.json", "weights": "model.safetensors"},
+                     calibration={"source": "data.safetensors", "count": 32, "seed": 1},
+                     validation={"source": "data.safetensors", "limit": 0},
+                     search={"weight_methods": ["rtn", "gptq", "erq"], "weight_bits": [3, 4, 8],
+                             "activation_bits": [8],
+                             "softmax_quantizers": ["uniform", "log_sqrt2", "twin_uniform"]},
+                     objective={"avg_weight_bits": 5.0})
+            r = run(s, os.path.join(d, "out"), os.path.join(d, "cache"))
+            m = json.loads(r.stdout)
+            self.assertEqual(m["validation_images"], 96)
+            self.assertLessEqual(m["avg_weight_bits"], 5.0 + 1e-9)
+            self.assertEqual(m["evaluations_failed"], 0)
+            # 2 blocks × 4 linears + patch embed + head, 9 candidates each; q·kᵀ 1, softmax·v 3.
+            self.assertEqual(m["candidates"], 10 * 9 + 2 * (1 + 3))
+
     @unittest.skipUnless(CHROMIUM, "chromium is not installed (scripts/setup.sh installs it)")
     def test_report_renders_in_headless_chromium(self):
         with tempfile.TemporaryDirectory() as d:
