@@ -30,6 +30,14 @@ struct Evaluation {
   bool ok() const { return error.empty(); }
 };
 
+// A whole quantized model measured on the validation set.
+struct ValidationResult {
+  double top1 = 0;            // fraction
+  double top1_agreement = 0;  // with the float model's predictions
+  double output_kl = 0;       // mean KL(float ‖ quantized) of the output distributions, nats
+  double seconds = 0;         // quantization (calibration pass) plus evaluation
+};
+
 // JSON with +inf written as null.
 nlohmann::json ToJson(const Evaluation& e);
 StatusOr<Evaluation> EvaluationFromJson(const nlohmann::json& j);

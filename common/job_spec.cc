@@ -1,5 +1,6 @@
 #include "common/job_spec.h"
 
+#include "common/enum_names.h"
 #include "common/file_util.h"
 #include "common/json_fields.h"
 
@@ -20,11 +21,7 @@ constexpr std::pair<const char*, RankingMetric> kMetrics[] = {
 };
 
 StatusOr<RankingMetric> ParseMetric(const std::string& s) {
-  for (const auto& [name, v] : kMetrics) {
-    if (s == name) return v;
-  }
-  return InvalidArgumentError("unknown ranking metric '" + s +
-                              "' (expected noise_ratio, mse or mae)");
+  return ParseEnum(s, "ranking metric", kMetrics);
 }
 
 Status Section(const json& j, const char* key, bool required, const json** out) {
@@ -101,19 +98,8 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
 
 }  // namespace
 
-const char* ToString(BudgetKind v) {
-  for (const auto& [name, k] : kBudgets) {
-    if (k == v) return name;
-  }
-  return "?";
-}
-
-const char* ToString(RankingMetric v) {
-  for (const auto& [name, k] : kMetrics) {
-    if (k == v) return name;
-  }
-  return "?";
-}
+const char* ToString(BudgetKind v) { return EnumName(v, kBudgets); }
+const char* ToString(RankingMetric v) { return EnumName(v, kMetrics); }
 
 StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   auto fail = [](const Status& s, const char* section) {

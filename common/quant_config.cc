@@ -2,24 +2,13 @@
 
 #include <cctype>
 
+#include "common/enum_names.h"
 #include "common/json_fields.h"
 
 namespace qs {
 namespace {
 
 using nlohmann::json;
-
-template <typename E, size_t N>
-StatusOr<E> ParseEnum(const std::string& s, const char* what,
-                      const std::pair<const char*, E> (&table)[N]) {
-  std::string options;
-  for (const auto& [name, value] : table) {
-    if (s == name) return value;
-    options += options.empty() ? name : std::string(", ") + name;
-  }
-  return InvalidArgumentError("unknown " + std::string(what) + " '" + s + "' (expected one of " +
-                              options + ")");
-}
 
 constexpr std::pair<const char*, Granularity> kGranularities[] = {
     {"per_tensor", Granularity::kPerTensor},
@@ -44,14 +33,6 @@ constexpr std::pair<const char*, WeightMethod> kWeightMethods[] = {
     {"gptq", WeightMethod::kGptq},
     {"erq", WeightMethod::kErq},
 };
-
-template <typename E, size_t N>
-const char* EnumName(E v, const std::pair<const char*, E> (&table)[N]) {
-  for (const auto& [name, value] : table) {
-    if (v == value) return name;
-  }
-  return "?";
-}
 
 json WeightToJson(const WeightQuant& w) {
   if (!w.quantized()) return json{{"bits", 0}};

@@ -38,13 +38,6 @@ struct ModelFacts {
   int64_t validation_images = 0;
 };
 
-struct ValidationResult {
-  double top1 = 0;
-  double top1_agreement = 0;
-  double output_kl = 0;
-  double seconds = 0;
-};
-
 class ModelBackend {
  public:
   virtual ~ModelBackend() = default;

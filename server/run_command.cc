@@ -54,9 +54,8 @@ class EmbeddedBackend : public scheduler::ModelBackend {
     return f;
   }
 
-  StatusOr<scheduler::ValidationResult> Validate(const Recipe& recipe) override {
-    QS_ASSIGN_OR_RETURN(worker::ValidationOutcome v, session_->Validate(recipe));
-    return scheduler::ValidationResult{v.top1, v.top1_agreement, v.output_kl, v.seconds};
+  StatusOr<ValidationResult> Validate(const Recipe& recipe) override {
+    return session_->Validate(recipe);
   }
 
   Status WriteWeights(const Recipe& recipe, const std::string& path) override {

@@ -4,7 +4,6 @@ kill, determinism, spec errors, and the report rendered in headless Chromium.
 
   /usr/bin/python3 tests/search_test.py --qsearch build/qsearch
 """
-import argparse
 import json
 import os
 import shutil
@@ -199,8 +198,6 @@ class SearchTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--qsearch", default=QSEARCH)
-    args, rest = parser.parse_known_args()
-    QSEARCH = os.path.abspath(args.qsearch)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import testlib
+    testlib.main(sys.modules[__name__])

@@ -63,12 +63,12 @@ StatusOr<const core::QuantizedModel*> ModelSession::Quantized(const Recipe& reci
   return last_quantized_.get();
 }
 
-StatusOr<ValidationOutcome> ModelSession::Validate(const Recipe& recipe) {
+StatusOr<ValidationResult> ModelSession::Validate(const Recipe& recipe) {
   std::lock_guard<std::mutex> lock(mu_);
   auto start = std::chrono::steady_clock::now();
   QS_ASSIGN_OR_RETURN(const core::QuantizedModel* q, Quantized(recipe));
   QS_ASSIGN_OR_RETURN(torch::Tensor logits, q->Logits(validation_images_));
-  ValidationOutcome v;
+  ValidationResult v;
   v.top1 = core::Top1(logits, validation_.labels);
   v.top1_agreement = core::Top1Agreement(fp32_logits_, logits);
   v.output_kl = core::OutputKl(fp32_logits_, logits);

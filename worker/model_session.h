@@ -28,13 +28,6 @@
 
 namespace qs::worker {
 
-struct ValidationOutcome {
-  double top1 = 0;
-  double top1_agreement = 0;
-  double output_kl = 0;
-  double seconds = 0;
-};
-
 class ModelSession {
  public:
   // Loads the model and both data sets, draws the calibration subset, runs the float model once
@@ -55,7 +48,7 @@ class ModelSession {
 
   // Quantizes the whole model with `recipe` and measures it on the validation set. Keeps the
   // quantized model for WriteWeights.
-  StatusOr<ValidationOutcome> Validate(const Recipe& recipe);
+  StatusOr<ValidationResult> Validate(const Recipe& recipe);
   // Writes the weights of `recipe` (quantizing again unless it was the last one validated).
   Status WriteWeights(const Recipe& recipe, const std::string& path);
 

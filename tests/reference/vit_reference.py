@@ -7,7 +7,6 @@ shows up as a logit mismatch. Runs with Debian's python3-torch.
 
   /usr/bin/python3 tests/reference/vit_reference.py --qsearch build/qsearch
 """
-import argparse
 import gzip
 import json
 import os
@@ -231,8 +230,6 @@ class ReferenceForwardTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--qsearch", default=QSEARCH)
-    args, rest = parser.parse_known_args()
-    QSEARCH = os.path.abspath(args.qsearch)
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import testlib
+    testlib.main(sys.modules[__name__])
