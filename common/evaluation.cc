@@ -57,6 +57,14 @@ StatusOr<Evaluation> EvaluationFromJson(const json& j) {
   return e;
 }
 
+std::optional<Evaluation> ParseStoredEvaluation(const std::string& stored, const std::string& key) {
+  json j = json::parse(stored, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return std::nullopt;
+  auto e = EvaluationFromJson(j);
+  if (!e.ok() || e->key != key) return std::nullopt;
+  return *e;
+}
+
 double RankingLoss(const Evaluation& e, RankingMetric metric) {
   switch (metric) {
     case RankingMetric::kNoiseRatio:

@@ -5,6 +5,7 @@
 #ifndef QS_COMMON_EVALUATION_H_
 #define QS_COMMON_EVALUATION_H_
 
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -41,6 +42,10 @@ struct ValidationResult {
 // JSON with +inf written as null.
 nlohmann::json ToJson(const Evaluation& e);
 StatusOr<Evaluation> EvaluationFromJson(const nlohmann::json& j);
+
+// The evaluation stored under `key`, or nullopt when `stored` is damaged (not JSON, not an
+// evaluation, or another key's): such an entry is evaluated again.
+std::optional<Evaluation> ParseStoredEvaluation(const std::string& stored, const std::string& key);
 
 // The additive per-site loss the selection minimizes under `metric`.
 double RankingLoss(const Evaluation& e, RankingMetric metric);

@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <functional>
+#include <thread>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -24,7 +28,11 @@ StatusOr<std::string> ReadFileBytes(const std::string& path) {
 }
 
 Status WriteFileAtomically(const std::string& path, const std::string& bytes) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  // Unique per process, thread and call, so concurrent writers of one path never share a file.
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." +
+                    std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id())) + "." +
+                    std::to_string(counter++);
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) return InternalError(tmp + ": cannot create: " + std::strerror(errno));
   bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();

@@ -161,7 +161,9 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   if (s.ok() && budgets != 1) {
     s = InvalidArgumentError("give exactly one budget: avg_weight_bits, model_bytes or bops");
   }
-  if (s.ok() && !(spec.budget > 0)) s = InvalidArgumentError("the budget must be positive");
+  if (s.ok() && !(spec.budget > 0 && spec.budget < 1e18)) {
+    s = InvalidArgumentError("the budget must be a positive finite number below 1e18");
+  }
   if (s.ok()) s = ReadEnumField(*section, "metric", ParseMetric, &spec.metric);
   if (!s.ok()) return fail(s, "objective");
 

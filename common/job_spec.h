@@ -23,7 +23,7 @@ namespace qs {
 enum class BudgetKind {
   kAvgWeightBits,  // mean bits per quantizable linear weight parameter
   kModelBytes,     // bytes of all linear weights (scales not counted)
-  kBops,           // Σ MACs × weight bits × activation bits over linear sites
+  kBops,           // Σ MACs × operand bits × operand bits over linear and matmul sites
 };
 
 // The per-site number the selection minimizes (summed over sites).

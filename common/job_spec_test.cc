@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
+#include "common/file_util.h"
+
 #include <functional>
 
 namespace qs {
@@ -75,8 +79,17 @@ TEST(JobSpecTest, ErrorsNameTheField) {
   }
 }
 
-TEST(JobSpecTest, MissingFileAndMalformedJson) {
+TEST(JobSpecTest, MissingFileMalformedJsonAndHugeBudgets) {
   EXPECT_EQ(LoadJobSpec("/nonexistent/spec.json").status().code(), StatusCode::kNotFound);
+  const std::string path = "/tmp/qs_job_spec_malformed.json";
+  ASSERT_TRUE(WriteFileAtomically(path, "{\"model\": ").ok());
+  auto bad = LoadJobSpec(path);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("malformed JSON"), std::string::npos);
+  std::remove(path.c_str());
+  json j = Minimal();
+  j["objective"] = {{"bops", 1e300}};
+  EXPECT_EQ(ParseJobSpec(j, "s.json").status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

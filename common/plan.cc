@@ -1,5 +1,6 @@
 #include "common/plan.h"
 
+#include <cmath>
 #include <map>
 
 #include "common/sha256.h"
@@ -85,15 +86,23 @@ int64_t CostUnits(BudgetKind kind, const CandidateCost& cost) {
 }
 
 StatusOr<int64_t> BudgetUnits(const JobSpec& spec, const Plan& plan) {
+  double units = 0;
   switch (spec.budget_kind) {
     case BudgetKind::kAvgWeightBits:
-      return static_cast<int64_t>(spec.budget * static_cast<double>(plan.total_weight_params));
+      units = spec.budget * static_cast<double>(plan.total_weight_params);
+      break;
     case BudgetKind::kModelBytes:
-      return static_cast<int64_t>(spec.budget * 8);
+      units = spec.budget * 8;
+      break;
     case BudgetKind::kBops:
-      return static_cast<int64_t>(spec.budget);
+      units = spec.budget;
+      break;
   }
-  return InternalError("unknown budget kind");
+  if (!(units >= 0 && units < 9e18)) {
+    return InvalidArgumentError("the budget is out of range for this model");
+  }
+  // A relative epsilon so that e.g. 4.35 bits × 100 parameters counts as 435, not 434.
+  return static_cast<int64_t>(std::floor(units * (1 + 1e-12) + 1e-9));
 }
 
 StatusOr<Plan> MakePlan(const JobSpec& spec, const std::vector<SiteInfo>& sites) {

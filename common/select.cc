@@ -1,7 +1,9 @@
 #include "common/select.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <numeric>
 
 namespace qs {
@@ -36,6 +38,7 @@ struct Table {
 StatusOr<Table> Build(const std::vector<SelectionGroup>& groups, int64_t max_extra,
                       const KnapsackOptions& options) {
   QS_RETURN_IF_ERROR(Validate(groups));
+  if (options.max_cells < 2) return InvalidArgumentError("max_cells must be at least 2");
   Table t;
   int64_t gcd = 0, span = 0;
   for (const auto& g : groups) {
@@ -58,7 +61,17 @@ StatusOr<Table> Build(const std::vector<SelectionGroup>& groups, int64_t max_ext
     exact = false;
   }
   if (options.exact) *options.exact = exact;
-  t.cells = max_extra / t.unit + 1;
+  // Rounding each site's extra cost up can push the rounded sum past max_extra / unit; size the
+  // table for the rounded sum so no mix the budget allows is cut off (the budget itself is
+  // enforced on real costs by the callers).
+  int64_t rounded_span = 0;
+  for (const auto& g : groups) {
+    int64_t lo = g.options[0].cost, hi = lo;
+    for (const auto& o : g.options) lo = std::min(lo, o.cost), hi = std::max(hi, o.cost);
+    rounded_span += (hi - lo + t.unit - 1) / t.unit;
+  }
+  const int64_t slack = exact ? 0 : static_cast<int64_t>(groups.size());
+  t.cells = std::min(max_extra / t.unit + slack, rounded_span) + 1;
   t.best.assign(t.cells, kInf);
   t.best[0] = 0;
   for (const auto& g : groups) {
@@ -121,22 +134,33 @@ StatusOr<KnapsackSolution> SolveKnapsack(const std::vector<SelectionGroup>& grou
                                    std::to_string(base));
   }
   QS_ASSIGN_OR_RETURN(Table t, Build(groups, budget - base, options));
-  int64_t best_cell = 0;
-  for (int64_t c = 1; c < t.cells; ++c) {
-    if (t.best[c] < t.best[best_cell]) best_cell = c;
+  // The least loss among cells whose real cost fits (rounded cells may hold a mix slightly over).
+  std::optional<KnapsackSolution> best;
+  for (int64_t c = 0; c < t.cells; ++c) {
+    if (t.best[c] == kInf || (best && t.best[c] >= best->loss)) continue;
+    KnapsackSolution s = Trace(groups, t, c);
+    if (s.cost <= budget) best = s;
   }
-  return Trace(groups, t, best_cell);
+  return *best;  // cell 0, the cheapest mix, always fits here
 }
 
 StatusOr<std::vector<KnapsackSolution>> ParetoFront(const std::vector<SelectionGroup>& groups,
                                                     const KnapsackOptions& options) {
   QS_ASSIGN_OR_RETURN(Table t, Build(groups, -1, options));
-  std::vector<KnapsackSolution> front;
-  double best = kInf;
+  std::vector<KnapsackSolution> candidates;
   for (int64_t c = 0; c < t.cells; ++c) {
-    if (t.best[c] < best) {
-      best = t.best[c];
-      front.push_back(Trace(groups, t, c));
+    if (t.best[c] != kInf) candidates.push_back(Trace(groups, t, c));
+  }
+  // Non-dominated by real cost: with rounded cells, real costs need not follow cell order.
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const KnapsackSolution& a, const KnapsackSolution& b) {
+                     return a.cost != b.cost ? a.cost < b.cost : a.loss < b.loss;
+                   });
+  std::vector<KnapsackSolution> front;
+  for (auto& s : candidates) {
+    if (front.empty() || s.loss < front.back().loss) {
+      if (!front.empty() && front.back().cost == s.cost) continue;
+      front.push_back(std::move(s));
     }
   }
   return front;

@@ -2,8 +2,9 @@
 // exact multiple-choice knapsack), and the whole Pareto front of budget → least loss.
 //
 // Costs are integers in the caller's unit (e.g. weight bits: parameters × bits), losses are
-// additive per-site sensitivities. Pure and deterministic: ties go to the lower total cost, then to
-// the lower option index at the earliest site, so callers order options canonically.
+// additive per-site sensitivities. Pure and deterministic: among equal losses the lower total cost
+// wins, and remaining ties follow the dynamic program's fixed scan order (sites in the given
+// order, options by index), so the same input always gives the same choice.
 //
 //   QS_ASSIGN_OR_RETURN(KnapsackSolution s, SolveKnapsack(groups, budget));
 //   QS_ASSIGN_OR_RETURN(std::vector<KnapsackSolution> front, ParetoFront(groups));
@@ -36,9 +37,9 @@ struct KnapsackSolution {
 };
 
 struct KnapsackOptions {
-  // The dynamic program runs over at most this many budget cells. When the exact unit (the gcd of
-  // every option's cost above its site's cheapest) would need more, costs are rounded up to a
-  // coarser unit: the answer then still fits the budget but may not be the optimum, and
+  // The dynamic program runs over about this many budget cells (at least 2). When the exact unit
+  // (the gcd of every option's cost above its site's cheapest) would need more, costs are rounded
+  // up to a coarser unit: answers still fit the budget in real cost but may miss the optimum, and
   // `*exact` (when given) is set false.
   int64_t max_cells = int64_t{1} << 20;
   bool* exact = nullptr;

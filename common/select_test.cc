@@ -95,6 +95,22 @@ TEST(KnapsackTest, ParetoFrontIsMonotoneAndAnswersEveryBudget) {
   }
 }
 
+TEST(KnapsackTest, LowerCostWinsAmongEqualLosses) {
+  std::vector<SelectionGroup> groups = {{"a", {{2, 0.0}, {1, 1.0}}}, {"b", {{0, 1.0}, {0, 0.0}}}};
+  auto s = SolveKnapsack(groups, 10);
+  ASSERT_TRUE(s.ok());
+  EXPECT_DOUBLE_EQ(s->loss, 0.0);
+  groups = {{"a", {{2, 0.0}, {1, 0.5}}}, {"b", {{0, 0.5}, {0, 1.0}}}};
+  s = SolveKnapsack(groups, 10);
+  ASSERT_TRUE(s.ok());
+  // Mixes with loss 0.5: a0+b0 (cost 2). Mixes with loss 1.0: a1+b0 (cost 1), a0+b1 (cost 2).
+  EXPECT_EQ(s->choice, (std::vector<int>{0, 0}));
+  groups = {{"a", {{2, 0.5}, {1, 0.5}}}, {"b", {{3, 0.25}, {3, 0.25}}}};
+  s = SolveKnapsack(groups, 10);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->cost, 4);  // equal losses: the cheaper option at site a
+}
+
 TEST(KnapsackTest, DeterministicTieBreaks) {
   // Two sites with identical options: the lower cost, then the lower index, wins.
   std::vector<SelectionGroup> groups = {{"a", {{8, 1.0}, {8, 1.0}, {4, 1.0}}},
@@ -127,6 +143,22 @@ TEST(KnapsackTest, CoarseCellsStayWithinBudget) {
   EXPECT_LE(coarse->cost, budget);
   bool feasible = false;
   EXPECT_GE(coarse->loss, BruteForce(groups, budget, &feasible) - 1e-9);
+  // Rounding each site's cost up by less than one cell loses at most one cell per site: the
+  // answer is at least as good as the exact optimum of a budget that much smaller.
+  const int64_t unit = (budget - lo + 62) / 63;
+  const int64_t reduced = budget - static_cast<int64_t>(groups.size()) * unit;
+  if (reduced >= lo) EXPECT_LE(coarse->loss, BruteForce(groups, reduced, &feasible) + 1e-9);
+
+  // The coarse front keeps real costs ascending, losses descending, and the best mix of all.
+  bool front_exact = true;
+  auto front = ParetoFront(groups, {64, &front_exact});
+  ASSERT_TRUE(front.ok());
+  EXPECT_FALSE(front_exact);
+  for (size_t i = 1; i < front->size(); ++i) {
+    EXPECT_GT((*front)[i].cost, (*front)[i - 1].cost);
+    EXPECT_LT((*front)[i].loss, (*front)[i - 1].loss);
+  }
+  EXPECT_NEAR(front->back().loss, BruteForce(groups, hi, &feasible), 1e-9);
 }
 
 TEST(KnapsackTest, RejectsBadInput) {
@@ -134,6 +166,8 @@ TEST(KnapsackTest, RejectsBadInput) {
   EXPECT_EQ(SolveKnapsack({{"a", {}}}, 10).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(SolveKnapsack({{"a", {{-1, 0}}}}, 10).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(SolveKnapsack({{"a", {{1, NAN}}}}, 10).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(SolveKnapsack({{"a", {{1, 0}}}}, 10, {1}).status().code(),
+            StatusCode::kInvalidArgument);
   auto over = SolveKnapsack({{"a", {{20, 0}}}}, 10);
   EXPECT_EQ(over.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(over.status().message().find("20"), std::string::npos);

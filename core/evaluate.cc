@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -91,6 +92,9 @@ Evaluation EvaluateCandidate(const ViTModel& model, const Site& site, const Quan
     auto result = GuardTorch("metrics", [&]() -> Status {
       if (!torch::isfinite(r->output).all().item<bool>()) {
         return FailedPreconditionError("quantized output is not finite");
+      }
+      if (r->report.sqnr_db == -std::numeric_limits<double>::infinity()) {
+        return FailedPreconditionError("the site's float output is zero, so no SQNR exists");
       }
       e.sqnr_db = r->report.sqnr_db;
       e.mse = r->report.mse;

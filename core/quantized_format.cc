@@ -78,10 +78,16 @@ StatusOr<std::map<std::string, torch::Tensor>> ReadQuantizedWeights(const Safete
       const auto shape = l.at("shape").get<std::vector<int64_t>>();
       const int bits = l.at("bits").get<int>();
       const int64_t qmin = l.at("qmin").get<int64_t>(), group = l.at("group_size").get<int64_t>();
-      if (shape.size() != 2 || shape[0] < 1 || shape[1] < 1) {
-        return DataLossError("site " + site + ": bad code shape");
+      if (shape.size() != 2 || shape[0] < 1 || shape[1] < 1 || shape[0] > (int64_t{1} << 31) ||
+          shape[1] > (int64_t{1} << 31) || bits < 1 || bits > 8 || group < 0) {
+        return DataLossError("site " + site + ": bad code shape, bits or group size");
       }
       QS_ASSIGN_OR_RETURN(torch::Tensor packed, file.Tensor(site + ".weight.codes"));
+      if (packed.numel() != (shape[0] * shape[1] * bits + 7) / 8) {
+        return DataLossError("site " + site + ": codes hold " + std::to_string(packed.numel()) +
+                             " bytes, the layout needs " +
+                             std::to_string((shape[0] * shape[1] * bits + 7) / 8));
+      }
       QS_ASSIGN_OR_RETURN(torch::Tensor codes,
                           UnpackCodes(packed, bits, qmin, shape[0] * shape[1]));
       QS_ASSIGN_OR_RETURN(torch::Tensor scale, file.Tensor(site + ".weight.scale"));
@@ -91,6 +97,15 @@ StatusOr<std::map<std::string, torch::Tensor>> ReadQuantizedWeights(const Safete
       if (file.Has(site + ".weight.zero_point")) {
         QS_ASSIGN_OR_RETURN(zero, file.Tensor(site + ".weight.zero_point"));
         consumed.insert(site + ".weight.zero_point");
+      }
+      // Scales: one per tensor, or [rows, groups] with groups = ceil(in / group_size) (1 per row).
+      const int64_t groups = group > 0 ? (shape[1] + group - 1) / group : 1;
+      auto fits = [&](const torch::Tensor& t) {
+        return t.numel() == 1 || (t.dim() == 2 && t.size(0) == shape[0] && t.size(1) == groups);
+      };
+      if (!fits(scale) || (zero.numel() != 1 && !fits(zero))) {
+        return DataLossError("site " + site + ": scale or zero point shape disagrees with the "
+                             "layout");
       }
       auto w = (codes.reshape(shape).to(torch::kFloat32) -
                 Expand(zero.to(torch::kFloat32), shape[1], group)) *

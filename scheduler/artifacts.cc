@@ -109,6 +109,8 @@ json MetricsDocument(const JobSpec& spec, const SearchResult& r, double wall_sec
       {"budget", {{ToString(spec.budget_kind), spec.budget}, {"units", r.budget_units}}},
       {"goal_met", r.goal_met},
       {"goal_note", r.goal_note},
+      {"selection_exact", r.selection_exact},
+      {"selection_note", r.selection_note},
       {"evaluations", r.evaluated_now},
       {"evaluations_from_cache", r.from_cache},
       {"evaluations_failed", r.failed},

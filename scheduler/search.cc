@@ -62,14 +62,8 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
   auto lookup = [&](const std::string& key) -> StatusOr<bool> {
     QS_ASSIGN_OR_RETURN(auto stored, store.Get(key));
     if (!stored) return false;
-    json j;
-    try {
-      j = json::parse(*stored);
-    } catch (const json::exception&) {
-      return false;  // a damaged entry is evaluated again
-    }
-    auto e = EvaluationFromJson(j);
-    if (!e.ok() || e->key != key) return false;
+    auto e = ParseStoredEvaluation(*stored, key);  // a damaged entry is evaluated again
+    if (!e) return false;
     r.evaluations[key] = *e;
     return true;
   };
@@ -136,14 +130,15 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
     const SitePlan& sp = r.plan.sites[i];
     groups[i].site = sp.site.name;
     for (size_t j = 0; j < sp.candidates.size(); ++j) {
-      const Evaluation& e = r.evaluations.at(keys[i][j]);
+      Evaluation& e = r.evaluations.at(keys[i][j]);
+      const double loss = e.ok() ? RankingLoss(e, spec.metric) : 0;
+      if (e.ok() && !std::isfinite(loss)) e.error = "non-finite ranking loss";
       if (!e.ok()) {
         ++r.failed;
         continue;
       }
       groups[i].options.push_back(
-          {CostUnits(spec.budget_kind, CostOf(sp.site, sp.candidates[j].config)),
-           RankingLoss(e, spec.metric)});
+          {CostUnits(spec.budget_kind, CostOf(sp.site, sp.candidates[j].config)), loss});
       option_candidate[i].push_back(j);
     }
     if (groups[i].options.empty()) {
@@ -152,7 +147,11 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
                                      r.evaluations.at(keys[i][0]).error);
     }
   }
-  QS_ASSIGN_OR_RETURN(std::vector<KnapsackSolution> front, ParetoFront(groups));
+  bool exact = true;
+  KnapsackOptions knapsack;
+  knapsack.exact = &exact;
+  QS_ASSIGN_OR_RETURN(std::vector<KnapsackSolution> front, ParetoFront(groups, knapsack));
+  r.selection_exact = exact;
   double total_params = static_cast<double>(std::max<int64_t>(1, r.plan.total_weight_params));
   auto weight_bits_of = [&](const KnapsackSolution& s) {
     int64_t bits = 0;
@@ -173,6 +172,11 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
   if (front[0].cost > r.budget_units) {
     budget_ok = false;
     r.goal_note = "the budget is below the cheapest mix in the search space; returning that mix";
+  }
+  if (!exact) {
+    r.selection_note =
+        "the search space needed more budget cells than the selection allows, so costs were "
+        "rounded up to a coarser unit: the mix fits the budget but may not be the optimum";
   }
   progress("select", 1, 1);
 
@@ -251,9 +255,9 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
       const auto& other = groups[i].options[best_other];
       std::ostringstream why;
       if (other.loss < chosen_opt.loss) {
-        why << "lower loss (" << other.loss << " vs " << chosen_opt.loss << ") but costs "
+        why << "lower loss (" << other.loss << " vs " << chosen_opt.loss << ") at "
             << (other.cost - chosen_opt.cost) << " more " << ToString(spec.budget_kind)
-            << " units than the budget leaves for this site";
+            << " cost units; the chosen mix as a whole has the least loss the budget allows";
       } else if (other.loss == chosen_opt.loss) {
         why << "equal loss at a cost of " << other.cost << " vs " << chosen_opt.cost;
       } else {

@@ -57,8 +57,8 @@ struct SearchOptions {
   ProgressFn progress;  // may be empty
 };
 
-// One selected site: the chosen candidate and the runner-up (the next-best choice the optimizer
-// saw for this site), with why it lost.
+// One selected site: the chosen candidate and the runner-up (the lowest-loss other candidate of
+// this site), with why it was not taken.
 struct SiteChoice {
   Candidate chosen;
   Evaluation chosen_eval;
@@ -95,11 +95,15 @@ struct SearchResult {
   int64_t bops = 0;
   bool goal_met = false;
   std::string goal_note;      // why the goal was missed, when it was
+  bool selection_exact = true;  // false when costs had to be rounded (see KnapsackOptions)
+  std::string selection_note;   // says so, when they were
 };
 
-// Runs the job. INVALID_ARGUMENT for a spec the model cannot satisfy; FAILED_PRECONDITION when the
-// budget is below the cheapest mix or every candidate of some site failed. The queue must be
-// served by workers writing each task's evaluations to `store` (see worker/).
+// Runs the job. A budget below the cheapest mix, or a missed accuracy criterion, still returns the
+// best mix found, with goal_met false and goal_note saying why. INVALID_ARGUMENT for a spec the
+// model cannot satisfy (a pin or skip naming no site); FAILED_PRECONDITION when every candidate
+// of some site failed. The queue must be served by workers writing each task's evaluations to
+// `store` (see worker/).
 StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
                                  storage::EvaluationStore& store, storage::TaskQueue& queue,
                                  const SearchOptions& options = {});

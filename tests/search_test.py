@@ -115,8 +115,11 @@ class SearchTest(unittest.TestCase):
             deadline = time.time() + 300
             while cached_files(cache) < 25 and time.time() < deadline and p.poll() is None:
                 time.sleep(0.05)
+            still_running = p.poll() is None
             p.send_signal(signal.SIGKILL)
             p.wait()
+            self.assertTrue(still_running, "the run finished before it could be killed")
+            self.assertFalse(os.path.exists(os.path.join(d, "killed", "metrics.json")))
             at_kill = cached_files(cache)
             self.assertGreaterEqual(at_kill, 25)
             r = run(s, os.path.join(d, "resumed"), cache)

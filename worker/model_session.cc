@@ -97,7 +97,7 @@ void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
       for (const auto& c : payload.at("candidates")) {
         const std::string key = c.at("key").get<std::string>();
         auto have = store.Get(key);
-        if (have.ok() && have->has_value()) continue;
+        if (have.ok() && have->has_value() && ParseStoredEvaluation(**have, key)) continue;
         auto config = QuantConfigFromJson(c.at("config"), s->kind);
         Evaluation e;
         if (config.ok()) {
@@ -116,8 +116,8 @@ void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
           break;
         }
       }
-    } catch (const std::exception&) {
-      ok = false;
+    } catch (...) {
+      ok = false;  // a malformed payload or an unexpected exception: retried, then dead-lettered
     }
     if (ok) {
       (void)queue.Ack(t.id);
