@@ -168,11 +168,13 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   if (!s.ok()) return fail(s, "objective");
 
   if (!(s = Section(j, "accuracy", false, &section)).ok()) return fail(s, "");
-  s = CheckKeys(*section, {"max_abs_top1_drop", "max_rel_top1_drop", "max_validations"},
+  s = CheckKeys(*section,
+                {"max_abs_top1_drop", "max_rel_top1_drop", "max_validations", "refine"},
                 "accuracy");
   if (s.ok()) s = ReadField(*section, "max_abs_top1_drop", &spec.max_abs_top1_drop);
   if (s.ok()) s = ReadField(*section, "max_rel_top1_drop", &spec.max_rel_top1_drop);
   if (s.ok()) s = ReadField(*section, "max_validations", &spec.max_validations);
+  if (s.ok()) s = ReadField(*section, "refine", &spec.refine_validation);
   if (s.ok() && section->contains("max_abs_top1_drop") && !(spec.max_abs_top1_drop >= 0)) {
     s = InvalidArgumentError("'max_abs_top1_drop' must be >= 0 (a fraction of top-1)");
   }
@@ -201,7 +203,8 @@ json ToJson(const JobSpec& spec) {
   json pin = json::object();
   for (const auto& [site, config] : spec.space.pin) pin[site] = config;
   json objective = {{ToString(spec.budget_kind), spec.budget}, {"metric", ToString(spec.metric)}};
-  json accuracy = {{"max_validations", spec.max_validations}};
+  json accuracy = {{"max_validations", spec.max_validations},
+                   {"refine", spec.refine_validation}};
   if (spec.max_abs_top1_drop >= 0) accuracy["max_abs_top1_drop"] = spec.max_abs_top1_drop;
   if (spec.max_rel_top1_drop >= 0) accuracy["max_rel_top1_drop"] = spec.max_rel_top1_drop;
   return json{

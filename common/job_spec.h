@@ -61,8 +61,12 @@ struct JobSpec {
   // Accuracy criterion on validated top-1 (fractions); a negative value means "none".
   double max_abs_top1_drop = -1;
   double max_rel_top1_drop = -1;
-  // How many Pareto points below the budget validation may try when the criterion fails.
+  // How many Pareto points at or below the budget validation may try in all.
   int max_validations = 3;
+  // Tiered validation: also validate the optimum's cheaper neighbour, and keep going while the
+  // cheaper point measures better (prediction and measurement disagree). Off: only when the
+  // accuracy criterion fails.
+  bool refine_validation = true;
 };
 
 // Parses a spec. `spec_path` anchors relative paths. INVALID_ARGUMENT naming the field for any

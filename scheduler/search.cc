@@ -189,8 +189,11 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
     return recipe;
   };
 
-  // Validation: the optimum first; if the accuracy goal fails, the next cheaper Pareto points,
-  // keeping the best measured.
+  // Validation, tiered: the optimum first, then the next cheaper Pareto points (the close
+  // alternatives) while the accuracy goal is missed or measured quality disagrees with the
+  // prediction (a cheaper point measuring better than every point before it), at most
+  // max_validations in all. The best measured point wins; ties keep the costlier one, which the
+  // prediction prefers.
   const size_t tries = std::min<size_t>(spec.max_validations, chosen + 1);
   size_t best = chosen;
   bool criterion_ok = false;
@@ -202,15 +205,15 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
     r.pareto[k].validated = true;
     ++validated;
     r.pareto[k].top1 = v.top1;
-    if (t == 0 || v.top1 > r.validation.top1) {
+    const bool improved = t == 0 || v.top1 > r.validation.top1;
+    if (improved) {
       r.validation = v;
       best = k;
     }
-    // The criterion only asks for enough top-1, so a mix meeting it is also the best so far.
-    if (CriterionMet(spec, r.facts.fp32_top1, v.top1)) {
-      criterion_ok = true;
-      break;
-    }
+    // The criterion only asks for enough top-1, so once the best so far meets it, it stays met.
+    criterion_ok = CriterionMet(spec, r.facts.fp32_top1, r.validation.top1);
+    const bool disagreement = t > 0 && improved;
+    if (criterion_ok && (!spec.refine_validation || (t > 0 && !disagreement))) break;
   }
   progress("validate", validated, validated);
   r.chosen_point = best;

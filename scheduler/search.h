@@ -1,6 +1,7 @@
 // The search job, from spec to selection: plan the candidates, dispatch the ones the store lacks
 // as one task per site, wait for the workers, select the least-loss mix under the budget, and
-// validate it on the whole model, moving along the Pareto front when the accuracy goal is missed.
+// validate it on the whole model together with its close Pareto alternatives (further while the
+// accuracy goal is missed or measurement disagrees with prediction), returning the best measured.
 //
 // The scheduler never touches tensors: the model side (loading, validation, weights) is behind
 // ModelBackend, and evaluations arrive through the EvaluationStore, written by workers that take
@@ -87,6 +88,11 @@ struct SearchResult {
   int64_t budget_units = 0;
   std::vector<ParetoPoint> pareto;
   size_t chosen_point = 0;    // index into `pareto`
+  size_t validated_points() const {
+    size_t n = 0;
+    for (const auto& p : pareto) n += p.validated;
+    return n;
+  }
   std::vector<SiteChoice> choices;  // in plan order
   Recipe recipe;
   ValidationResult validation;

@@ -138,7 +138,34 @@ TEST(SearchTest, SelectsWithinBudgetAndSpendsBitsWhereTheyMatter) {
   if (r->chosen_point + 1 < r->pareto.size()) {
     EXPECT_GT(r->pareto[r->chosen_point + 1].cost_units, r->budget_units);
   }
-  EXPECT_EQ(backend.validations, 1);
+  // Tiered validation: the optimum and its cheaper neighbour; the prediction held (the neighbour
+  // measured worse), so the optimum stays.
+  EXPECT_EQ(backend.validations, 2);
+  EXPECT_EQ(r->validated_points(), 2u);
+}
+
+TEST(SearchTest, RefinementFollowsMeasuredQualityWhenItDisagrees) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  backend.top1_penalty = -0.05;  // measured top-1 now rises with noise: prediction is wrong
+  JobSpec spec = Spec(4.0);
+  spec.max_validations = 3;
+  auto r = RunJob(spec, backend, *store);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(backend.validations, 3);  // kept walking while cheaper points measured better
+  EXPECT_EQ(r->chosen_point + 2, [&] {
+    size_t c = 0;
+    for (size_t k = 0; k < r->pareto.size(); ++k) {
+      if (r->pareto[k].cost_units <= r->budget_units) c = k;
+    }
+    return c;
+  }());
+  FakeBackend plain;
+  plain.top1_penalty = -0.05;
+  spec.refine_validation = false;
+  auto off = RunJob(spec, plain, *store);
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(plain.validations, 1);
 }
 
 TEST(SearchTest, DeterministicAndCachedAcrossBudgets) {
