@@ -135,16 +135,11 @@ TEST(WqerTest, WeightsOnGridAndOutputErrorAtMostRtnOnRandomLayers) {
 }
 
 TEST(WqerTest, OutputErrorAtMostRtnOnTheFixtureLayers) {
-  auto model = ViTModel::Load("tests/data/fixture/config.json",
-                              "tests/data/fixture/model.safetensors");
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
-  auto train = LoadDataset("fashion-mnist:train");
-  ASSERT_TRUE(train.ok());
-  auto images = NormalizeImages(DrawSubset(*train, 64, 1), model->config());
-  ASSERT_TRUE(images.ok());
+  auto layers = testing::FixtureLayerInputs(64, 1);
+  ASSERT_TRUE(layers.ok()) << layers.status().ToString();
   // Statistical, as methods.md §5.1 (e) says: at least 95% of layer × bit-width cases.
   int wins = 0, cases = 0;
-  for (const auto& [name, layer] : testing::CaptureLinearInputs(*model, *images)) {
+  for (const auto& [name, layer] : *layers) {
     auto x_hat = ActivationQuantize(layer.input, 4);
     LinearParams params{layer.weight, layer.bias};
     for (int bits : {3, 4}) {

@@ -125,15 +125,10 @@ TEST(GptqTest, SingularAndDeadInputsGiveFiniteWeights) {
 }
 
 TEST(GptqTest, LayerErrorAtMostRtnOnTheFixtureLayers) {
-  auto model = ViTModel::Load("tests/data/fixture/config.json",
-                              "tests/data/fixture/model.safetensors");
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
-  auto train = LoadDataset("fashion-mnist:train");
-  ASSERT_TRUE(train.ok());
-  auto images = NormalizeImages(DrawSubset(*train, 128, 0), model->config());
-  ASSERT_TRUE(images.ok());
-  auto layers = testing::CaptureLinearInputs(*model, *images);
-  ASSERT_EQ(layers.size(), 2u + 4u * static_cast<size_t>(model->config().depth));
+  auto captured = testing::FixtureLayerInputs(128, 0);
+  ASSERT_TRUE(captured.ok()) << captured.status().ToString();
+  const auto& layers = *captured;
+  ASSERT_EQ(layers.size(), 2u + 4u * 4u);  // patch embed, head, 4 blocks × 4
   // Not a theorem (methods.md §4.2 c): require it of at least 95% of layer × bit-width cases.
   int wins = 0, cases = 0;
   for (const auto& [name, layer] : layers) {

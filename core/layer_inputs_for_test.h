@@ -7,6 +7,7 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include "core/dataset.h"
 #include "core/vit.h"
 
 namespace qs::core::testing {
@@ -31,6 +32,17 @@ inline std::map<std::string, LayerCapture> CaptureLinearInputs(const ViTModel& m
   c10::InferenceMode guard;
   model.Forward(images, &recorder);
   return recorder.layers;
+}
+
+// The fixture's linear layers with their inputs on `count` training images drawn with `seed`.
+inline StatusOr<std::map<std::string, LayerCapture>> FixtureLayerInputs(int64_t count,
+                                                                         uint64_t seed) {
+  QS_ASSIGN_OR_RETURN(ViTModel model, ViTModel::Load("tests/data/fixture/config.json",
+                                                     "tests/data/fixture/model.safetensors"));
+  QS_ASSIGN_OR_RETURN(Dataset train, LoadDataset("fashion-mnist:train"));
+  QS_ASSIGN_OR_RETURN(torch::Tensor images,
+                      NormalizeImages(DrawSubset(train, count, seed), model.config()));
+  return CaptureLinearInputs(model, images);
 }
 
 }  // namespace qs::core::testing
