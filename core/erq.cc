@@ -59,10 +59,30 @@ StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const to
   });
 }
 
+torch::Tensor AugmentedGram(const torch::Tensor& x) {
+  auto xt = Augmented(x, /*with_bias=*/true);
+  return xt.t().mm(xt);
+}
+
 StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const torch::Tensor& x_hat,
                                             const WeightQuant& spec, bool conv_layer) {
   if (layer.weight.dim() != 2 || x_hat.dim() < 1 || x_hat.size(-1) != layer.weight.size(1)) {
     return InvalidArgumentError("wqer: input width does not match the weight");
+  }
+  auto gram = GuardTorch("wqer gram", [&]() -> StatusOr<torch::Tensor> {
+    return AugmentedGram(x_hat);
+  });
+  if (!gram.ok()) return gram.status();
+  return ReduceWeightErrorFromGram(layer, *gram, spec, conv_layer);
+}
+
+StatusOr<QuantizedWeight> ReduceWeightErrorFromGram(const LinearParams& layer,
+                                                    const torch::Tensor& augmented_gram,
+                                                    const WeightQuant& spec, bool conv_layer) {
+  if (layer.weight.dim() != 2 || augmented_gram.dim() != 2 ||
+      augmented_gram.size(0) != layer.weight.size(1) + 1 ||
+      augmented_gram.size(1) != layer.weight.size(1) + 1) {
+    return InvalidArgumentError("wqer: the Gram matrix does not match the weight's input width");
   }
   QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(layer.weight, spec));
   const bool has_bias = layer.bias.defined();
@@ -70,11 +90,14 @@ StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const tor
     const int64_t m = layer.weight.size(0), n = layer.weight.size(1);
     auto w = layer.weight.to(torch::kFloat64);
     if (has_bias) w = at::cat({w, layer.bias.to(torch::kFloat64).unsqueeze(1)}, 1);
-    auto xt = Augmented(x_hat, has_bias);
-    const double tokens = static_cast<double>(xt.size(0));
-    auto gram = xt.t().mm(xt);
+    auto full = augmented_gram.to(torch::kFloat64);
+    const double tokens = full[n][n].item<double>();  // the ones column's square: N
+    if (!(tokens > 0)) return InvalidArgumentError("wqer: the Gram matrix holds no tokens");
+    // Column means come from the ones column: Σ_t x_tj · 1 / N.
+    const int64_t k = has_bias ? n + 1 : n;
+    auto gram = full.narrow(0, 0, k).narrow(1, 0, k);
+    auto mu = full[n].narrow(0, 0, k) / tokens;
     // Second moment of each column pair, C = μμᵀ + Σ (Σ unbiased), the proxy's matrix.
-    auto mu = xt.mean(0);
     auto outer = mu.unsqueeze(1) * mu.unsqueeze(0);
     auto moment = outer + (gram - outer * tokens) / std::max(1.0, tokens - 1);
     auto scale = grid.scale.expand({m, n}).to(torch::kFloat64);

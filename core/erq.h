@@ -44,6 +44,15 @@ StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const to
 StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const torch::Tensor& x_hat,
                                             const WeightQuant& spec, bool conv_layer = false);
 
+// The same from the input's Gram matrix with a ones column appended, [X̃ᵀX̃] of size
+// (in + 1)² (see AugmentedGram): Wqer needs nothing else of the inputs.
+StatusOr<QuantizedWeight> ReduceWeightErrorFromGram(const LinearParams& layer,
+                                                    const torch::Tensor& augmented_gram,
+                                                    const WeightQuant& spec, bool conv_layer = false);
+
+// X̃ᵀX̃ in float64 for X̃ = [x, 1] (x: [..., in] flattened to rows).
+torch::Tensor AugmentedGram(const torch::Tensor& x);
+
 }  // namespace qs::core
 
 #endif  // QS_CORE_ERQ_H_

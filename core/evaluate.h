@@ -31,8 +31,15 @@ std::vector<SiteInfo> DescribeSites(const ViTModel& model);
 
 // Measures `config` at `site` on `inputs`. Never fails as a call: a candidate that cannot be
 // quantized or produces non-finite output comes back with `error` set. `key` is copied into it.
+//
+// With `augmented_gram` (AugmentedGram of a linear site's input) a weight-only candidate (float
+// activations) is measured from the Gram matrix: the weight method takes its Hessian or moments
+// from it, and SQNR, MSE, cosine and the noise ratio are quadratic forms tr(E G Eᵀ), exact and
+// O(out · in²) whatever the number of tokens. Only MAE, not a quadratic form, takes one pass
+// over the inputs.
 Evaluation EvaluateCandidate(const ViTModel& model, const Site& site, const QuantConfig& config,
-                             const std::vector<torch::Tensor>& inputs, const std::string& key);
+                             const std::vector<torch::Tensor>& inputs, const std::string& key,
+                             const torch::Tensor& augmented_gram = torch::Tensor());
 
 }  // namespace qs::core
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/erq.h"
 #include "core/test_models.h"
 
 namespace qs::core {
@@ -68,6 +69,37 @@ TEST(EvaluateTest, MoreBitsMeasureBetterAndFloatIsLossless) {
   auto rtn = EvaluateCandidate(f.model, site, Linear(3, 0), in, "r");
   ASSERT_TRUE(gptq.ok() && rtn.ok());
   EXPECT_LE(gptq.mse, rtn.mse);
+}
+
+TEST(EvaluateTest, WeightOnlyFromTheGramMatrixEqualsTheDirectMeasurement) {
+  auto f = Make();
+  for (const char* name : {"blocks.0.attn.qkv", "blocks.1.mlp.fc2", "patch_embed.proj", "head"}) {
+    const Site& site = *f.model.FindSite(name);
+    const auto& in = f.inputs.at(name);
+    const auto gram = AugmentedGram(in[0]);
+    for (auto method : {WeightMethod::kRtn, WeightMethod::kGptq, WeightMethod::kErq}) {
+      for (auto g : {Granularity::kPerChannel, Granularity::kPerGroup}) {
+        QuantConfig c = Linear(3, 0, method);
+        c.weight.granularity = g;
+        c.weight.group_size = 8;
+        auto direct = EvaluateCandidate(f.model, site, c, in, "d");
+        auto viagram = EvaluateCandidate(f.model, site, c, in, "g", gram);
+        ASSERT_TRUE(direct.ok() && viagram.ok()) << direct.error << viagram.error;
+        const std::string what = std::string(name) + " " + ToString(method) + " " + ToString(g);
+        EXPECT_NEAR(viagram.sqnr_db, direct.sqnr_db, 1e-3) << what;
+        EXPECT_NEAR(viagram.mse / direct.mse, 1.0, 1e-4) << what;
+        EXPECT_NEAR(viagram.mae / direct.mae, 1.0, 1e-4) << what;
+        EXPECT_NEAR(viagram.cosine, direct.cosine, 1e-7) << what;
+        EXPECT_NEAR(viagram.noise_ratio / direct.noise_ratio, 1.0, 1e-4) << what;
+      }
+    }
+  }
+  // Activation-quantized candidates ignore the Gram matrix.
+  const Site& fc1 = *f.model.FindSite("blocks.0.mlp.fc1");
+  const auto& in = f.inputs.at(fc1.name);
+  auto a = EvaluateCandidate(f.model, fc1, Linear(4, 8), in, "a");
+  auto b = EvaluateCandidate(f.model, fc1, Linear(4, 8), in, "b", AugmentedGram(in[0]));
+  EXPECT_EQ(a.sqnr_db, b.sqnr_db);
 }
 
 TEST(EvaluateTest, BadCandidatesComeBackAsErrorsNotCrashes) {

@@ -4,6 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <c10/core/InferenceMode.h>
+
+#include "core/erq.h"
 #include "core/metrics.h"
 
 namespace qs::worker {
@@ -49,8 +52,19 @@ Evaluation ModelSession::Evaluate(const std::string& site, const QuantConfig& co
   }
   auto it = site_inputs_.find(site);
   static const std::vector<torch::Tensor> kNone;
+  const bool weight_only = s->kind == SiteKind::kLinear && !config.activation.quantized();
   return core::EvaluateCandidate(model_, *s, config, it == site_inputs_.end() ? kNone : it->second,
-                                 key);
+                                 key, weight_only ? GramOf(site) : torch::Tensor());
+}
+
+torch::Tensor ModelSession::GramOf(const std::string& site) const {
+  std::lock_guard<std::mutex> lock(gram_mu_);
+  auto cached = grams_.find(site);
+  if (cached != grams_.end()) return cached->second;
+  auto it = site_inputs_.find(site);
+  if (it == site_inputs_.end() || it->second.size() != 1) return torch::Tensor();
+  c10::InferenceMode guard;
+  return grams_[site] = core::AugmentedGram(it->second[0]);
 }
 
 StatusOr<const core::QuantizedModel*> ModelSession::Quantized(const Recipe& recipe) {

@@ -42,7 +42,8 @@ class ModelSession {
   double fp32_eval_seconds() const { return fp32_eval_seconds_; }
   int64_t validation_images() const { return validation_.size(); }
 
-  // Measures one candidate (thread-safe; failures come back inside the Evaluation).
+  // Measures one candidate (thread-safe; failures come back inside the Evaluation). Weight-only
+  // candidates at linear sites use the site's Gram matrix, computed once and kept.
   Evaluation Evaluate(const std::string& site, const QuantConfig& config,
                       const std::string& key) const;
 
@@ -62,7 +63,12 @@ class ModelSession {
   torch::Tensor calibration_images_, validation_images_, fp32_logits_;
   core::SiteInputs site_inputs_;
   double fp32_top1_ = 0, fp32_eval_seconds_ = 0;
+  // The augmented Gram matrix of a linear site's captured input, computed on first use.
+  torch::Tensor GramOf(const std::string& site) const;
+
   std::mutex mu_;  // guards the cached quantized model
+  mutable std::mutex gram_mu_;
+  mutable std::map<std::string, torch::Tensor> grams_;
   std::string last_recipe_;
   std::unique_ptr<core::QuantizedModel> last_quantized_;
 };
