@@ -144,7 +144,8 @@ std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
   h << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
        "<title>qsearch report</title><style>"
        "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
-       "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}"
+       "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right;"
+       "white-space:nowrap}"
        "th{background:#f3f3f3}td.site{text-align:left;font-family:monospace}"
        ".cell{width:18px;height:16px;padding:0;border:1px solid #fff}"
        ".chosen{outline:2px solid #000;outline-offset:-2px}</style></head><body>\n";
@@ -205,6 +206,8 @@ std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
 
   // Heatmap: rows are sites, columns the site's candidates in plan order; colour is SQNR.
   h << "<h2>Per-site sensitivity (site-output SQNR, dB)</h2>\n<table id=\"heatmap\">\n";
+  size_t widest = 1;
+  for (const auto& sp : r.plan.sites) widest = std::max(widest, sp.candidates.size());
   for (size_t i = 0; i < r.plan.sites.size(); ++i) {
     const SitePlan& sp = r.plan.sites[i];
     h << "<tr><td class=\"site\">" << Escape(sp.site.name) << "</td>";
@@ -224,8 +227,9 @@ std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
       h << "<td class=\"cell" << (chosen ? " chosen" : "") << "\" style=\"background:" << color
         << "\" title=\"" << Escape(title) << "\"></td>";
     }
-    h << "<td class=\"site\">" << Escape(ConfigLabel(r.choices[i].chosen.config, r.choices[i].chosen.kind))
-      << "</td></tr>\n";
+    // Sites with fewer candidates pad their row, so the chosen-config labels line up.
+    h << "<td class=\"site\" colspan=\"" << (widest - sp.candidates.size() + 1) << "\">"
+      << Escape(ConfigLabel(r.choices[i].chosen.config, r.choices[i].chosen.kind)) << "</td></tr>\n";
   }
   h << "</table>\n<p>Outlined: the chosen candidate. Hover a cell for its config and SQNR.</p>\n";
   h << "</body></html>\n";
