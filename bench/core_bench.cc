@@ -14,7 +14,7 @@
 #include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 
-#include "common/file_util.h"
+#include "bench/bench_output.h"
 #include "core/dataset.h"
 #include "core/quantize_model.h"
 #include "core/quantizer.h"
@@ -35,10 +35,7 @@ double MedianSeconds(int repeats, const std::function<void()>& fn) {
   return t[t.size() / 2];
 }
 
-int Fail(const qs::Status& s) {
-  std::fprintf(stderr, "qs_core_bench: %s\n", s.ToString().c_str());
-  return 1;
-}
+int Fail(const qs::Status& s) { return qs::bench::Fail("qs_core_bench", s); }
 
 }  // namespace
 
@@ -110,11 +107,5 @@ int main(int argc, char** argv) {
     result[std::string(r) + "_fake_quant_eval_vs_fp32_eval"] = eval_s / fp32_s;
   }
 
-  const std::string text = result.dump(2);
-  std::printf("%s\n", text.c_str());
-  if (!out.empty()) {
-    auto s = qs::WriteFileAtomically(out, text + "\n");
-    if (!s.ok()) return Fail(s);
-  }
-  return 0;
+  return qs::bench::Emit("qs_core_bench", result, out);
 }

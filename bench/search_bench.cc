@@ -12,7 +12,7 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
-#include "common/file_util.h"
+#include "bench/bench_output.h"
 #include "common/job_spec.h"
 #include "common/plan.h"
 #include "scheduler/search.h"
@@ -22,10 +22,7 @@
 
 namespace {
 
-int Fail(const qs::Status& s) {
-  std::fprintf(stderr, "qs_search_bench: %s\n", s.ToString().c_str());
-  return 1;
-}
+int Fail(const qs::Status& s) { return qs::bench::Fail("qs_search_bench", s); }
 
 }  // namespace
 
@@ -85,11 +82,5 @@ int main(int argc, char** argv) {
     result[k + "_vs_fp32_eval"] = secs / (*session)->fp32_eval_seconds();
   }
   result["speedup_two_vs_one"] = one_worker / result["workers_2_seconds"].get<double>();
-  const std::string text = result.dump(2);
-  std::printf("%s\n", text.c_str());
-  if (!out.empty()) {
-    auto s = qs::WriteFileAtomically(out, text + "\n");
-    if (!s.ok()) return Fail(s);
-  }
-  return 0;
+  return qs::bench::Emit("qs_search_bench", result, out);
 }
