@@ -1,10 +1,13 @@
 #include "core/erq.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include "core/kernel_choice.h"
 #include "core/torch_status.h"
 
 namespace qs::core {
@@ -21,6 +24,50 @@ torch::Tensor Augmented(const torch::Tensor& x, bool with_bias) {
 torch::Tensor OnGrid(const torch::Tensor& scaled, const torch::Tensor& s, const torch::Tensor& z,
                      const UniformGrid& grid) {
   return (scaled + z).clamp(grid.qmin, grid.qmax).sub(z).mul(s);
+}
+
+// Wqer's rounding refinement in plain loops over CPU tensors, row by row (rows never interact):
+// while the row has a coordinate whose gradient points the same way as its error and the last
+// move was accepted, move the one with the largest |gradient| (the first on ties) to whichever
+// grid neighbour is nearer its Newton target, keeping the move only if eᵀCe decreases. The same
+// arithmetic as the tensor-op loop in ReduceWeightErrorFromGram, so results agree bit for bit.
+// e, e_floor, e_ceil, g: [m, k] float64; c: [k, k]. Updates e (and a private copy of g).
+void RefineRoundingOnCpu(const torch::Tensor& c, const torch::Tensor& e_floor,
+                         const torch::Tensor& e_ceil, int iterations, torch::Tensor g,
+                         torch::Tensor* e) {
+  const int64_t m = e->size(0), k = e->size(1);
+  const double* cm = c.data_ptr<double>();
+  const double* fl = e_floor.data_ptr<double>();
+  const double* ce = e_ceil.data_ptr<double>();
+  double* es = e->data_ptr<double>();
+  double* gs = g.data_ptr<double>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      double* er = es + r * k;
+      double* gr = gs + r * k;
+      for (int it = 0; it < iterations; ++it) {
+        int64_t j = -1;
+        double best = -1;
+        for (int64_t t = 0; t < k; ++t) {
+          if (er[t] * gr[t] > 0 && std::fabs(gr[t]) > best) {
+            best = std::fabs(gr[t]);
+            j = t;
+          }
+        }
+        if (j < 0) break;
+        const double e_j = er[j], g_j = gr[j], f_j = fl[r * k + j], c_j = ce[r * k + j];
+        const double target = e_j - g_j;
+        const double v = std::fabs(target - f_j) <= std::fabs(target - c_j) ? f_j : c_j;
+        const double delta = v - e_j;
+        const double change = delta * g_j + delta * delta * cm[j * k + j];
+        if (!(change < 0)) break;
+        er[j] = e_j + delta;
+        const double step2 = 2 * delta;
+        const double* c_row = cm + j * k;
+        for (int64_t t = 0; t < k; ++t) gr[t] += step2 * c_row[t];
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -141,25 +188,32 @@ StatusOr<QuantizedWeight> ReduceWeightErrorFromGram(const LinearParams& layer,
       // Rounding refinement, all rows at once: move the coordinate with the largest gradient
       // (pointing the same way as its error) to its other grid neighbour while eᵀCe decreases.
       auto c = moment.index_select(0, si).index_select(1, si);
-      auto c_diag = c.diagonal();
       auto g = e.mm(c) * 2;
-      auto active = torch::ones({m}, torch::TensorOptions().dtype(torch::kBool).device(w.device()));
-      for (int it = 0; it < spec.erq_wqer_iterations; ++it) {
-        auto candidates = (e * g > 0).logical_and(active.unsqueeze(1));
-        auto has = candidates.any(1);
-        if (!has.any().item<bool>()) break;
-        auto j = at::where(candidates, g.abs(), torch::full_like(g, -1)).argmax(1, true);
-        auto e_j = e.gather(1, j), g_j = g.gather(1, j);
-        auto f_j = e_floor.gather(1, j), c_j = e_ceil.gather(1, j);
-        auto target = e_j - g_j;
-        auto v = at::where((target - f_j).abs() <= (target - c_j).abs(), f_j, c_j);
-        auto delta = v - e_j;
-        auto change = delta * g_j + delta * delta * c_diag.index_select(0, j.squeeze(1)).unsqueeze(1);
-        auto accept = has.logical_and(change.squeeze(1) < 0);
-        auto step = at::where(accept.unsqueeze(1), delta, torch::zeros_like(delta));
-        e.scatter_add_(1, j, step);
-        g += 2 * step * c.index_select(0, j.squeeze(1));
-        active = accept;
+      if (UseCpuKernel(e)) {
+        e = e.contiguous();
+        RefineRoundingOnCpu(c.contiguous(), e_floor.contiguous(), e_ceil.contiguous(),
+                            spec.erq_wqer_iterations, g.contiguous(), &e);
+      } else {
+        auto c_diag = c.diagonal();
+        auto active =
+            torch::ones({m}, torch::TensorOptions().dtype(torch::kBool).device(w.device()));
+        for (int it = 0; it < spec.erq_wqer_iterations; ++it) {
+          auto candidates = (e * g > 0).logical_and(active.unsqueeze(1));
+          auto has = candidates.any(1);
+          if (!has.any().item<bool>()) break;
+          auto j = at::where(candidates, g.abs(), torch::full_like(g, -1)).argmax(1, true);
+          auto e_j = e.gather(1, j), g_j = g.gather(1, j);
+          auto f_j = e_floor.gather(1, j), c_j = e_ceil.gather(1, j);
+          auto target = e_j - g_j;
+          auto v = at::where((target - f_j).abs() <= (target - c_j).abs(), f_j, c_j);
+          auto delta = v - e_j;
+          auto change = delta * g_j + delta * delta * c_diag.index_select(0, j.squeeze(1)).unsqueeze(1);
+          auto accept = has.logical_and(change.squeeze(1) < 0);
+          auto step = at::where(accept.unsqueeze(1), delta, torch::zeros_like(delta));
+          e.scatter_add_(1, j, step);
+          g += 2 * step * c.index_select(0, j.squeeze(1));
+          active = accept;
+        }
       }
 
       // Ridge compensation on the still-float columns, then commit S to the grid.

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "core/dataset.h"
+#include "core/kernel_choice.h"
 #include "core/layer_inputs_for_test.h"
 #include "core/metrics.h"
 
@@ -132,6 +133,25 @@ TEST(WqerTest, WeightsOnGridAndOutputErrorAtMostRtnOnRandomLayers) {
   wins += OnGridAndNoWorseThanRtn(no_bias, torch::randn({300, 33}), 3, "no bias, odd width");
   ++cases;
   EXPECT_GE(wins, (cases * 95 + 99) / 100);
+}
+
+TEST(WqerTest, CpuRefinementEqualsTheTensorOpPathBitForBit) {
+  torch::manual_seed(30);
+  LinearParams layer{torch::randn({40, 64}), torch::randn({40})};
+  auto x_hat = ActivationQuantize(torch::randn({500, 64}).mm(torch::randn({64, 64}) / 8.0), 8);
+  for (int bits : {2, 3, 4}) {
+    for (bool conv : {false, true}) {
+      auto fast = ReduceWeightError(layer, x_hat, Spec(bits), conv);
+      StatusOr<QuantizedWeight> reference = InternalError("not run");
+      {
+        ForceTensorOpsForTesting tensor_ops;
+        reference = ReduceWeightError(layer, x_hat, Spec(bits), conv);
+      }
+      ASSERT_TRUE(fast.ok() && reference.ok());
+      EXPECT_TRUE(torch::equal(fast->dequantized, reference->dequantized)) << bits << conv;
+      EXPECT_TRUE(torch::equal(fast->bias, reference->bias)) << bits << conv;
+    }
+  }
 }
 
 TEST(WqerTest, OutputErrorAtMostRtnOnTheFixtureLayers) {

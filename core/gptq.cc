@@ -1,7 +1,11 @@
 #include "core/gptq.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include <ATen/ATen.h>
 
+#include "core/kernel_choice.h"
 #include "core/torch_status.h"
 
 namespace qs::core {
@@ -17,6 +21,36 @@ StatusOr<std::pair<torch::Tensor, torch::Tensor>> FitColumns(const torch::Tensor
   per_row.granularity = Granularity::kPerChannel;
   QS_ASSIGN_OR_RETURN(*grid, FitWeightGrid(columns.to(torch::kFloat32), per_row));
   return std::make_pair(grid->scale.reshape({-1, 1}), grid->zero_point.reshape({-1, 1}));
+}
+
+// One step of GPTQ's column loop on CPU tensors, in plain loops (the tensor-op version below costs
+// a dozen kernel launches per column): rounds column i of the block `w1` ([m, count], float64)
+// in float32 exactly as RTN does, records it in q[:, i1 + i] and its scaled error in err1[:, i],
+// and subtracts that error times row i of U from the block's later columns. Same arithmetic as
+// the tensor ops, so the results are identical bit for bit.
+void QuantizeColumnOnCpu(torch::Tensor& w1, const torch::Tensor& u, const torch::Tensor& scale,
+                         const torch::Tensor& zero, const UniformGrid& grid, int64_t i1, int64_t i,
+                         torch::Tensor* q, torch::Tensor* err1) {
+  const int64_t m = w1.size(0), count = w1.size(1), n = u.size(0), col = i1 + i;
+  double* w = w1.data_ptr<double>();
+  double* qs = q->data_ptr<double>();
+  double* es = err1->data_ptr<double>();
+  const double* u_row = u.data_ptr<double>() + col * n + i1;  // U[col, i1 …]
+  const float* s = scale.data_ptr<float>();
+  const float* z = zero.data_ptr<float>();
+  const float qmin = static_cast<float>(grid.qmin), qmax = static_cast<float>(grid.qmax);
+  const double pivot = u_row[i];
+  for (int64_t r = 0; r < m; ++r) {
+    double* row = w + r * count;
+    const float sr = s[r * n + col], zr = z[r * n + col];
+    const float code = std::min(std::max(std::nearbyint(static_cast<float>(row[i]) / sr) + zr, qmin),
+                                qmax);
+    const double deq = static_cast<double>((code - zr) * sr);
+    qs[r * n + col] = deq;
+    const double e = (row[i] - deq) / pivot;
+    for (int64_t j = i; j < count; ++j) row[j] -= e * u_row[j];
+    es[r * count + i] = e;
+  }
 }
 
 }  // namespace
@@ -110,10 +144,16 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
     QS_ASSIGN_OR_RETURN(torch::Tensor u, DampedInverseCholesky(h, spec.gptq_damp));
 
     auto q = torch::zeros_like(w);
+    const bool on_cpu = UseCpuKernel(w);
+    if (on_cpu) {
+      u = u.contiguous();
+      scale = scale.contiguous();
+      zero = zero.contiguous();
+    }
     const int64_t block = spec.gptq_block_size;
     for (int64_t i1 = 0; i1 < n; i1 += block) {
       const int64_t count = std::min(block, n - i1), i2 = i1 + count;
-      auto w1 = w.narrow(1, i1, count).clone();
+      auto w1 = w.narrow(1, i1, count).clone().contiguous();
       auto err1 = torch::zeros_like(w1);
       auto u1 = u.narrow(0, i1, count).narrow(1, i1, count);
       for (int64_t i = 0; i < count; ++i) {
@@ -132,6 +172,10 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
           QS_ASSIGN_OR_RETURN(auto params, FitColumns(current, spec, &grid));
           scale.narrow(1, col, width).copy_(params.first.expand({m, width}));
           zero.narrow(1, col, width).copy_(params.second.expand({m, width}));
+        }
+        if (on_cpu) {
+          QuantizeColumnOnCpu(w1, u, scale, zero, grid, i1, i, &q, &err1);
+          continue;
         }
         // Round in float32 exactly as RTN does, so a diagonal H reproduces RTN bit for bit.
         auto column = w1.select(1, i).to(torch::kFloat32);

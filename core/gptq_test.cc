@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "core/dataset.h"
+#include "core/kernel_choice.h"
 #include "core/layer_inputs_for_test.h"
 
 namespace qs::core {
@@ -66,6 +67,32 @@ TEST(GptqTest, BlockSizeDoesNotChangeTheResult) {
       EXPECT_TRUE(torch::allclose(other->dequantized, reference->dequantized, 1e-5, 1e-6))
           << "block " << block << " " << ToString(base.granularity);
     }
+  }
+}
+
+TEST(GptqTest, CpuLoopsEqualTheTensorOpPathBitForBit) {
+  auto x = CorrelatedInputs(400, 80, 5);
+  auto h = InputHessian(x);
+  torch::manual_seed(6);
+  auto w = torch::randn({36, 80});
+  std::vector<WeightQuant> specs = {Spec(3), Spec(4, Granularity::kPerGroup, 32),
+                                    Spec(2, Granularity::kPerTensor)};
+  specs.push_back(Spec(4, Granularity::kPerGroup, 16));
+  specs.back().gptq_static_groups = true;
+  specs.back().gptq_act_order = true;
+  specs.push_back(Spec(3));
+  specs.back().gptq_block_size = 24;
+  for (const auto& spec : specs) {
+    auto fast = QuantizeWeightGptq(w, h, spec);
+    StatusOr<QuantizedWeight> reference = InternalError("not run");
+    {
+      ForceTensorOpsForTesting tensor_ops;
+      reference = QuantizeWeightGptq(w, h, spec);
+    }
+    ASSERT_TRUE(fast.ok() && reference.ok());
+    EXPECT_TRUE(torch::equal(fast->dequantized, reference->dequantized))
+        << ToString(spec.granularity) << " bits " << spec.bits;
+    EXPECT_TRUE(torch::equal(fast->grid.scale, reference->grid.scale));
   }
 }
 

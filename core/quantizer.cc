@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "core/kernel_choice.h"
+#include "core/shrink_search_cpu.h"
 #include "core/torch_status.h"
 
 namespace qs::core {
@@ -17,6 +19,9 @@ namespace {
 constexpr int64_t kSearchSampleElements = 1 << 21;
 // OMSE / MAE shrink search: factors 1.00, 0.99, ..., 0.11 of the min-max range.
 constexpr int kShrinkSteps = 90;
+// Relative difference below which two shrink factors' errors count as tied (see
+// core/shrink_search_cpu.h, which uses the same rule).
+constexpr double kShrinkTieTolerance = kShrinkSearchTieTolerance;
 // The minimum of exact GELU, bounding the negative region of post-GELU twin-uniform grids.
 constexpr double kGeluMin = 0.16997;
 
@@ -131,7 +136,19 @@ void FitRows(const torch::Tensor& rows, const RangeOptions& range, torch::Tensor
     return;
   }
   const bool absolute = range.calibrator == RangeCalibrator::kMae;
-  auto sample = SampleColumns(rows);
+  auto sample = SampleColumns(rows).contiguous();
+  // On the CPU an exact kernel replaces the loop below (core/shrink_search_cpu.h).
+  if (UseCpuKernel(sample) && sample.scalar_type() == torch::kFloat32 && torch::isfinite(sample).all().item<bool>()) {
+    auto lo_c = lo.contiguous(), hi_c = hi.contiguous();
+    auto s = torch::empty_like(lo_c), z = torch::empty_like(lo_c);
+    ShrinkSearchRows(sample.data_ptr<float>(), sample.size(0), sample.size(1),
+                     lo_c.data_ptr<float>(), hi_c.data_ptr<float>(),
+                     ShrinkSearchSpec{range.bits, range.symmetric, absolute, kShrinkSteps},
+                     s.data_ptr<float>(), z.data_ptr<float>());
+    *scale = s;
+    *zero = z;
+    return;
+  }
   auto best_err = RowError(sample, FakeQuantizeRaw(sample, scale->unsqueeze(1),
                                                    zero->unsqueeze(1), qmin, qmax),
                            absolute);
@@ -141,7 +158,8 @@ void FitRows(const torch::Tensor& rows, const RangeOptions& range, torch::Tensor
     ScaleAndZero(lo * f, hi * f, range.bits, range.symmetric, &s, &z);
     auto err = RowError(sample, FakeQuantizeRaw(sample, s.unsqueeze(1), z.unsqueeze(1), qmin, qmax),
                         absolute);
-    auto better = err < best_err;  // strict: ties keep the wider range found first
+    // Ties, up to summation-order noise, keep the wider range found first.
+    auto better = err < best_err * (1 - kShrinkTieTolerance);
     *scale = at::where(better, s, *scale);
     *zero = at::where(better, z, *zero);
     best_err = at::where(better, err, best_err);

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include "core/kernel_choice.h"
 #include "core/metrics.h"
 
 namespace qs::core {
@@ -200,6 +201,51 @@ TEST(UniformQuantizerTest, IdempotentOnGridAndCodesInRange) {
       }
     }
   }
+}
+
+// The CPU shrink search (sorted runs for long rows, element by element for short ones) must pick
+// the very grid the tensor-op search picks, on every kind of value an activation or weight has.
+TEST(UniformQuantizerTest, CpuShrinkSearchPicksWhatTheTensorOpSearchPicks) {
+  torch::manual_seed(11);
+  std::vector<std::pair<std::string, torch::Tensor>> inputs = {
+      {"gaussian", torch::randn({8, 4096})},
+      {"heavy tails", torch::randn({8, 4096}) / (torch::rand({8, 4096}) + 0.05)},
+      {"post-softmax", (torch::randn({8, 64, 64}) * 3).softmax(-1).reshape({8, -1})},
+      {"post-gelu", at::gelu(torch::randn({8, 4096}) * 2)},
+      {"on the grid", (torch::randint(-8, 8, {8, 4096}) * 0.25).to(torch::kFloat32)},
+      {"constant rows", torch::full({8, 4096}, 0.37f)},
+      {"zeros", torch::zeros({8, 4096})},
+      {"short rows", torch::randn({300, 96})},
+  };
+  auto outliers = torch::randn({8, 4096});
+  outliers.narrow(1, 0, 3).mul_(50);
+  inputs.push_back({"outliers", outliers});
+  int compared = 0;
+  for (const auto& [name, x] : inputs) {
+    for (auto g : {Granularity::kPerTensor, Granularity::kPerChannel}) {
+      for (auto cal : {RangeCalibrator::kOmse, RangeCalibrator::kMae}) {
+        for (bool symmetric : {true, false}) {
+          for (int bits : {2, 3, 4, 6, 8}) {
+            GroupLayout layout{g, /*channel_axis=*/0};
+            RangeOptions range{bits, symmetric, cal};
+            auto a = FitUniformGrid(x, layout, range);
+            StatusOr<UniformGrid> b = InternalError("not run");
+            {
+              ForceTensorOpsForTesting tensor_ops;
+              b = FitUniformGrid(x, layout, range);
+            }
+            ASSERT_TRUE(a.ok() && b.ok());
+            const std::string what = name + " " + ToString(g) + " " + ToString(cal) + " " +
+                                     (symmetric ? "sym" : "asym") + " " + std::to_string(bits);
+            EXPECT_TRUE(torch::equal(a->scale, b->scale)) << what;
+            EXPECT_TRUE(torch::equal(a->zero_point, b->zero_point)) << what;
+            ++compared;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(compared, 9 * 2 * 2 * 2 * 5);
 }
 
 TEST(UniformQuantizerTest, RejectsBadBitWidthsAndEmptyTensors) {

@@ -49,6 +49,9 @@ Status Read(const json& j, const char* key, T* out) {
   return OkStatus();
 }
 
+// Sites per transformer block, in forward order: qkv, q·kᵀ, softmax·v, proj, fc1, fc2.
+constexpr int64_t kSitesPerBlock = 6;
+
 // Linear weights and their sites, in forward order.
 std::vector<Site> BuildSites(int64_t depth) {
   std::vector<Site> sites;
@@ -305,35 +308,69 @@ torch::Tensor SiteHandler::Matmul(const Site&, const torch::Tensor& lhs,
   return at::matmul(lhs, rhs);
 }
 
+int64_t ViTModel::SegmentOf(const Site& site) const {
+  const int64_t index = static_cast<int64_t>(site_index_.at(site.name));
+  if (index == 0) return 0;
+  if (index == static_cast<int64_t>(sites_.size()) - 1) return config_.depth + 1;
+  return 1 + (index - 1) / kSitesPerBlock;
+}
+
+std::vector<const Site*> ViTModel::SegmentSites(int64_t segment) const {
+  std::vector<const Site*> out;
+  if (segment == 0) {
+    out.push_back(&sites_.front());
+  } else if (segment == config_.depth + 1) {
+    out.push_back(&sites_.back());
+  } else if (segment > 0 && segment <= config_.depth) {
+    for (int64_t k = 0; k < kSitesPerBlock; ++k) {
+      out.push_back(&sites_[1 + (segment - 1) * kSitesPerBlock + k]);
+    }
+  }
+  return out;
+}
+
 torch::Tensor ViTModel::Forward(const torch::Tensor& images, SiteHandler* handler) const {
+  auto x = ForwardSegment(0, images, handler);
+  for (int64_t i = 0; i < config_.depth; ++i) x = ForwardSegment(1 + i, x, handler);
+  return ForwardSegment(config_.depth + 1, x, handler);
+}
+
+torch::Tensor ViTModel::ForwardSegment(int64_t segment, const torch::Tensor& input,
+                                       SiteHandler* handler) const {
   SiteHandler float_handler;
   SiteHandler& h = handler ? *handler : float_handler;
   const ViTConfig& c = config_;
-  const int64_t batch = images.size(0), p = c.patch_size, g = c.img_size / p;
+  const int64_t batch = input.size(0);
   const double eps = c.layer_norm_eps;
   auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
   auto opt = [this](const std::string& name) {
     auto it = tensors_.find(name);
     return it == tensors_.end() ? torch::Tensor() : it->second;
   };
-  const Site* site = sites_.data();
 
-  // Patch embedding as a linear layer over flattened patches, in the conv weight's (C, p, p) order.
-  auto patches = images.reshape({batch, c.in_chans, g, p, g, p})
-                     .permute({0, 2, 4, 1, 3, 5})
-                     .reshape({batch, g * g, c.in_chans * p * p});
-  auto x = h.Linear(*site++, patches, t("patch_embed.proj.weight").reshape({c.embed_dim, -1}),
-                    t("patch_embed.proj.bias"));
-  int64_t prefix = 0;
-  if (tensors_.count("cls_token")) {
-    x = at::cat({t("cls_token").expand({batch, 1, c.embed_dim}), x}, 1);
-    prefix = 1;
+  if (segment == 0) {
+    // Patch embedding as a linear layer over flattened patches, in the conv weight's (C, p, p)
+    // order.
+    const int64_t p = c.patch_size, g = c.img_size / p;
+    auto patches = input.reshape({batch, c.in_chans, g, p, g, p})
+                       .permute({0, 2, 4, 1, 3, 5})
+                       .reshape({batch, g * g, c.in_chans * p * p});
+    auto x = h.Linear(sites_.front(), patches,
+                      t("patch_embed.proj.weight").reshape({c.embed_dim, -1}),
+                      t("patch_embed.proj.bias"));
+    if (tensors_.count("cls_token")) {
+      x = at::cat({t("cls_token").expand({batch, 1, c.embed_dim}), x}, 1);
+    }
+    return x + t("pos_embed");
   }
-  x = x + t("pos_embed");
-  const int64_t tokens = x.size(1), heads = c.num_heads, hd = c.head_dim();
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  for (int64_t i = 0; i < c.depth; ++i) {
+
+  if (segment <= c.depth) {
+    const int64_t i = segment - 1;
+    const Site* site = &sites_[1 + i * kSitesPerBlock];
+    const int64_t tokens = input.size(1), heads = c.num_heads, hd = c.head_dim();
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     const std::string b = "blocks." + std::to_string(i) + ".";
+    auto x = input;
     auto y = at::layer_norm(x, {c.embed_dim}, t(b + "norm1.weight"), t(b + "norm1.bias"), eps);
     auto qkv = h.Linear(*site++, y, t(b + "attn.qkv.weight"), opt(b + "attn.qkv.bias"))
                    .reshape({batch, tokens, 3, heads, hd})
@@ -344,8 +381,11 @@ torch::Tensor ViTModel::Forward(const torch::Tensor& images, SiteHandler* handle
     x = x + h.Linear(*site++, ctx, t(b + "attn.proj.weight"), t(b + "attn.proj.bias"));
     y = at::layer_norm(x, {c.embed_dim}, t(b + "norm2.weight"), t(b + "norm2.bias"), eps);
     y = at::gelu(h.Linear(*site++, y, t(b + "mlp.fc1.weight"), t(b + "mlp.fc1.bias")));
-    x = x + h.Linear(*site++, y, t(b + "mlp.fc2.weight"), t(b + "mlp.fc2.bias"));
+    return x + h.Linear(*site++, y, t(b + "mlp.fc2.weight"), t(b + "mlp.fc2.bias"));
   }
+
+  auto x = input;
+  const int64_t tokens = x.size(1), prefix = tensors_.count("cls_token") ? 1 : 0;
   torch::Tensor pooled;
   if (tensors_.count("norm.weight")) {
     x = at::layer_norm(x, {c.embed_dim}, t("norm.weight"), t("norm.bias"), eps);
@@ -358,7 +398,7 @@ torch::Tensor ViTModel::Forward(const torch::Tensor& images, SiteHandler* handle
   if (tensors_.count("fc_norm.weight")) {
     pooled = at::layer_norm(pooled, {c.embed_dim}, t("fc_norm.weight"), t("fc_norm.bias"), eps);
   }
-  return h.Linear(*site++, pooled, t("head.weight"), t("head.bias"));
+  return h.Linear(sites_.back(), pooled, t("head.weight"), t("head.bias"));
 }
 
 StatusOr<torch::Tensor> ViTModel::Logits(const torch::Tensor& images, SiteHandler* handler,

@@ -95,6 +95,17 @@ class ViTModel {
   // `handler`, every site goes through it. Records autograd when its tensors require grad.
   torch::Tensor Forward(const torch::Tensor& images, SiteHandler* handler = nullptr) const;
 
+  // The same pass in segments, so one block can be run (and its site inputs captured) alone:
+  // segment 0 is the patch embedding (images → tokens with class token and position embedding),
+  // segment 1 + i is block i (tokens → tokens), segment depth + 1 the head (tokens → logits).
+  // Forward(images) equals running the segments in order, bit for bit.
+  int64_t num_segments() const { return config_.depth + 2; }
+  torch::Tensor ForwardSegment(int64_t segment, const torch::Tensor& input,
+                               SiteHandler* handler = nullptr) const;
+  // The segment holding `site` (its index in sites() decides), and the sites of a segment.
+  int64_t SegmentOf(const Site& site) const;
+  std::vector<const Site*> SegmentSites(int64_t segment) const;
+
   // Forward in batches under inference mode; images may be on the CPU and are moved to the model's
   // device a batch at a time. Returns CPU float logits.
   StatusOr<torch::Tensor> Logits(const torch::Tensor& images, SiteHandler* handler = nullptr,

@@ -195,6 +195,43 @@ TEST(ViTModelTest, SitesFollowTheForwardOrder) {
   EXPECT_EQ(model->sites().size(), 2u + 6u * 2u);
 }
 
+TEST(ViTModelTest, SegmentsRunTheirOwnSitesAndChainToTheFullForward) {
+  const auto c = TinyConfig();
+  auto model = ViTModel::FromTensors(c, TinyTensors(c, 4));
+  ASSERT_TRUE(model.ok());
+  ASSERT_EQ(model->num_segments(), c.depth + 2);
+  struct Order : SiteHandler {
+    std::vector<std::string> seen;
+    torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
+                         const torch::Tensor& b) override {
+      seen.push_back(s.name);
+      return SiteHandler::Linear(s, x, w, b);
+    }
+    torch::Tensor Matmul(const Site& s, const torch::Tensor& a, const torch::Tensor& b) override {
+      seen.push_back(s.name);
+      return SiteHandler::Matmul(s, a, b);
+    }
+  };
+  torch::manual_seed(5);
+  auto x = torch::randn({2, 1, 16, 16});
+  const auto full = model->Forward(x);
+  size_t covered = 0;
+  for (int64_t seg = 0; seg < model->num_segments(); ++seg) {
+    Order order;
+    x = model->ForwardSegment(seg, x, &order);
+    std::vector<std::string> expected;
+    for (const Site* site : model->SegmentSites(seg)) {
+      expected.push_back(site->name);
+      EXPECT_EQ(model->SegmentOf(*site), seg) << site->name;
+    }
+    EXPECT_EQ(order.seen, expected) << "segment " << seg;
+    covered += expected.size();
+  }
+  EXPECT_EQ(covered, model->sites().size());
+  EXPECT_TRUE(torch::equal(x, full));
+  EXPECT_TRUE(model->SegmentSites(model->num_segments()).empty());
+}
+
 TEST(ViTModelTest, AvgPoolWithoutClassTokenAndFcNormLoads) {
   auto c = TinyConfig();
   c.global_pool = "avg";
