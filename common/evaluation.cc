@@ -29,7 +29,7 @@ json ToJson(const Evaluation& e) {
               {"site", e.site},
               {"sqnr_db", Number(e.sqnr_db)},
               {"mse", e.mse},
-              {"mae", e.mae},
+              {"mae", e.mae ? json(*e.mae) : json(nullptr)},
               {"cosine", e.cosine},
               {"noise_ratio", e.noise_ratio},
               {"weight_sqnr_db", Number(e.weight_sqnr_db)},
@@ -47,7 +47,11 @@ StatusOr<Evaluation> EvaluationFromJson(const json& j) {
   QS_RETURN_IF_ERROR(ReadField(j, "site", &e.site));
   QS_RETURN_IF_ERROR(ReadNumber(j, "sqnr_db", &e.sqnr_db));
   QS_RETURN_IF_ERROR(ReadNumber(j, "mse", &e.mse));
-  QS_RETURN_IF_ERROR(ReadNumber(j, "mae", &e.mae));
+  if (j.contains("mae") && !j.at("mae").is_null()) {
+    double mae = 0;
+    QS_RETURN_IF_ERROR(ReadField(j, "mae", &mae));
+    e.mae = mae;
+  }
   QS_RETURN_IF_ERROR(ReadNumber(j, "cosine", &e.cosine));
   QS_RETURN_IF_ERROR(ReadNumber(j, "noise_ratio", &e.noise_ratio));
   QS_RETURN_IF_ERROR(ReadNumber(j, "weight_sqnr_db", &e.weight_sqnr_db));
@@ -72,9 +76,13 @@ double RankingLoss(const Evaluation& e, RankingMetric metric) {
     case RankingMetric::kMse:
       return e.mse;
     case RankingMetric::kMae:
-      return e.mae;
+      return e.mae ? *e.mae : std::numeric_limits<double>::quiet_NaN();
   }
   return e.noise_ratio;
+}
+
+bool HasMetric(const Evaluation& e, RankingMetric metric) {
+  return metric != RankingMetric::kMae || !e.ok() || e.mae.has_value();
 }
 
 }  // namespace qs

@@ -21,7 +21,7 @@ struct Evaluation {
   // Site output, quantized against float, on the calibration inputs of the float model.
   double sqnr_db = 0;        // +inf when lossless
   double mse = 0;
-  double mae = 0;
+  std::optional<double> mae;  // measured only when the job ranks by MAE (it costs a pass)
   double cosine = 1;
   double noise_ratio = 0;    // Σ(y − ŷ)² / Σy², i.e. 10^(−sqnr_db/10)
   double weight_sqnr_db = 0; // +inf for float weights and matmul sites
@@ -49,6 +49,9 @@ std::optional<Evaluation> ParseStoredEvaluation(const std::string& stored, const
 
 // The additive per-site loss the selection minimizes under `metric`.
 double RankingLoss(const Evaluation& e, RankingMetric metric);
+// Whether `e` holds what ranking by `metric` needs (a stored evaluation without MAE must be
+// measured again for a job that ranks by MAE).
+bool HasMetric(const Evaluation& e, RankingMetric metric);
 
 }  // namespace qs
 

@@ -105,8 +105,9 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   auto fail = [](const Status& s, const char* section) {
     return s.WithContext(std::string("spec ") + section);
   };
-  Status s = CheckKeys(j, {"model", "calibration", "validation", "search", "objective", "accuracy"},
-                       "the spec");
+  Status s = CheckKeys(
+      j, {"model", "calibration", "validation", "search", "objective", "accuracy", "compute"},
+      "the spec");
   if (!s.ok()) return fail(s, "");
   JobSpec spec;
   spec.spec_path = spec_path;
@@ -184,6 +185,20 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   }
   if (s.ok() && spec.max_validations < 1) s = InvalidArgumentError("'max_validations' must be >= 1");
   if (!s.ok()) return fail(s, "accuracy");
+
+  if (!(s = Section(j, "compute", false, &section)).ok()) return fail(s, "");
+  s = CheckKeys(*section, {"device", "capture_dtype"}, "compute");
+  if (s.ok()) s = ReadField(*section, "device", &spec.device);
+  if (s.ok()) s = ReadField(*section, "capture_dtype", &spec.capture_dtype);
+  if (s.ok() && spec.device != "auto" && spec.device != "cpu" && spec.device != "cuda") {
+    s = InvalidArgumentError("field 'device' must be \"auto\", \"cpu\" or \"cuda\", got \"" +
+                             spec.device + "\"");
+  }
+  if (s.ok() && spec.capture_dtype != "float32" && spec.capture_dtype != "float16") {
+    s = InvalidArgumentError("field 'capture_dtype' must be \"float32\" or \"float16\", got \"" +
+                             spec.capture_dtype + "\"");
+  }
+  if (!s.ok()) return fail(s, "compute");
   return spec;
 }
 
@@ -224,6 +239,7 @@ json ToJson(const JobSpec& spec) {
         {"pin", pin}}},
       {"objective", objective},
       {"accuracy", accuracy},
+      {"compute", {{"device", spec.device}, {"capture_dtype", spec.capture_dtype}}},
   };
 }
 

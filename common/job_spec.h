@@ -67,6 +67,11 @@ struct JobSpec {
   // cheaper point measures better (prediction and measurement disagree). Off: only when the
   // accuracy criterion fails.
   bool refine_validation = true;
+  // Where the model side runs: "auto" (CUDA when LibTorch has it, else the CPU), "cpu", "cuda".
+  std::string device = "auto";
+  // Precision the float model's checkpoints and captured site inputs are kept in: "float32", or
+  // "float16" (half the memory; the results differ slightly, so candidate keys differ too).
+  std::string capture_dtype = "float32";
 };
 
 // Parses a spec. `spec_path` anchors relative paths. INVALID_ARGUMENT naming the field for any

@@ -67,6 +67,9 @@ TEST(JobSpecTest, ErrorsNameTheField) {
       {[](json& j) { j["objective"]["metric"] = "accuracy"; }, "accuracy"},
       {[](json& j) { j["accuracy"] = {{"max_rel_top1_drop", 3}}; }, "max_rel_top1_drop"},
       {[](json& j) { j["accuracy"] = {{"max_validations", 0}}; }, "max_validations"},
+      {[](json& j) { j["compute"] = {{"device", "tpu"}}; }, "device"},
+      {[](json& j) { j["compute"] = {{"capture_dtype", "int8"}}; }, "capture_dtype"},
+      {[](json& j) { j["compute"] = {{"threads", 4}}; }, "threads"},
   };
   for (const auto& c : cases) {
     json j = Minimal();

@@ -70,6 +70,17 @@ void RefineRoundingOnCpu(const torch::Tensor& c, const torch::Tensor& e_floor,
   });
 }
 
+// The layer moved by Aqer's solution: W + Δ[:in]ᵀ, and b + Δ[in] when it has a bias.
+LinearParams Shifted(const LinearParams& layer, const torch::Tensor& delta) {
+  const int64_t n = layer.weight.size(1);
+  LinearParams out;
+  out.weight = (layer.weight.to(torch::kFloat64) + delta.narrow(0, 0, n).t()).to(torch::kFloat32);
+  if (layer.bias.defined()) {
+    out.bias = (layer.bias.to(torch::kFloat64) + delta.select(0, n)).to(torch::kFloat32);
+  }
+  return out;
+}
+
 }  // namespace
 
 StatusOr<torch::Tensor> RidgeSolve(const torch::Tensor& a, const torch::Tensor& b, double lambda) {
@@ -98,11 +109,29 @@ StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const to
     // R = Y − X̃W̃ᵀ = (X − X̄)Wᵀ: the bias cancels.
     auto residual = (x - x_hat).reshape({-1, x.size(-1)}).to(torch::kFloat64).mm(w64.t());
     QS_ASSIGN_OR_RETURN(torch::Tensor delta, RidgeSolve(xt.t().mm(xt), xt.t().mm(residual), lambda));
-    LinearParams out;
-    const int64_t n = layer.weight.size(1);
-    out.weight = (w64 + delta.narrow(0, 0, n).t()).to(torch::kFloat32);
-    if (has_bias) out.bias = (layer.bias.to(torch::kFloat64) + delta.select(0, n)).to(torch::kFloat32);
-    return out;
+    return Shifted(layer, delta);
+  });
+}
+
+StatusOr<LinearParams> ReduceActivationErrorFromGram(const LinearParams& layer,
+                                                     const torch::Tensor& quantized_gram,
+                                                     const torch::Tensor& quantized_cross,
+                                                     double lambda) {
+  const int64_t n = layer.weight.dim() == 2 ? layer.weight.size(1) : -1;
+  if (n < 1 || quantized_gram.dim() != 2 || quantized_gram.size(0) != n + 1 ||
+      quantized_gram.size(1) != n + 1 || quantized_cross.dim() != 2 ||
+      quantized_cross.size(0) != n + 1 || quantized_cross.size(1) != n) {
+    return InvalidArgumentError("aqer: Gram blocks do not match the weight's input width");
+  }
+  return GuardTorch("aqer", [&]() -> StatusOr<LinearParams> {
+    const int64_t k = layer.bias.defined() ? n + 1 : n;
+    auto w64 = layer.weight.to(torch::kFloat64);
+    // X̃ᵀR with R = (X − X̄)Wᵀ = −EWᵀ.
+    auto rhs = -quantized_cross.to(torch::kFloat64).narrow(0, 0, k).mm(w64.t());
+    QS_ASSIGN_OR_RETURN(torch::Tensor delta,
+                        RidgeSolve(quantized_gram.to(torch::kFloat64).narrow(0, 0, k).narrow(1, 0, k),
+                                   rhs, lambda));
+    return Shifted(layer, delta);
   });
 }
 

@@ -35,6 +35,14 @@ StatusOr<torch::Tensor> RidgeSolve(const torch::Tensor& a, const torch::Tensor& 
 StatusOr<LinearParams> ReduceActivationError(const LinearParams& layer, const torch::Tensor& x,
                                              const torch::Tensor& x_hat, double lambda);
 
+// Aqer from Gram blocks instead of the inputs: `quantized_gram` = X̄̃ᵀX̄̃ ((in + 1)², X̄̃ = [X̄, 1])
+// and `quantized_cross` = X̄̃ᵀE ((in + 1) × in, E = X̄ − X), float64. The same solve as
+// ReduceActivationError on the inputs the blocks come from (up to rounding).
+StatusOr<LinearParams> ReduceActivationErrorFromGram(const LinearParams& layer,
+                                                     const torch::Tensor& quantized_gram,
+                                                     const torch::Tensor& quantized_cross,
+                                                     double lambda);
+
 // Wqer on the grid fitted to `layer.weight` under `spec` (fitted after Aqer, as ERQ re-calibrates).
 // `x_hat` is the quantized input. Every returned weight lies on the grid; the bias (if the layer
 // has one) absorbs error as a float column and is returned in `QuantizedWeight::bias`.

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -16,22 +17,43 @@
 namespace qs::core {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// Token rows per GEMM when Gram blocks are accumulated, bounding the temporary copies.
+constexpr int64_t kGramChunkRows = 8192;
+
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
 class Recorder : public SiteHandler {
  public:
+  explicit Recorder(SiteInputs* inputs) : inputs_(inputs) {}
   torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
                        const torch::Tensor& b) override {
-    inputs_[s.name] = {x};
+    (*inputs_)[s.name] = {x};
     return SiteHandler::Linear(s, x, w, b);
   }
   torch::Tensor Matmul(const Site& s, const torch::Tensor& a, const torch::Tensor& b) override {
-    inputs_[s.name] = {a, b};
+    (*inputs_)[s.name] = {a, b};
     return SiteHandler::Matmul(s, a, b);
   }
-  SiteInputs& inputs() { return inputs_; }
 
  private:
-  SiteInputs inputs_;
+  SiteInputs* inputs_;
 };
+
+// Runs a GEMM-shaped computation of `multiply_adds`, adding its work and time to `work`.
+template <typename F>
+torch::Tensor Gemm(GemmWork* work, double multiply_adds, F&& f) {
+  const auto start = Clock::now();
+  torch::Tensor out = f();
+  if (work != nullptr) {
+    work->multiply_adds += multiply_adds;
+    work->seconds += Since(start);
+  }
+  return out;
+}
 
 // The linear site's float weight ([out, in], the patch conv flattened) and bias (may be undefined).
 std::pair<torch::Tensor, torch::Tensor> LinearParamsOf(const ViTModel& model, const Site& site) {
@@ -41,54 +63,394 @@ std::pair<torch::Tensor, torch::Tensor> LinearParamsOf(const ViTModel& model, co
   return {w.reshape({w.size(0), -1}), bias};
 }
 
-// Weight-only evaluation from the augmented Gram matrix G = X̃ᵀX̃, X̃ = [X, 1].
-Status EvaluateFromGram(const Site& site, const QuantConfig& config, const torch::Tensor& weight,
-                        const torch::Tensor& bias, const torch::Tensor& x,
-                        const torch::Tensor& augmented_gram, Evaluation* e) {
-  QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
-  const int64_t m = weight.size(0), n = weight.size(1);
-  auto g = augmented_gram.to(torch::kFloat64);
-  if (g.dim() != 2 || g.size(0) != n + 1 || g.size(1) != n + 1) {
-    return InvalidArgumentError("the Gram matrix does not match the site's input width");
+// Σ over token chunks of Lᵀ·R, with L = left(chunk) and R = right(chunk) float tensors of the
+// chunk's rows (R undefined: L again), accumulated in float64. `f64_gemm` runs each chunk's GEMM in float64 (A, where
+// cancellation in the quadratic forms needs the digits), else in float32.
+template <typename Left, typename Right>
+torch::Tensor ChunkedGram(int64_t rows, Left left, Right right, bool f64_gemm, GemmWork* work) {
+  torch::Tensor total;
+  for (int64_t start = 0; start < rows; start += kGramChunkRows) {
+    const int64_t count = std::min(kGramChunkRows, rows - start);
+    auto l = left(start, count), r = right(start, count);
+    if (f64_gemm) l = l.to(torch::kFloat64);
+    r = r.defined() ? r.to(l.scalar_type()) : l;
+    const double macs = static_cast<double>(count) * l.size(1) * r.size(1);
+    auto part = Gemm(work, macs, [&] { return l.t().mm(r); }).to(torch::kFloat64);
+    total = total.defined() ? total.add_(part) : part;
   }
-  const double tokens = g[n][n].item<double>();
-  QuantizedWeight q;
-  const WeightQuant& spec = config.weight;
-  if (!spec.quantized()) {
-    q.dequantized = weight;
-  } else if (spec.method == WeightMethod::kRtn) {
-    QS_ASSIGN_OR_RETURN(q, QuantizeWeightRtn(weight, spec));
-  } else if (spec.method == WeightMethod::kGptq) {
-    auto h = g.narrow(0, 0, n).narrow(1, 0, n) * (2.0 / std::max(1.0, tokens));
-    QS_ASSIGN_OR_RETURN(q, QuantizeWeightGptq(weight, h, spec));
-  } else {
-    // With float activations Aqer has nothing to absorb (X̄ = X), so ERQ is Wqer alone.
-    QS_ASSIGN_OR_RETURN(q, ReduceWeightErrorFromGram(LinearParams{weight, bias}, g, spec,
-                                                     site.name == "patch_embed.proj"));
-  }
-  auto zeros = torch::zeros({m, 1}, torch::kFloat64);
-  auto b = bias.defined() ? bias.to(torch::kFloat64).unsqueeze(1) : zeros;
-  auto b_hat = q.bias.defined() ? q.bias.to(torch::kFloat64).unsqueeze(1) : b;
-  auto w_t = at::cat({weight.to(torch::kFloat64), b}, 1);
-  auto w_hat = at::cat({q.dequantized.to(torch::kFloat64), b_hat}, 1);
-  auto err = w_t - w_hat;
-  auto quad = [&](const torch::Tensor& a, const torch::Tensor& c) {
-    return (a.mm(g) * c).sum().item<double>();
-  };
-  const double signal = quad(w_t, w_t), noise = std::max(0.0, quad(err, err));
-  const double cross = quad(w_t, w_hat), q2 = quad(w_hat, w_hat);
-  if (!(signal > 0)) return FailedPreconditionError("the site's float output is zero");
-  e->sqnr_db = noise == 0 ? std::numeric_limits<double>::infinity()
-                          : 10.0 * std::log10(signal / noise);
+  return total;
+}
+
+// The rows with a ones column appended.
+torch::Tensor WithOnes(const torch::Tensor& rows) {
+  return at::cat({rows, torch::ones({rows.size(0), 1}, rows.options())}, 1);
+}
+
+// Fills the output-error metrics of `e` from its sums: signal Σy², noise Σ(y − ŷ)² and the
+// cross term Σy·(y − ŷ), over `elements` output values.
+void SetFromSums(double signal, double noise, double y_dot_error, double elements, Evaluation* e) {
+  noise = std::max(0.0, noise);
+  e->sqnr_db = noise == 0 ? kInf : 10.0 * std::log10(signal / noise);
   e->noise_ratio = noise / signal;
-  e->mse = noise / (tokens * static_cast<double>(m));
-  e->cosine = q2 > 0 ? cross / std::sqrt(signal * q2) : 0;
-  e->weight_sqnr_db = spec.quantized() ? SqnrDb(weight, q.dequantized)
-                                       : std::numeric_limits<double>::infinity();
-  // MAE is no quadratic form: one pass of X̃ Eᵀ over the inputs.
-  auto rows = x.reshape({-1, n}).to(torch::kFloat64);
-  e->mae = (rows.mm(err.narrow(1, 0, n).t()) + err.select(1, n)).abs().mean().item<double>();
+  e->mse = noise / elements;
+  const double q2 = std::max(0.0, signal - 2 * y_dot_error + noise);
+  e->cosine = q2 > 0 ? (signal - y_dot_error) / std::sqrt(signal * q2) : 0;
+}
+
+// Metrics of a quantized output ŷ against the float output y, computed from both.
+Status SetFromOutputs(const torch::Tensor& y, const torch::Tensor& y_hat, bool with_mae,
+                      Evaluation* e) {
+  if (!torch::isfinite(y_hat).all().item<bool>()) {
+    return FailedPreconditionError("quantized output is not finite");
+  }
+  const double sqnr = SqnrDb(y, y_hat);
+  if (sqnr == -kInf) {
+    return FailedPreconditionError("the site's float output is zero, so no SQNR exists");
+  }
+  e->sqnr_db = sqnr;
+  e->mse = Mse(y, y_hat);
+  e->cosine = Cosine(y, y_hat);
+  e->noise_ratio = std::isinf(sqnr) ? 0.0 : std::pow(10.0, -sqnr / 10.0);
+  if (with_mae) e->mae = Mae(y, y_hat);
   return OkStatus();
+}
+
+// Everything one EvaluateSite call shares between its candidates.
+struct Context {
+  const ViTModel& model;
+  const Site& site;
+  const std::vector<SiteCandidate>& candidates;
+  SiteData* data;
+  const SiteEvaluationOptions& options;
+  GemmWork* gemm;
+  std::vector<Evaluation>* results;
+  std::vector<double>* own_seconds;
+};
+
+// Indices of the candidates, grouped by equal `key(config)`, groups in order of first appearance.
+template <typename Key>
+std::vector<std::vector<size_t>> GroupBy(const std::vector<SiteCandidate>& candidates,
+                                         const std::vector<size_t>& which, Key key) {
+  std::vector<std::vector<size_t>> groups;
+  std::vector<decltype(key(candidates[0].config))> keys;
+  for (size_t i : which) {
+    const auto k = key(candidates[i].config);
+    size_t g = 0;
+    while (g < keys.size() && !(keys[g] == k)) ++g;
+    if (g == keys.size()) {
+      keys.push_back(k);
+      groups.emplace_back();
+    }
+    groups[g].push_back(i);
+  }
+  return groups;
+}
+
+void FailAll(const std::vector<size_t>& which, const Status& s, std::vector<Evaluation>* results) {
+  for (size_t i : which) {
+    if ((*results)[i].error.empty()) (*results)[i].error = s.ToString();
+  }
+}
+
+// A linear candidate's quantized weight and bias, by its method, with the activation error
+// described by the Gram blocks (`cross`, `error_gram` undefined for float activations).
+StatusOr<QuantizedWeight> QuantizeLinearWeight(const Site& site, const WeightQuant& spec,
+                                               const torch::Tensor& weight,
+                                               const torch::Tensor& bias, bool pooled,
+                                               const torch::Tensor& gram,
+                                               const torch::Tensor& cross,
+                                               const torch::Tensor& error_gram) {
+  const int64_t n = weight.size(1);
+  if (!spec.quantized()) {
+    QuantizedWeight q;
+    q.dequantized = weight;
+    return q;
+  }
+  if (spec.method == WeightMethod::kRtn) return QuantizeWeightRtn(weight, spec);
+  // X̄̃ᵀX̄̃ for X̄̃ = X̃ + [E, 0]: A + [C, 0] + [C, 0]ᵀ + [[D, 0], [0, 0]].
+  torch::Tensor quantized_gram = gram;
+  if (cross.defined()) {
+    quantized_gram = gram.clone();
+    quantized_gram.narrow(1, 0, n).add_(cross);
+    quantized_gram.narrow(0, 0, n).add_(cross.t());
+    quantized_gram.narrow(0, 0, n).narrow(1, 0, n).add_(error_gram);
+  }
+  const double tokens = gram[n][n].item<double>();
+  if (spec.method == WeightMethod::kGptq) {
+    auto h = quantized_gram.narrow(0, 0, n).narrow(1, 0, n) * (2.0 / std::max(1.0, tokens));
+    return QuantizeWeightGptq(weight, h, spec);
+  }
+  LinearParams layer{weight, bias};
+  // ERQ leaves the patch-embedding convolution to Wqer alone, on its convolution path; with float
+  // activations Aqer has nothing to absorb.
+  const bool conv = site.name == "patch_embed.proj";
+  if (!conv && cross.defined()) {
+    // X̄̃ᵀE = C + [D; 0].
+    auto quantized_cross = cross.clone();
+    quantized_cross.narrow(0, 0, n).add_(error_gram);
+    const double lambda = pooled ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
+    QS_ASSIGN_OR_RETURN(layer,
+                        ReduceActivationErrorFromGram(layer, quantized_gram, quantized_cross,
+                                                      lambda));
+  }
+  return ReduceWeightErrorFromGram(layer, quantized_gram, spec, conv);
+}
+
+void EvaluateLinearSite(const Context& c) {
+  const Site& site = c.site;
+  auto& results = *c.results;
+  auto [weight, bias] = LinearParamsOf(c.model, site);
+  const int64_t m = weight.size(0), n = weight.size(1);
+  std::vector<size_t> all;
+  bool need_gram = false, need_inputs = c.options.measure_mae, need_output = c.options.measure_mae;
+  for (size_t i = 0; i < c.candidates.size(); ++i) {
+    const QuantConfig& config = c.candidates[i].config;
+    Status valid = ValidateQuantConfig(config, site.kind);
+    if (!valid.ok()) {
+      results[i].error = valid.ToString();
+      continue;
+    }
+    all.push_back(i);
+    const bool from_gram = MeasuredFromGram(c.model, site, config);
+    need_gram = need_gram || from_gram;
+    need_output = need_output || !from_gram;
+    need_inputs = need_inputs || !from_gram || config.activation.quantized();
+  }
+  if (all.empty()) return;
+  const auto& inputs = c.data->inputs;
+  need_inputs = need_inputs || (need_gram && !c.data->gram.defined());
+  if (need_inputs && (inputs.size() != 1 || inputs[0].size(-1) != n)) {
+    FailAll(all, InvalidArgumentError("site " + site.name + " has no captured inputs"), &results);
+    return;
+  }
+  const bool pooled = need_inputs && inputs[0].dim() == 2;
+  torch::Tensor x, rows;
+  if (need_inputs) {
+    x = inputs[0].to(torch::kFloat32);
+    rows = x.reshape({-1, n});
+  }
+  Status setup = GuardTorch("site inputs", [&]() -> Status {
+    if (need_gram && !c.data->gram.defined()) {
+      c.data->gram = ChunkedGram(
+          rows.size(0), [&](int64_t s, int64_t k) { return WithOnes(rows.narrow(0, s, k)); },
+          [](int64_t, int64_t) { return torch::Tensor(); }, /*f64_gemm=*/true, c.gemm);
+    }
+    if (need_gram && (c.data->gram.size(0) != n + 1 || c.data->gram.size(1) != n + 1)) {
+      return InvalidArgumentError("the Gram matrix does not match the site's input width");
+    }
+    return OkStatus();
+  });
+  if (!setup.ok()) {
+    FailAll(all, setup, &results);
+    return;
+  }
+  const torch::Tensor& gram = c.data->gram;
+  // The float weight with its bias column, W̃ = [W, b], and the float output where needed.
+  const auto w64 = weight.to(torch::kFloat64);
+  const auto b64 = bias.defined() ? bias.to(torch::kFloat64) : torch::zeros({m}, w64.options());
+  const auto w_t = at::cat({w64, b64.unsqueeze(1)}, 1);
+  torch::Tensor y, w_gram;
+  double signal = 0, tokens = 0;
+  Status outputs = GuardTorch("float output", [&]() -> Status {
+    if (need_output) {
+      y = Gemm(c.gemm, static_cast<double>(rows.size(0)) * n * m,
+               [&] { return at::linear(rows, weight, bias); });
+    }
+    if (need_gram) {
+      w_gram = w_t.mm(gram);
+      signal = (w_gram * w_t).sum().item<double>();
+      tokens = gram[n][n].item<double>();
+      if (!(signal > 0)) return FailedPreconditionError("the site's float output is zero");
+    }
+    return OkStatus();
+  });
+
+  for (const auto& group : GroupBy(c.candidates, all, [](const QuantConfig& q) {
+         return q.activation;
+       })) {
+    const auto group_start = Clock::now();
+    const ActivationQuant& act = c.candidates[group[0]].config.activation;
+    // The activation quantizer, fitted once, and the Gram blocks of its error.
+    torch::Tensor x_hat_rows = rows, cross, error_gram, w_cross;
+    bool group_needs_blocks = false;
+    for (size_t i : group) group_needs_blocks |= MeasuredFromGram(c.model, site, c.candidates[i].config);
+    Status fitted = outputs;
+    if (fitted.ok() && act.quantized()) {
+      fitted = GuardTorch("activation quantizer", [&]() -> Status {
+        QS_ASSIGN_OR_RETURN(auto state,
+                            ActivationQuantizerState::Fit(
+                                x, act, ActivationLayout(act, site, c.model.config().num_heads),
+                                OperandDomain(site, 0)));
+        x_hat_rows = state.Apply(rows);
+        if (group_needs_blocks) {
+          auto error = x_hat_rows - rows;
+          // [X̃, E]ᵀE in one pass: C = X̃ᵀE on top, D = EᵀE below.
+          auto blocks = ChunkedGram(
+              rows.size(0),
+              [&](int64_t s, int64_t k) {
+                return at::cat({WithOnes(rows.narrow(0, s, k)), error.narrow(0, s, k)}, 1);
+              },
+              [&](int64_t s, int64_t k) { return error.narrow(0, s, k); }, /*f64_gemm=*/false,
+              c.gemm);
+          cross = blocks.narrow(0, 0, n + 1);
+          error_gram = blocks.narrow(0, n + 1, n);
+          w_cross = w_t.mm(cross);
+        }
+        return OkStatus();
+      });
+    }
+    if (!fitted.ok()) {
+      FailAll(group, fitted, &results);
+      continue;
+    }
+    const double shared = Since(group_start) / static_cast<double>(group.size());
+
+    // Quantize each candidate's weight; direct ones are measured now, Gram ones in one batch.
+    std::vector<size_t> batch;
+    std::vector<torch::Tensor> differences, quantized;
+    for (size_t i : group) {
+      const auto start = Clock::now();
+      const QuantConfig& config = c.candidates[i].config;
+      Evaluation& e = results[i];
+      Status s = GuardTorch("evaluate", [&]() -> Status {
+        QS_ASSIGN_OR_RETURN(QuantizedWeight q,
+                            QuantizeLinearWeight(site, config.weight, weight, bias, pooled, gram,
+                                                 cross, error_gram));
+        const auto& b_hat = q.bias.defined() ? q.bias : bias;
+        e.weight_sqnr_db = config.weight.quantized() ? SqnrDb(weight, q.dequantized) : kInf;
+        torch::Tensor y_hat;
+        const bool from_gram = MeasuredFromGram(c.model, site, config);
+        if (!from_gram || c.options.measure_mae) {
+          y_hat = Gemm(c.gemm, static_cast<double>(rows.size(0)) * n * m,
+                       [&] { return at::linear(x_hat_rows, q.dequantized, b_hat); });
+        }
+        if (!from_gram) return SetFromOutputs(y, y_hat, /*with_mae=*/true, &e);
+        if (y_hat.defined()) {
+          if (!torch::isfinite(y_hat).all().item<bool>()) {
+            return FailedPreconditionError("quantized output is not finite");
+          }
+          e.mae = Mae(y, y_hat);
+        }
+        auto w_hat = q.dequantized.to(torch::kFloat64);
+        auto b_hat64 = b_hat.defined() ? b_hat.to(torch::kFloat64) : b64;
+        if (!torch::isfinite(w_hat).all().item<bool>() ||
+            !torch::isfinite(b_hat64).all().item<bool>()) {
+          return FailedPreconditionError("quantized weights are not finite");
+        }
+        differences.push_back(w_t - at::cat({w_hat, b_hat64.unsqueeze(1)}, 1));
+        quantized.push_back(w_hat);
+        batch.push_back(i);
+        return OkStatus();
+      });
+      if (!s.ok()) e.error = s.ToString();
+      (*c.own_seconds)[i] = shared + Since(start);
+    }
+    if (batch.empty()) continue;
+
+    // Every batched candidate's quadratic forms with one GEMM per block.
+    const auto batch_start = Clock::now();
+    Status s = GuardTorch("gram metrics", [&]() -> Status {
+      const int64_t k = static_cast<int64_t>(batch.size());
+      auto v = at::stack(differences);    // [k, m, n + 1]
+      auto w_hat = at::stack(quantized);  // [k, m, n]
+      auto per_candidate = [&](const torch::Tensor& a, const torch::Tensor& b) {
+        return (a * b).sum({1, 2});
+      };
+      auto va = Gemm(c.gemm, static_cast<double>(k) * m * (n + 1) * (n + 1),
+                     [&] { return v.reshape({k * m, n + 1}).mm(gram); })
+                    .reshape({k, m, n + 1});
+      auto noise = per_candidate(va, v);
+      auto y_dot_error = per_candidate(w_gram.unsqueeze(0).expand({k, m, n + 1}), v);
+      if (cross.defined()) {
+        auto vc = Gemm(c.gemm, static_cast<double>(k) * m * (n + 1) * n,
+                       [&] { return v.reshape({k * m, n + 1}).mm(cross); })
+                      .reshape({k, m, n});
+        auto wd = Gemm(c.gemm, static_cast<double>(k) * m * n * n,
+                       [&] { return w_hat.reshape({k * m, n}).mm(error_gram); })
+                      .reshape({k, m, n});
+        noise = noise - 2 * per_candidate(vc, w_hat) + per_candidate(wd, w_hat);
+        y_dot_error = y_dot_error - per_candidate(w_cross.unsqueeze(0).expand({k, m, n}), w_hat);
+      }
+      noise = noise.cpu();
+      y_dot_error = y_dot_error.cpu();
+      for (int64_t j = 0; j < k; ++j) {
+        Evaluation& e = results[batch[j]];
+        const double noise_j = noise[j].item<double>();
+        if (!std::isfinite(noise_j)) {
+          e.error = FailedPreconditionError("quantized output is not finite").ToString();
+          continue;
+        }
+        SetFromSums(signal, noise_j, y_dot_error[j].item<double>(), tokens * m, &e);
+      }
+      return OkStatus();
+    });
+    if (!s.ok()) FailAll(batch, s, &results);
+    const double batch_share = Since(batch_start) / static_cast<double>(batch.size());
+    for (size_t i : batch) (*c.own_seconds)[i] += batch_share;
+  }
+}
+
+void EvaluateMatmulSite(const Context& c) {
+  const Site& site = c.site;
+  auto& results = *c.results;
+  std::vector<size_t> all;
+  for (size_t i = 0; i < c.candidates.size(); ++i) {
+    Status valid = ValidateQuantConfig(c.candidates[i].config, site.kind);
+    if (valid.ok()) {
+      all.push_back(i);
+    } else {
+      results[i].error = valid.ToString();
+    }
+  }
+  if (all.empty()) return;
+  const auto& inputs = c.data->inputs;
+  if (inputs.size() != 2) {
+    FailAll(all, InvalidArgumentError("site " + site.name + " has no captured inputs"), &results);
+    return;
+  }
+  const int64_t heads = c.model.config().num_heads;
+  torch::Tensor lhs, rhs, y;
+  Status setup = GuardTorch("matmul inputs", [&]() -> Status {
+    lhs = inputs[0].to(torch::kFloat32);
+    rhs = inputs[1].to(torch::kFloat32);
+    y = at::matmul(lhs, rhs);
+    return OkStatus();
+  });
+  if (!setup.ok()) {
+    FailAll(all, setup, &results);
+    return;
+  }
+  const double macs = static_cast<double>(y.numel()) * lhs.size(-1);
+  // Each operand's quantizer is fitted once per distinct config and applied once.
+  auto operand = [&](int which, const ActivationQuant& spec,
+                     std::vector<std::pair<ActivationQuant, StatusOr<torch::Tensor>>>* memo)
+      -> StatusOr<torch::Tensor> {
+    for (const auto& [k, v] : *memo) {
+      if (k == spec) return v;
+    }
+    const torch::Tensor& t = which == 0 ? lhs : rhs;
+    StatusOr<torch::Tensor> out = GuardTorch("activation quantizer", [&]() -> StatusOr<torch::Tensor> {
+      QS_ASSIGN_OR_RETURN(auto state,
+                          ActivationQuantizerState::Fit(t, spec, ActivationLayout(spec, site, heads),
+                                                        OperandDomain(site, which)));
+      return state.Apply(t);
+    });
+    memo->emplace_back(spec, out);
+    return out;
+  };
+  std::vector<std::pair<ActivationQuant, StatusOr<torch::Tensor>>> lhs_memo, rhs_memo;
+  for (size_t i : all) {
+    const auto start = Clock::now();
+    const QuantConfig& config = c.candidates[i].config;
+    Status s = GuardTorch("evaluate", [&]() -> Status {
+      QS_ASSIGN_OR_RETURN(torch::Tensor a, operand(0, config.activation, &lhs_memo));
+      QS_ASSIGN_OR_RETURN(torch::Tensor b, operand(1, config.activation_rhs, &rhs_memo));
+      auto out = Gemm(c.gemm, macs, [&] { return at::matmul(a, b); });
+      return SetFromOutputs(y, out, /*with_mae=*/true, &results[i]);
+    });
+    if (!s.ok()) results[i].error = s.ToString();
+    (*c.own_seconds)[i] = Since(start);
+  }
 }
 
 }  // namespace
@@ -97,9 +459,22 @@ StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tenso
   QS_RETURN_IF_ERROR(model.Logits(images.narrow(0, 0, 0)).status());
   return GuardTorch("capture site inputs", [&]() -> StatusOr<SiteInputs> {
     c10::InferenceMode guard;
-    Recorder recorder;
+    SiteInputs inputs;
+    Recorder recorder(&inputs);
     model.Forward(images.to(model.tensor("head.weight").device(), torch::kFloat32), &recorder);
-    return std::move(recorder.inputs());
+    return inputs;
+  });
+}
+
+StatusOr<torch::Tensor> CaptureSegmentInputs(const ViTModel& model, int64_t segment,
+                                             const torch::Tensor& input, SiteInputs* inputs) {
+  if (segment < 0 || segment >= model.num_segments()) {
+    return InvalidArgumentError("no segment " + std::to_string(segment));
+  }
+  return GuardTorch("capture segment inputs", [&]() -> StatusOr<torch::Tensor> {
+    c10::InferenceMode guard;
+    Recorder recorder(inputs);
+    return model.ForwardSegment(segment, input, &recorder);
   });
 }
 
@@ -125,59 +500,48 @@ std::vector<SiteInfo> DescribeSites(const ViTModel& model) {
   return out;
 }
 
-Evaluation EvaluateCandidate(const ViTModel& model, const Site& site, const QuantConfig& config,
-                             const std::vector<torch::Tensor>& inputs, const std::string& key,
-                             const torch::Tensor& augmented_gram) {
-  const auto start = std::chrono::steady_clock::now();
-  Evaluation e;
-  e.key = key;
-  e.site = site.name;
-  if (site.kind == SiteKind::kLinear && !config.activation.quantized() &&
-      augmented_gram.defined() && inputs.size() == 1) {
-    c10::InferenceMode guard;
-    auto [weight, bias] = LinearParamsOf(model, site);
-    Status s = GuardTorch("gram evaluation", [&]() -> Status {
-      return EvaluateFromGram(site, config, weight, bias, inputs[0], augmented_gram, &e);
-    });
-    if (!s.ok()) e.error = s.ToString();
-    e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return e;
+bool MeasuredFromGram(const ViTModel& model, const Site& site, const QuantConfig& config) {
+  if (site.kind != SiteKind::kLinear) return false;
+  if (config.weight.quantized() && config.weight.method != WeightMethod::kRtn) return true;
+  // RTN (or a float weight) needs nothing of the inputs but its error: measured directly it costs
+  // one [tokens, in] × [in, out] GEMM, against about 3·tokens·in² for the blocks, which only
+  // pays when the input is no wider than the output.
+  const auto& w = model.tensor(site.weight);
+  return w.numel() / w.size(0) <= w.size(0);
+}
+
+std::vector<Evaluation> EvaluateSite(const ViTModel& model, const Site& site,
+                                     const std::vector<SiteCandidate>& candidates, SiteData* data,
+                                     const SiteEvaluationOptions& options,
+                                     const std::function<void(const Evaluation&)>& on_result,
+                                     GemmWork* gemm) {
+  std::vector<Evaluation> results(candidates.size());
+  std::vector<double> seconds(candidates.size(), 0.0);
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    results[i].key = candidates[i].key;
+    results[i].site = site.name;
   }
-  const size_t needed = site.kind == SiteKind::kLinear ? 1 : 2;
-  StatusOr<SiteResult> r = InternalError("missing inputs");
-  if (inputs.size() != needed) {
-    r = InvalidArgumentError("site " + site.name + " has no captured inputs");
-  } else {
+  {
     c10::InferenceMode guard;
+    Context c{model, site, candidates, data, options, gemm, &results, &seconds};
     if (site.kind == SiteKind::kLinear) {
-      auto [weight, bias] = LinearParamsOf(model, site);
-      r = QuantizeLinearSite(site, config, model.config().num_heads, inputs[0], weight, bias);
+      EvaluateLinearSite(c);
     } else {
-      r = QuantizeMatmulSite(site, config, model.config().num_heads, inputs[0], inputs[1]);
+      EvaluateMatmulSite(c);
     }
   }
-  if (!r.ok()) {
-    e.error = r.status().ToString();
-  } else {
-    auto result = GuardTorch("metrics", [&]() -> Status {
-      if (!torch::isfinite(r->output).all().item<bool>()) {
-        return FailedPreconditionError("quantized output is not finite");
-      }
-      if (r->report.sqnr_db == -std::numeric_limits<double>::infinity()) {
-        return FailedPreconditionError("the site's float output is zero, so no SQNR exists");
-      }
-      e.sqnr_db = r->report.sqnr_db;
-      e.mse = r->report.mse;
-      e.mae = Mae(r->reference_output, r->output);
-      e.cosine = Cosine(r->reference_output, r->output);
-      e.noise_ratio = std::isinf(e.sqnr_db) ? 0.0 : std::pow(10.0, -e.sqnr_db / 10.0);
-      e.weight_sqnr_db = r->report.weight_sqnr_db;
-      return OkStatus();
-    });
-    if (!result.ok()) e.error = result.ToString();
+  for (size_t i = 0; i < results.size(); ++i) {
+    results[i].seconds = seconds[i];
+    if (on_result) on_result(results[i]);
   }
-  e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return e;
+  return results;
+}
+
+Evaluation EvaluateCandidate(const ViTModel& model, const Site& site, const QuantConfig& config,
+                             const std::vector<torch::Tensor>& inputs, const std::string& key,
+                             const SiteEvaluationOptions& options) {
+  SiteData data{inputs, torch::Tensor()};
+  return EvaluateSite(model, site, {SiteCandidate{config, key}}, &data, options)[0];
 }
 
 }  // namespace qs::core

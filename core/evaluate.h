@@ -1,12 +1,24 @@
-// The evaluation stage: one float forward pass captures every site's inputs on the calibration
-// set, then each candidate is measured on its own site alone (its quantized operation against the
-// float one on the same float inputs), which needs nothing but that site's inputs.
+// The evaluation stage: every candidate of one site measured against the float operation on the
+// site's float inputs (captured from the float model on the calibration set), all at once.
 //
-//   QS_ASSIGN_OR_RETURN(SiteInputs inputs, CaptureSiteInputs(model, calib_images));
-//   Evaluation e = EvaluateCandidate(model, *model.FindSite(c.site), c.config, inputs.at(c.site));
+// Candidates of a site share work. Each activation quantizer is fitted once per (site, activation
+// config) and shared by the weight candidates that use it. A linear site's output error is a
+// quadratic form in Gram blocks of its inputs: with X̃ = [X, 1], E = Q_a(X) − X the activation
+// error, V = [W − Ŵ, b − b̂] and Y − Ŷ = X̃Vᵀ − EŴᵀ,
+//   ‖Y − Ŷ‖² = tr(V·A·Vᵀ) − 2·tr(V·C·Ŵᵀ) + tr(Ŵ·D·Ŵᵀ),   A = X̃ᵀX̃, C = X̃ᵀE, D = EᵀE,
+// so once A (per site) and C, D (per activation config) exist, a candidate costs O(out · in²)
+// whatever the number of tokens; GPTQ's Hessian and ERQ's ridge systems come from the same blocks.
+// RTN at a site whose input is wider than its output (fc2) is cheaper measured directly, one
+// output GEMM per candidate, and is. The choice depends only on the site and the config, so a key
+// always gets the same numbers. MAE is no quadratic form: it costs one output GEMM per candidate
+// and is measured only when asked.
+//
+//   SiteData data{inputs};
+//   std::vector<Evaluation> e = EvaluateSite(model, site, candidates, &data, {});
 #ifndef QS_CORE_EVALUATE_H_
 #define QS_CORE_EVALUATE_H_
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -26,20 +38,58 @@ using SiteInputs = std::map<std::string, std::vector<torch::Tensor>>;
 // One float forward pass over `images` (normalized), recording every site's inputs.
 StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tensor& images);
 
+// The same for the sites of one segment (ViTModel::ForwardSegment) run on `input`; returns the
+// segment's output too, so segments can be chained.
+StatusOr<torch::Tensor> CaptureSegmentInputs(const ViTModel& model, int64_t segment,
+                                             const torch::Tensor& input, SiteInputs* inputs);
+
 // The plan's view of the model: site names, kinds, weight sizes and MACs per image.
 std::vector<SiteInfo> DescribeSites(const ViTModel& model);
 
-// Measures `config` at `site` on `inputs`. Never fails as a call: a candidate that cannot be
-// quantized or produces non-finite output comes back with `error` set. `key` is copied into it.
-//
-// With `augmented_gram` (AugmentedGram of a linear site's input) a weight-only candidate (float
-// activations) is measured from the Gram matrix: the weight method takes its Hessian or moments
-// from it, and SQNR, MSE, cosine and the noise ratio are quadratic forms tr(E G Eᵀ), exact and
-// O(out · in²) whatever the number of tokens. Only MAE, not a quadratic form, takes one pass
-// over the inputs.
+// One candidate of a site: its config and the key its Evaluation is stored under.
+struct SiteCandidate {
+  QuantConfig config;
+  std::string key;
+};
+
+// A site's float inputs and what is derived from them once and worth keeping.
+struct SiteData {
+  // Linear: {x} ([..., in]); matmul: {lhs, rhs}. Float32 or float16 (computed in float32).
+  std::vector<torch::Tensor> inputs;
+  // Linear sites: A = X̃ᵀX̃ (float64, (in + 1)²), filled on first need. A caller that keeps it may
+  // leave `inputs` empty when every candidate is weight-only, measured from A, and MAE is not
+  // asked.
+  torch::Tensor gram;
+};
+
+struct SiteEvaluationOptions {
+  bool measure_mae = false;  // one extra output GEMM per linear candidate
+};
+
+// The GEMM work one EvaluateSite call did, for benchmarks: multiply-adds and the seconds spent
+// in the GEMMs themselves (blocks, quadratic forms, direct outputs).
+struct GemmWork {
+  double multiply_adds = 0;
+  double seconds = 0;
+};
+
+// Measures every candidate at `site` and returns their Evaluations in the order given. Never fails
+// as a call: a candidate that does not suit the site, cannot be quantized or produces non-finite
+// numbers comes back with `error` set (missing inputs fail every candidate). `on_result` (may be
+// empty) sees each Evaluation as soon as it exists. `gemm` (may be null) accumulates GEMM work.
+std::vector<Evaluation> EvaluateSite(const ViTModel& model, const Site& site,
+                                     const std::vector<SiteCandidate>& candidates, SiteData* data,
+                                     const SiteEvaluationOptions& options = {},
+                                     const std::function<void(const Evaluation&)>& on_result = {},
+                                     GemmWork* gemm = nullptr);
+
+// One candidate alone: EvaluateSite with a single candidate.
 Evaluation EvaluateCandidate(const ViTModel& model, const Site& site, const QuantConfig& config,
                              const std::vector<torch::Tensor>& inputs, const std::string& key,
-                             const torch::Tensor& augmented_gram = torch::Tensor());
+                             const SiteEvaluationOptions& options = {});
+
+// Whether `config` at `site` is measured from Gram blocks (else directly, by output GEMMs).
+bool MeasuredFromGram(const ViTModel& model, const Site& site, const QuantConfig& config);
 
 }  // namespace qs::core
 

@@ -23,16 +23,6 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-GroupLayout ActivationLayout(const ActivationQuant& spec, const Site& site, int64_t num_heads) {
-  GroupLayout layout;
-  layout.granularity = spec.granularity;
-  layout.channel_axis = -1;
-  // Linear inputs are [..., heads × head_dim]; matmul operands are [B, heads, N, K].
-  layout.head_axis = site.kind == SiteKind::kLinear ? -1 : 1;
-  layout.num_heads = num_heads;
-  return layout;
-}
-
 // The weight method of `spec`, fed with the inputs this site receives.
 StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& x,
                                          const torch::Tensor& x_hat, const torch::Tensor& weight,
@@ -184,6 +174,16 @@ StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& con
     r.report.mse = Mse(r.reference_output, r.output);
     return r;
   });
+}
+
+GroupLayout ActivationLayout(const ActivationQuant& spec, const Site& site, int64_t num_heads) {
+  GroupLayout layout;
+  layout.granularity = spec.granularity;
+  layout.channel_axis = -1;
+  // Linear inputs are [..., heads × head_dim]; matmul operands are [B, heads, N, K].
+  layout.head_axis = site.kind == SiteKind::kLinear ? -1 : 1;
+  layout.num_heads = num_heads;
+  return layout;
 }
 
 ValueDomain OperandDomain(const Site& site, int operand) {

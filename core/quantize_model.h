@@ -95,6 +95,8 @@ StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& con
 
 // The value domain of a site's operand, for quantizers that need one.
 ValueDomain OperandDomain(const Site& site, int operand);
+// Which elements of a site's operand share an activation quantizer's parameters under `spec`.
+GroupLayout ActivationLayout(const ActivationQuant& spec, const Site& site, int64_t num_heads);
 
 }  // namespace qs::core
 

@@ -13,7 +13,7 @@ json Finite(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 json EvalSummary(const Evaluation& e) {
   return json{{"key", e.key},          {"sqnr_db", Finite(e.sqnr_db)}, {"mse", e.mse},
-              {"mae", e.mae},          {"cosine", e.cosine},           {"noise_ratio", e.noise_ratio},
+              {"mae", e.mae ? json(*e.mae) : json(nullptr)},          {"cosine", e.cosine},           {"noise_ratio", e.noise_ratio},
               {"weight_sqnr_db", Finite(e.weight_sqnr_db)}};
 }
 
@@ -97,7 +97,13 @@ json RecipeDocument(const SearchResult& r) {
   return doc;
 }
 
-json MetricsDocument(const JobSpec& spec, const SearchResult& r, double wall_seconds) {
+json MetricsDocument(const JobSpec& spec, const SearchResult& r, double artifacts_seconds,
+                     double wall_seconds) {
+  const double calib_pass = r.facts.fp32_calibration_seconds;
+  const double both_passes = calib_pass + r.facts.fp32_eval_seconds;
+  const size_t validations = std::count_if(r.pareto.begin(), r.pareto.end(),
+                                           [](const ParetoPoint& p) { return p.validated; });
+  auto ratio = [](double a, double b) { return b > 0 ? json(a / b) : json(nullptr); };
   return json{
       {"fp32_top1", r.facts.fp32_top1},
       {"quant_top1", r.validation.top1},
@@ -116,9 +122,28 @@ json MetricsDocument(const JobSpec& spec, const SearchResult& r, double wall_sec
       {"evaluations_failed", r.failed},
       {"candidates", r.plan.candidate_count()},
       {"validation_images", r.facts.validation_images},
-      {"validations", std::count_if(r.pareto.begin(), r.pareto.end(),
-                                    [](const ParetoPoint& p) { return p.validated; })},
-      {"seconds", {{"fp32_eval", r.facts.fp32_eval_seconds}, {"wall", wall_seconds}}},
+      {"calibration_images", r.facts.calibration_images},
+      {"validations", validations},
+      {"device", r.facts.device},
+      {"seconds",
+       {{"prepare", r.seconds.prepare},
+        {"evaluate", r.seconds.evaluate},
+        {"select", r.seconds.select},
+        {"validate", r.seconds.validate},
+        {"artifacts", artifacts_seconds},
+        {"wall", wall_seconds},
+        {"fp32_calibration_pass", calib_pass},
+        {"fp32_validation_pass", r.facts.fp32_eval_seconds}}},
+      // Costs in the references above: evaluation in float passes over the calibration set (per
+      // newly evaluated candidate, too), each validation in float passes over calibration plus
+      // validation images.
+      {"relative",
+       {{"evaluate_in_fp32_calibration_passes", ratio(r.seconds.evaluate, calib_pass)},
+        {"evaluate_per_candidate_in_fp32_calibration_passes",
+         r.evaluated_now > 0 ? ratio(r.seconds.evaluate / r.evaluated_now, calib_pass)
+                             : json(nullptr)},
+        {"validate_per_validation_in_fp32_passes",
+         validations > 0 ? ratio(r.seconds.validate / validations, both_passes) : json(nullptr)}}},
   };
 }
 

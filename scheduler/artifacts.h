@@ -23,7 +23,10 @@ namespace qs::scheduler {
 std::string ConfigLabel(const QuantConfig& config, SiteKind kind);
 
 nlohmann::json RecipeDocument(const SearchResult& r);
-nlohmann::json MetricsDocument(const JobSpec& spec, const SearchResult& r, double wall_seconds);
+// metrics.json. `artifacts_seconds` is the time writing the other artifacts took, `wall_seconds`
+// the whole run's.
+nlohmann::json MetricsDocument(const JobSpec& spec, const SearchResult& r,
+                               double artifacts_seconds, double wall_seconds);
 nlohmann::json ParetoDocument(const JobSpec& spec, const SearchResult& r);
 std::string ReportHtml(const JobSpec& spec, const SearchResult& r);
 

@@ -33,13 +33,13 @@ std::string Percent(double v) {
 }  // namespace
 
 json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
-                 const std::vector<size_t>& which) {
+                 const std::vector<size_t>& which, bool measure_mae) {
   json candidates = json::array();
   for (size_t j : which) {
     candidates.push_back({{"key", keys[j]},
                           {"config", ToJson(site.candidates[j].config, site.site.kind)}});
   }
-  return json{{"site", site.site.name}, {"candidates", candidates}};
+  return json{{"site", site.site.name}, {"candidates", candidates}, {"measure_mae", measure_mae}};
 }
 
 StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
@@ -48,10 +48,17 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
   auto progress = [&](const char* stage, size_t done, size_t total) {
     if (options.progress) options.progress(stage, done, total);
   };
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
   SearchResult r;
+  auto stage_start = Clock::now();
   progress("prepare", 0, 1);
   QS_ASSIGN_OR_RETURN(r.facts, backend.Prepare());
   progress("prepare", 1, 1);
+  r.seconds.prepare = since(stage_start);
+  stage_start = Clock::now();
   QS_ASSIGN_OR_RETURN(r.plan, MakePlan(spec, r.facts.sites));
   QS_ASSIGN_OR_RETURN(r.budget_units, BudgetUnits(spec, r.plan));
   const size_t n_sites = r.plan.sites.size();
@@ -62,8 +69,9 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
   auto lookup = [&](const std::string& key) -> StatusOr<bool> {
     QS_ASSIGN_OR_RETURN(auto stored, store.Get(key));
     if (!stored) return false;
-    auto e = ParseStoredEvaluation(*stored, key);  // a damaged entry is evaluated again
-    if (!e) return false;
+    // A damaged entry, or one without the metric this job ranks by, is evaluated again.
+    auto e = ParseStoredEvaluation(*stored, key);
+    if (!e || !HasMetric(*e, spec.metric)) return false;
     r.evaluations[key] = *e;
     return true;
   };
@@ -87,7 +95,9 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
     storage::Task task;
     task.id = "eval:" + r.facts.model_digest.substr(0, 16) + ":" +
               r.facts.calibration_digest.substr(0, 16) + ":" + r.plan.sites[i].site.name;
-    task.payload = TaskPayload(r.plan.sites[i], keys[i], missing[i]).dump();
+    task.payload =
+        TaskPayload(r.plan.sites[i], keys[i], missing[i], spec.metric == RankingMetric::kMae)
+            .dump();
     Status pushed = queue.Push(task);
     if (!pushed.ok() && pushed.code() != StatusCode::kAlreadyExists) return pushed;
   }
@@ -121,6 +131,9 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
       r.evaluations[e.key] = e;
     }
   }
+
+  r.seconds.evaluate = since(stage_start);
+  stage_start = Clock::now();
 
   // Selection over the candidates that evaluated cleanly.
   progress("select", 0, 1);
@@ -179,6 +192,8 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
         "rounded up to a coarser unit: the mix fits the budget but may not be the optimum";
   }
   progress("select", 1, 1);
+  r.seconds.select = since(stage_start);
+  stage_start = Clock::now();
 
   auto recipe_of = [&](const KnapsackSolution& s) {
     Recipe recipe;
@@ -216,6 +231,7 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
     if (criterion_ok && (!spec.refine_validation || (t > 0 && !disagreement))) break;
   }
   progress("validate", validated, validated);
+  r.seconds.validate = since(stage_start);
   r.chosen_point = best;
   r.goal_met = budget_ok && criterion_ok;
   if (budget_ok && !criterion_ok) {

@@ -34,9 +34,20 @@ struct ModelFacts {
   std::string model_digest;
   std::string calibration_digest;
   std::vector<SiteInfo> sites;
-  double fp32_top1 = 0;           // on the validation set
-  double fp32_eval_seconds = 0;   // one float pass over the validation set
+  double fp32_top1 = 0;                 // on the validation set
+  double fp32_eval_seconds = 0;         // one float pass over the validation set
+  double fp32_calibration_seconds = 0;  // one float pass over the calibration set
   int64_t validation_images = 0;
+  int64_t calibration_images = 0;
+  std::string device;                   // where the model side runs ("cpu", "cuda:0")
+};
+
+// Wall time of each stage of a run, in seconds.
+struct StageSeconds {
+  double prepare = 0;    // loading, the reference passes, the checkpoints
+  double evaluate = 0;   // dispatch until every candidate is stored
+  double select = 0;
+  double validate = 0;
 };
 
 class ModelBackend {
@@ -103,6 +114,7 @@ struct SearchResult {
   std::string goal_note;      // why the goal was missed, when it was
   bool selection_exact = true;  // false when costs had to be rounded (see KnapsackOptions)
   std::string selection_note;   // says so, when they were
+  StageSeconds seconds;
 };
 
 // Runs the job. A budget below the cheapest mix, or a missed accuracy criterion, still returns the
@@ -114,9 +126,10 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
                                  storage::EvaluationStore& store, storage::TaskQueue& queue,
                                  const SearchOptions& options = {});
 
-// A task's payload: the site and its candidates (key + config), as workers read it.
+// A task's payload: the site, its candidates (key + config) and whether MAE must be measured,
+// as workers read it.
 nlohmann::json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
-                           const std::vector<size_t>& which);
+                           const std::vector<size_t>& which, bool measure_mae = false);
 
 }  // namespace qs::scheduler
 

@@ -75,14 +75,22 @@ class FakeWorkers {
       const std::string site = payload["site"];
       for (const auto& c : payload["candidates"]) {
         const std::string key = c["key"];
-        auto have = store_.Get(key);  // skip what is stored and readable, as real workers do
-        if (have.ok() && have->has_value() && ParseStoredEvaluation(**have, key)) continue;
+        // Skip what is stored, readable and complete enough, as real workers do.
+        const bool mae = payload.value("measure_mae", false);
+        auto have = store_.Get(key);
+        if (have.ok() && have->has_value()) {
+          auto stored = ParseStoredEvaluation(**have, key);
+          if (stored && HasMetric(*stored, mae ? RankingMetric::kMae : RankingMetric::kMse)) {
+            continue;
+          }
+        }
         Evaluation e;
         e.key = key;
         e.site = site;
         const int bits = c["config"].contains("weight") ? c["config"]["weight"]["bits"].get<int>() : 0;
         e.noise_ratio = FakeBackend::Noise(site, bits);
         e.mse = e.noise_ratio;
+        if (mae) e.mae = e.noise_ratio / 2;
         e.sqnr_db = e.noise_ratio > 0 ? -10 * std::log10(e.noise_ratio) : INFINITY;
         if (bits == fail_bits_) e.error = "synthetic failure";
         // No ASSERT here: a failure inside a worker thread must not leave the task leased.
@@ -205,6 +213,24 @@ TEST(SearchTest, ResumesFromAPartiallyFilledStore) {
   EXPECT_EQ(RecipeDocument(*resumed).dump(), RecipeDocument(*complete).dump());
 }
 
+TEST(SearchTest, RankingByMaeMeasuresItWhereTheStoreLacksIt) {
+  auto store = storage::NewInMemoryEvaluationStore();
+  FakeBackend backend;
+  auto plain = RunJob(Spec(4.0), backend, *store);
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  for (const auto& [key, e] : plain->evaluations) EXPECT_FALSE(e.mae.has_value()) << key;
+  JobSpec by_mae = Spec(4.0);
+  by_mae.metric = RankingMetric::kMae;
+  auto first = RunJob(by_mae, backend, *store);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->evaluated_now, first->plan.candidate_count());
+  for (const auto& [key, e] : first->evaluations) EXPECT_TRUE(e.mae.has_value()) << key;
+  auto again = RunJob(by_mae, backend, *store);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->evaluated_now, 0u);
+  EXPECT_EQ(again->recipe.sites.at("a") == first->recipe.sites.at("a"), true);
+}
+
 TEST(SearchTest, DamagedCacheEntriesAreEvaluatedAgain) {
   auto store = storage::NewInMemoryEvaluationStore();
   FakeBackend b1;
@@ -288,10 +314,19 @@ TEST(ArtifactsTest, DocumentsCarryWhatUsersNeed) {
   auto back = RecipeFromJson(recipe, kinds);
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_TRUE(back->sites.at("a") == r->recipe.sites.at("a"));
-  auto metrics = MetricsDocument(Spec(4.0), *r, 1.0);
+  auto metrics = MetricsDocument(Spec(4.0), *r, 0.25, 1.0);
   for (const char* key : {"fp32_top1", "quant_top1", "avg_weight_bits", "evaluations", "goal_met"}) {
     EXPECT_TRUE(metrics.contains(key)) << key;
   }
+  for (const char* key : {"prepare", "evaluate", "select", "validate", "artifacts", "wall",
+                          "fp32_calibration_pass", "fp32_validation_pass"}) {
+    EXPECT_TRUE(metrics["seconds"].contains(key)) << key;
+  }
+  EXPECT_EQ(metrics["seconds"]["artifacts"], 0.25);
+  EXPECT_EQ(metrics["seconds"]["wall"], 1.0);
+  EXPECT_GE(metrics["seconds"]["evaluate"].get<double>(), 0.0);
+  // The fake backend measures no reference pass, so there is no ratio to report.
+  EXPECT_TRUE(metrics["relative"]["evaluate_in_fp32_calibration_passes"].is_null());
   auto pareto = ParetoDocument(Spec(4.0), *r);
   EXPECT_EQ(pareto["points"].size(), r->pareto.size());
   const std::string html = ReportHtml(Spec(4.0), *r);

@@ -17,7 +17,9 @@
 #include "core/metrics.h"
 #include "core/quantize_model.h"
 #include "core/safetensors.h"
+#include "core/threads.h"
 #include "core/vit.h"
+#include "server/bench_command.h"
 #include "server/run_command.h"
 
 namespace qs::server {
@@ -241,11 +243,14 @@ int RunInspect(const ModelArgs& a) {
 }  // namespace
 
 int RunCli(int argc, char** argv) {
+  // Before any BLAS work: OpenBLAS's generic kernels are several times slower (core/threads.h).
+  (void)core::SelectBlasKernels();
   CLI::App app{"qsearch: mixed-precision post-training quantization search for vision transformers"};
   app.require_subcommand(1);
   app.set_version_flag("--version", kVersion);
   int threads = 0;
-  app.add_option("--threads", threads, "CPU threads for LibTorch (default: all cores)");
+  app.add_option("--threads", threads,
+                 "CPU threads for LibTorch and BLAS (run: per worker; default: the cores' share)");
 
   QuantizeArgs q;
   auto* quantize = app.add_subcommand(
@@ -284,8 +289,19 @@ int RunCli(int argc, char** argv) {
   run->add_option("--out", run_args.out, "output directory")->required();
   run->add_option("--cache", run_args.cache,
                   "evaluation cache directory (default $QS_CACHE_DIR, ~/.cache/qsearch)");
-  run->add_option("--workers", run_args.workers, "evaluation threads")->capture_default_str();
+  run->add_option("--workers", run_args.workers,
+                  "evaluation workers (0: one per 8 usable cores, at least one)")
+      ->capture_default_str();
   run->add_flag("--json", run_args.json_output, "print metrics.json on stdout");
+
+  BenchArgs bench_args;
+  auto* bench = app.add_subcommand(
+      "bench", "measure the evaluation engine against references taken in the same run (JSON)");
+  bench->add_flag("--quick", bench_args.quick, "skip the ViT-B memory run, shorter references");
+  bench->add_flag("--json", bench_args.json_output, "print only the JSON object on stdout");
+  bench->add_option("--out", bench_args.out, "also write the JSON to this file");
+  bench->add_option("--fixture", bench_args.fixture, "the fixture model's directory")
+      ->capture_default_str();
 
   ModelArgs i;
   auto* inspect = app.add_subcommand("inspect", "print a model's config, digest and sites");
@@ -296,9 +312,16 @@ int RunCli(int argc, char** argv) {
   } catch (const CLI::ParseError& err) {
     return app.exit(err) == 0 ? 0 : 2;
   }
-  if (threads > 0) at::set_num_threads(threads);
+  if (run->parsed()) {
+    run_args.threads = threads;
+    return RunSearchCommand(run_args);
+  }
+  if (bench->parsed()) {
+    bench_args.threads = threads;
+    return RunBenchCommand(bench_args);
+  }
+  if (threads > 0) core::ApplyThreadPlan(core::PlanThreads(1, core::UsableCores(), threads));
   if (quantize->parsed()) return RunQuantize(q);
-  if (run->parsed()) return RunSearchCommand(run_args);
   if (eval->parsed()) return RunEval(e);
   if (inspect->parsed()) return RunInspect(i);
   return 2;

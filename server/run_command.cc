@@ -14,6 +14,7 @@
 
 #include "common/file_util.h"
 #include "common/job_spec.h"
+#include "core/threads.h"
 #include "scheduler/artifacts.h"
 #include "server/spec_file.h"
 #include "scheduler/search.h"
@@ -26,12 +27,30 @@ namespace {
 
 using nlohmann::json;
 
+}  // namespace
+
+scheduler::ModelFacts FactsOf(const worker::ModelSession& session) {
+  scheduler::ModelFacts f;
+  f.model_digest = session.model_digest();
+  f.calibration_digest = session.calibration_digest();
+  f.sites = session.sites();
+  f.fp32_top1 = session.fp32_top1();
+  f.fp32_eval_seconds = session.fp32_validation_seconds();
+  f.fp32_calibration_seconds = session.fp32_calibration_seconds();
+  f.validation_images = session.validation_images();
+  f.calibration_images = session.calibration_images();
+  f.device = session.device();
+  return f;
+}
+
+namespace {
+
 // The model side in this process: a ModelSession, and worker threads serving the queue from it.
 class EmbeddedBackend : public scheduler::ModelBackend {
  public:
   EmbeddedBackend(const JobSpec& spec, storage::EvaluationStore& store, storage::TaskQueue& queue,
-                  int workers)
-      : spec_(spec), store_(store), queue_(queue), workers_(std::max(1, workers)) {}
+                  const core::ThreadPlan& threads)
+      : spec_(spec), store_(store), queue_(queue), threads_plan_(threads) {}
 
   ~EmbeddedBackend() override {
     stop_ = true;
@@ -41,17 +60,11 @@ class EmbeddedBackend : public scheduler::ModelBackend {
 
   StatusOr<scheduler::ModelFacts> Prepare() override {
     QS_ASSIGN_OR_RETURN(session_, worker::ModelSession::Open(spec_));
-    for (int i = 0; i < workers_; ++i) {
-      threads_.emplace_back([this] { worker::ServeTasks(*session_, store_, queue_, stop_); });
+    for (int i = 0; i < threads_plan_.workers; ++i) {
+      threads_.emplace_back(
+          [this] { worker::ServeTasks(*session_, store_, queue_, stop_, &threads_plan_); });
     }
-    scheduler::ModelFacts f;
-    f.model_digest = session_->model_digest();
-    f.calibration_digest = session_->calibration_digest();
-    f.sites = session_->sites();
-    f.fp32_top1 = session_->fp32_top1();
-    f.fp32_eval_seconds = session_->fp32_eval_seconds();
-    f.validation_images = session_->validation_images();
-    return f;
+    return FactsOf(*session_);
   }
 
   StatusOr<ValidationResult> Validate(const Recipe& recipe) override {
@@ -66,7 +79,7 @@ class EmbeddedBackend : public scheduler::ModelBackend {
   const JobSpec& spec_;
   storage::EvaluationStore& store_;
   storage::TaskQueue& queue_;
-  const int workers_;
+  const core::ThreadPlan threads_plan_;
   std::unique_ptr<worker::ModelSession> session_;
   std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
@@ -124,6 +137,10 @@ int Fail(const Status& s) {
   return 1;
 }
 
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
 }  // namespace
 
 std::string DefaultCacheDir() {
@@ -144,9 +161,12 @@ int RunSearchCommand(const RunArgs& args) {
   if (!s.ok()) return Fail(s);
 
   auto queue = storage::NewInProcessTaskQueue();
+  const core::ThreadPlan threads = core::PlanThreads(args.workers, core::UsableCores(), args.threads);
+  core::ApplyThreadPlan(threads);
   scheduler::SearchResult result;
+  double artifacts_seconds = 0;
   {
-    EmbeddedBackend backend(*spec, **store, *queue, args.workers);
+    EmbeddedBackend backend(*spec, **store, *queue, threads);
     ProgressPrinter printer;
     scheduler::SearchOptions options;
     options.progress = [&](const std::string& stage, size_t done, size_t total) {
@@ -155,21 +175,25 @@ int RunSearchCommand(const RunArgs& args) {
     auto r = scheduler::RunSearch(*spec, backend, **store, *queue, options);
     if (!r.ok()) return Fail(r.status());
     result = std::move(*r);
+    const auto artifacts_start = std::chrono::steady_clock::now();
     s = backend.WriteWeights(result.recipe, args.out + "/weights.safetensors");
     if (!s.ok()) return Fail(s);
+    // The other documents first; metrics.json, which says the run is complete, last.
+    for (const auto& [name, text] :
+         std::vector<std::pair<std::string, std::string>>{
+             {"recipe.json", scheduler::RecipeDocument(result).dump(2) + "\n"},
+             {"pareto.json", scheduler::ParetoDocument(*spec, result).dump(2) + "\n"},
+             {"report.html", scheduler::ReportHtml(*spec, result)}}) {
+      s = WriteFileAtomically(args.out + "/" + name, text);
+      if (!s.ok()) return Fail(s);
+    }
+    artifacts_seconds = Seconds(artifacts_start);
   }
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const json metrics = scheduler::MetricsDocument(*spec, result, wall);
-  // The other documents first; metrics.json, which says the run is complete, last.
-  for (const auto& [name, text] :
-       std::vector<std::pair<std::string, std::string>>{
-           {"recipe.json", scheduler::RecipeDocument(result).dump(2) + "\n"},
-           {"pareto.json", scheduler::ParetoDocument(*spec, result).dump(2) + "\n"},
-           {"report.html", scheduler::ReportHtml(*spec, result)},
-           {"metrics.json", metrics.dump(2) + "\n"}}) {
-    s = WriteFileAtomically(args.out + "/" + name, text);
-    if (!s.ok()) return Fail(s);
-  }
+  const json metrics =
+      scheduler::MetricsDocument(*spec, result, artifacts_seconds, Seconds(start));
+  s = WriteFileAtomically(args.out + "/metrics.json", metrics.dump(2) + "\n");
+  if (!s.ok()) return Fail(s);
+  const double wall = metrics["seconds"]["wall"].get<double>();
   if (args.json_output) {
     std::printf("%s\n", metrics.dump().c_str());
   } else {
@@ -179,11 +203,16 @@ int RunSearchCommand(const RunArgs& args) {
                 100 * result.validation.top1, result.avg_weight_bits,
                 ToString(spec->budget_kind), spec->budget);
     if (!result.goal_met) std::printf("  %s\n", result.goal_note.c_str());
-    std::printf("  %zu candidates: %zu evaluated now, %zu from the cache, %zu failed; %.1fs "
-                "(one fp32 pass over %lld validation images: %.2fs)\n",
+    std::printf("  %zu candidates: %zu evaluated now, %zu from the cache, %zu failed; %.1fs in "
+                "all, evaluation %.2fs = %.1f fp32 passes over the %lld calibration images "
+                "(%.3fs each)\n",
                 result.plan.candidate_count(), result.evaluated_now, result.from_cache,
-                result.failed, wall, static_cast<long long>(result.facts.validation_images),
-                result.facts.fp32_eval_seconds);
+                result.failed, wall, result.seconds.evaluate,
+                result.facts.fp32_calibration_seconds > 0
+                    ? result.seconds.evaluate / result.facts.fp32_calibration_seconds
+                    : 0.0,
+                static_cast<long long>(result.facts.calibration_images),
+                result.facts.fp32_calibration_seconds);
     std::printf("  wrote %s/{recipe.json,metrics.json,pareto.json,weights.safetensors,report.html}\n",
                 args.out.c_str());
   }

@@ -6,15 +6,22 @@
 
 #include <string>
 
+#include "scheduler/search.h"
+#include "worker/model_session.h"
+
 namespace qs::server {
 
 struct RunArgs {
   std::string spec;
   std::string out;
   std::string cache;   // evaluation cache directory; empty: the default (see DefaultCacheDir)
-  int workers = 1;     // evaluation threads
+  int workers = 0;     // evaluation workers; 0 picks (core::PlanThreads)
+  int threads = 0;     // LibTorch/BLAS threads per worker; 0: the cores' share
   bool json_output = false;
 };
+
+// What the scheduler needs to know of a loaded session.
+scheduler::ModelFacts FactsOf(const worker::ModelSession& session);
 
 // $QS_CACHE_DIR, else $XDG_CACHE_HOME/qsearch, else $HOME/.cache/qsearch, else .qsearch-cache.
 std::string DefaultCacheDir();

@@ -1,13 +1,15 @@
 #include "worker/model_session.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include <nlohmann/json.hpp>
 
+#include <ATen/Context.h>
 #include <c10/core/InferenceMode.h>
 
-#include "core/erq.h"
 #include "core/metrics.h"
+#include "core/torch_status.h"
 
 namespace qs::worker {
 namespace {
@@ -18,53 +20,211 @@ double Since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+StatusOr<torch::Device> PickDevice(const std::string& wanted) {
+  const bool cuda = at::hasCUDA();
+  if (wanted == "cuda" && !cuda) {
+    return FailedPreconditionError(
+        "spec compute.device is \"cuda\", but this LibTorch has no usable CUDA device");
+  }
+  if (wanted == "cuda" || (wanted == "auto" && cuda)) return torch::Device(torch::kCUDA, 0);
+  return torch::Device(torch::kCPU);
+}
+
+int64_t Bytes(const core::SiteInputs& inputs) {
+  int64_t bytes = 0;
+  for (const auto& [name, tensors] : inputs) {
+    for (const auto& t : tensors) bytes += t.numel() * t.element_size();
+  }
+  return bytes;
+}
+
+// Whether the task can be served from a kept Gram matrix alone: a linear site whose candidates
+// all keep float activations and are measured from the Gram, with no MAE asked.
+bool GramSuffices(const core::ViTModel& model, const core::Site& site,
+                  const std::vector<core::SiteCandidate>& candidates,
+                  const core::SiteEvaluationOptions& options) {
+  if (site.kind != SiteKind::kLinear || options.measure_mae) return false;
+  for (const auto& c : candidates) {
+    if (c.config.activation.quantized() || !core::MeasuredFromGram(model, site, c.config)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
-StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec) {
+StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
+                                                           const SessionOptions& options) {
   std::unique_ptr<ModelSession> s(new ModelSession());
-  QS_ASSIGN_OR_RETURN(s->model_, core::ViTModel::Load(spec.model_config, spec.model_weights));
-  s->model_digest_ = s->model_.Digest();
+  s->options_ = options;
+  QS_ASSIGN_OR_RETURN(core::ViTModel model,
+                      core::ViTModel::Load(spec.model_config, spec.model_weights));
+  s->model_digest_ = model.Digest();
+  QS_ASSIGN_OR_RETURN(torch::Device device, PickDevice(spec.device));
+  s->model_ = device.is_cpu() ? std::move(model) : model.To(device);
+  s->capture_dtype_ = spec.capture_dtype == "float16" ? torch::kFloat16 : torch::kFloat32;
+
   QS_ASSIGN_OR_RETURN(core::Dataset calib_all, core::LoadDataset(spec.calibration_source));
   core::Dataset calib = core::DrawSubset(calib_all, spec.calibration_count, spec.seed);
   s->calibration_digest_ = core::DatasetDigest(calib);
+  if (s->capture_dtype_ != torch::kFloat32) s->calibration_digest_ += ":" + spec.capture_dtype;
   QS_ASSIGN_OR_RETURN(s->calibration_images_, core::NormalizeImages(calib, s->model_.config()));
   QS_ASSIGN_OR_RETURN(core::Dataset val_all, core::LoadDataset(spec.validation_source));
   s->validation_ = core::Head(val_all, spec.validation_limit);
   QS_ASSIGN_OR_RETURN(s->validation_images_,
                       core::NormalizeImages(s->validation_, s->model_.config()));
+
+  // Reference 1: one float pass over the validation set (its logits are every validation's
+  // reference). It also warms the machine up for the timed calibration pass.
   auto start = std::chrono::steady_clock::now();
   QS_ASSIGN_OR_RETURN(s->fp32_logits_, s->model_.Logits(s->validation_images_));
-  s->fp32_eval_seconds_ = Since(start);
+  s->fp32_validation_seconds_ = Since(start);
   s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_.labels);
-  QS_ASSIGN_OR_RETURN(s->site_inputs_, core::CaptureSiteInputs(s->model_, s->calibration_images_));
+
+  // Reference 2: one float pass over the calibration set, in the model's segments, keeping each
+  // segment's input: the checkpoints site inputs are captured from later.
+  QS_RETURN_IF_ERROR(s->model_.Logits(s->calibration_images_.narrow(0, 0, 0)).status());
+  Status pass = core::GuardTorch("calibration pass", [&]() -> Status {
+    c10::InferenceMode guard;
+    const int64_t segments = s->model_.num_segments(), n = s->calibration_images_.size(0);
+    std::vector<std::vector<torch::Tensor>> parts(segments);
+    double forward_seconds = 0;
+    for (int64_t b = 0; b < n; b += options.capture_batch) {
+      auto x = s->calibration_images_.narrow(0, b, std::min(options.capture_batch, n - b))
+                   .to(device, torch::kFloat32);
+      for (int64_t seg = 0; seg < segments; ++seg) {
+        parts[seg].push_back(x.to(s->capture_dtype_));
+        const auto t = std::chrono::steady_clock::now();
+        x = s->model_.ForwardSegment(seg, x);
+        if (!device.is_cpu()) x.cpu();  // let the timing see the device's work
+        forward_seconds += Since(t);
+      }
+    }
+    for (auto& p : parts) s->checkpoints_.push_back(at::cat(p, 0));
+    s->fp32_calibration_seconds_ = forward_seconds;
+    return OkStatus();
+  });
+  QS_RETURN_IF_ERROR(pass);
   return s;
 }
 
-Evaluation ModelSession::Evaluate(const std::string& site, const QuantConfig& config,
-                                  const std::string& key) const {
-  const core::Site* s = model_.FindSite(site);
-  if (s == nullptr) {
-    Evaluation e;
-    e.key = key;
-    e.site = site;
-    e.error = "the model has no site '" + site + "'";
-    return e;
+std::string ModelSession::device() const { return model_.tensor("head.weight").device().str(); }
+
+StatusOr<std::shared_ptr<const core::SiteInputs>> ModelSession::SegmentInputs(
+    int64_t segment) const {
+  std::unique_lock<std::mutex> lock(segments_mu_);
+  while (true) {
+    for (auto it = segments_.begin(); it != segments_.end(); ++it) {
+      if (it->segment == segment) {
+        segments_.splice(segments_.begin(), segments_, it);
+        return segments_.front().inputs;
+      }
+    }
+    if (!capturing_.count(segment)) break;
+    segment_ready_.wait(lock);
   }
-  auto it = site_inputs_.find(site);
-  static const std::vector<torch::Tensor> kNone;
-  const bool weight_only = s->kind == SiteKind::kLinear && !config.activation.quantized();
-  return core::EvaluateCandidate(model_, *s, config, it == site_inputs_.end() ? kNone : it->second,
-                                 key, weight_only ? GramOf(site) : torch::Tensor());
+  capturing_.insert(segment);
+  lock.unlock();
+
+  // Run the segment again from its checkpoint, a batch at a time, and keep its sites' inputs.
+  auto captured = core::GuardTorch("capture", [&]() -> StatusOr<core::SiteInputs> {
+    c10::InferenceMode guard;
+    const torch::Tensor& input = checkpoints_.at(segment);
+    std::map<std::string, std::vector<std::vector<torch::Tensor>>> parts;
+    for (int64_t b = 0; b < input.size(0); b += options_.capture_batch) {
+      core::SiteInputs batch;
+      auto x = input.narrow(0, b, std::min(options_.capture_batch, input.size(0) - b))
+                   .to(torch::kFloat32);
+      QS_RETURN_IF_ERROR(core::CaptureSegmentInputs(model_, segment, x, &batch).status());
+      for (auto& [site, tensors] : batch) {
+        auto& p = parts[site];
+        p.resize(tensors.size());
+        for (size_t i = 0; i < tensors.size(); ++i) p[i].push_back(tensors[i]);
+      }
+    }
+    core::SiteInputs out;
+    for (auto& [site, operands] : parts) {
+      for (auto& pieces : operands) {
+        out[site].push_back(at::cat(pieces, 0).to(capture_dtype_));
+        pieces.clear();
+      }
+    }
+    return out;
+  });
+
+  lock.lock();
+  capturing_.erase(segment);
+  segment_ready_.notify_all();
+  if (!captured.ok()) return captured.status();
+  ++segment_captures_;
+  auto inputs = std::make_shared<const core::SiteInputs>(std::move(*captured));
+  segments_.push_front({segment, inputs, Bytes(*inputs)});
+  int64_t total = 0;
+  for (const auto& c : segments_) total += c.bytes;
+  while (segments_.size() > 1 && total > options_.activation_cache_bytes) {
+    total -= segments_.back().bytes;
+    segments_.pop_back();  // users still holding it keep it alive
+  }
+  return inputs;
 }
 
-torch::Tensor ModelSession::GramOf(const std::string& site) const {
+std::vector<Evaluation> ModelSession::EvaluateTask(
+    const std::string& site, const std::vector<core::SiteCandidate>& candidates,
+    const core::SiteEvaluationOptions& options,
+    const std::function<void(const Evaluation&)>& on_result) const {
+  auto fail_all = [&](const std::string& error) {
+    std::vector<Evaluation> out;
+    for (const auto& c : candidates) {
+      Evaluation e;
+      e.key = c.key;
+      e.site = site;
+      e.error = error;
+      if (on_result) on_result(e);
+      out.push_back(e);
+    }
+    return out;
+  };
+  const core::Site* s = model_.FindSite(site);
+  if (s == nullptr) return fail_all("the model has no site '" + site + "'");
+  core::SiteData data;
+  {
+    std::lock_guard<std::mutex> lock(gram_mu_);
+    auto it = grams_.find(site);
+    if (it != grams_.end()) data.gram = it->second;
+  }
+  if (!data.gram.defined() || !GramSuffices(model_, *s, candidates, options)) {
+    auto inputs = SegmentInputs(model_.SegmentOf(*s));
+    if (!inputs.ok()) return fail_all(inputs.status().ToString());
+    auto it = (*inputs)->find(site);
+    if (it != (*inputs)->end()) data.inputs = it->second;
+  }
+  core::GemmWork work;
+  auto results = core::EvaluateSite(model_, *s, candidates, &data, options, on_result, &work);
+  bool weight_only = false;
+  for (const auto& c : candidates) weight_only = weight_only || !c.config.activation.quantized();
   std::lock_guard<std::mutex> lock(gram_mu_);
-  auto cached = grams_.find(site);
-  if (cached != grams_.end()) return cached->second;
-  auto it = site_inputs_.find(site);
-  if (it == site_inputs_.end() || it->second.size() != 1) return torch::Tensor();
-  c10::InferenceMode guard;
-  return grams_[site] = core::AugmentedGram(it->second[0]);
+  // Kept only where weight-only candidates can be served from it later.
+  if (data.gram.defined() && weight_only) grams_.emplace(site, data.gram);
+  gemm_work_.multiply_adds += work.multiply_adds;
+  gemm_work_.seconds += work.seconds;
+  return results;
+}
+
+double ModelSession::MeasureFp32CalibrationPass(int repeats) const {
+  std::vector<double> seconds;
+  for (int r = 0; r < std::max(1, repeats); ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    (void)model_.Logits(calibration_images_, nullptr, options_.capture_batch);
+    seconds.push_back(Since(start));
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return seconds[seconds.size() / 2];
+}
+
+core::GemmWork ModelSession::gemm_work() const {
+  std::lock_guard<std::mutex> lock(gram_mu_);
+  return gemm_work_;
 }
 
 StatusOr<const core::QuantizedModel*> ModelSession::Quantized(const Recipe& recipe) {
@@ -97,7 +257,9 @@ Status ModelSession::WriteWeights(const Recipe& recipe, const std::string& path)
 }
 
 void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
-                storage::TaskQueue& queue, const std::atomic<bool>& stop) {
+                storage::TaskQueue& queue, const std::atomic<bool>& stop,
+                const core::ThreadPlan* threads) {
+  if (threads != nullptr) core::ApplyWorkerThreads(*threads);
   while (!stop.load()) {
     auto task = queue.Pop(std::chrono::milliseconds(100));
     if (!task.ok() || !task->has_value()) continue;
@@ -108,27 +270,32 @@ void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
       const std::string site = payload.at("site").get<std::string>();
       const core::Site* s = session.model().FindSite(site);
       if (s == nullptr) throw std::runtime_error("unknown site " + site);
+      core::SiteEvaluationOptions options;
+      options.measure_mae = payload.value("measure_mae", false);
+      const RankingMetric needs = options.measure_mae ? RankingMetric::kMae : RankingMetric::kNoiseRatio;
+      std::vector<core::SiteCandidate> todo;
       for (const auto& c : payload.at("candidates")) {
         const std::string key = c.at("key").get<std::string>();
         auto have = store.Get(key);
-        if (have.ok() && have->has_value() && ParseStoredEvaluation(**have, key)) continue;
+        if (have.ok() && have->has_value()) {
+          auto stored = ParseStoredEvaluation(**have, key);
+          if (stored && HasMetric(*stored, needs)) continue;
+        }
         auto config = QuantConfigFromJson(c.at("config"), s->kind);
-        Evaluation e;
-        if (config.ok()) {
-          e = session.Evaluate(site, *config, key);
-        } else {
+        if (!config.ok()) {
+          Evaluation e;
           e.key = key;
           e.site = site;
           e.error = config.status().ToString();
+          ok = ok && store.Put(key, ToJson(e).dump()).ok();
+          continue;
         }
-        if (!store.Put(key, ToJson(e).dump()).ok()) {
-          ok = false;
-          break;
-        }
-        if (stop.load()) {
-          ok = false;
-          break;
-        }
+        todo.push_back({*config, key});
+      }
+      if (!todo.empty() && ok) {
+        session.EvaluateTask(site, todo, options, [&](const Evaluation& e) {
+          ok = ok && store.Put(e.key, ToJson(e).dump()).ok();
+        });
       }
     } catch (...) {
       ok = false;  // a malformed payload or an unexpected exception: retried, then dead-lettered

@@ -1,5 +1,11 @@
 // The model side of a search, in the process that evaluates: the model, the calibration and
-// validation data and every site's captured inputs, loaded once and shared by worker threads.
+// validation data, and the float model's activations, loaded once and shared by worker threads.
+//
+// Memory stays bounded whatever the model's size. Open runs the float model once over the
+// calibration images and keeps only the residual stream at each segment boundary (the input of
+// each block). A site's inputs are captured when a task needs them, by running its segment again
+// from that checkpoint; captured segments live in an LRU cache bounded in bytes, and what a
+// linear site's weight-only candidates need, its Gram matrix, is kept on its own.
 //
 //   QS_ASSIGN_OR_RETURN(auto session, ModelSession::Open(spec));
 //   std::thread t([&] { ServeTasks(*session, store, queue, stop); });
@@ -7,9 +13,13 @@
 #define QS_WORKER_MODEL_SESSION_H_
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -22,30 +32,48 @@
 #include "core/dataset.h"
 #include "core/evaluate.h"
 #include "core/quantize_model.h"
+#include "core/threads.h"
 #include "core/vit.h"
 #include "storage/evaluation_store.h"
 #include "storage/task_queue.h"
 
 namespace qs::worker {
 
+struct SessionOptions {
+  // Bytes of captured segment inputs kept at once (at least one segment is always kept).
+  int64_t activation_cache_bytes = int64_t{2} << 30;
+  // Calibration images per forward batch when checkpointing and capturing.
+  int64_t capture_batch = 64;
+};
+
 class ModelSession {
  public:
-  // Loads the model and both data sets, draws the calibration subset, runs the float model once
-  // over the validation set and once over the calibration set (capturing site inputs).
-  static StatusOr<std::unique_ptr<ModelSession>> Open(const JobSpec& spec);
+  // Loads the model (onto spec.compute.device) and both data sets, draws the calibration subset,
+  // and runs the float model once over the validation set (its top-1, the reference logits) and
+  // once over the calibration set (the segment checkpoints). Each pass is timed: they are the
+  // references every cost is reported against.
+  static StatusOr<std::unique_ptr<ModelSession>> Open(const JobSpec& spec,
+                                                      const SessionOptions& options = {});
 
   const core::ViTModel& model() const { return model_; }
   const std::string& model_digest() const { return model_digest_; }
+  // The calibration set's digest, with the capture precision when it is not float32 (results
+  // differ with it, so it is part of every candidate key).
   const std::string& calibration_digest() const { return calibration_digest_; }
   std::vector<SiteInfo> sites() const { return core::DescribeSites(model_); }
   double fp32_top1() const { return fp32_top1_; }
-  double fp32_eval_seconds() const { return fp32_eval_seconds_; }
+  double fp32_validation_seconds() const { return fp32_validation_seconds_; }
+  double fp32_calibration_seconds() const { return fp32_calibration_seconds_; }
   int64_t validation_images() const { return validation_.size(); }
+  int64_t calibration_images() const { return calibration_images_.size(0); }
+  std::string device() const;
 
-  // Measures one candidate (thread-safe; failures come back inside the Evaluation). Weight-only
-  // candidates at linear sites use the site's Gram matrix, computed once and kept.
-  Evaluation Evaluate(const std::string& site, const QuantConfig& config,
-                      const std::string& key) const;
+  // Measures `candidates` at `site` in one go (thread-safe; failures come back inside the
+  // Evaluations), calling `on_result` with each as soon as it exists.
+  std::vector<Evaluation> EvaluateTask(const std::string& site,
+                                       const std::vector<core::SiteCandidate>& candidates,
+                                       const core::SiteEvaluationOptions& options,
+                                       const std::function<void(const Evaluation&)>& on_result = {}) const;
 
   // Quantizes the whole model with `recipe` and measures it on the validation set. Keeps the
   // quantized model for WriteWeights.
@@ -53,31 +81,58 @@ class ModelSession {
   // Writes the weights of `recipe` (quantizing again unless it was the last one validated).
   Status WriteWeights(const Recipe& recipe, const std::string& path);
 
+  // The median of `repeats` plain float passes over the calibration images (for benchmarks,
+  // which want a steadier reference than Open's single pass).
+  double MeasureFp32CalibrationPass(int repeats) const;
+  // GEMM work done by evaluations so far (for benchmarks).
+  core::GemmWork gemm_work() const;
+  // Segments captured so far (a segment evicted and needed again counts twice).
+  int64_t segment_captures() const { return segment_captures_.load(); }
+
  private:
   ModelSession() = default;
   StatusOr<const core::QuantizedModel*> Quantized(const Recipe& recipe);
+  // The float inputs of every site of `segment` on the calibration set, captured on demand.
+  StatusOr<std::shared_ptr<const core::SiteInputs>> SegmentInputs(int64_t segment) const;
 
+  SessionOptions options_;
   core::ViTModel model_;
   std::string model_digest_, calibration_digest_;
   core::Dataset validation_;
   torch::Tensor calibration_images_, validation_images_, fp32_logits_;
-  core::SiteInputs site_inputs_;
-  double fp32_top1_ = 0, fp32_eval_seconds_ = 0;
-  // The augmented Gram matrix of a linear site's captured input, computed on first use.
-  torch::Tensor GramOf(const std::string& site) const;
+  torch::ScalarType capture_dtype_ = torch::kFloat32;
+  // checkpoints_[s]: the input of segment s on the calibration images (images for s = 0).
+  std::vector<torch::Tensor> checkpoints_;
+  double fp32_top1_ = 0, fp32_validation_seconds_ = 0, fp32_calibration_seconds_ = 0;
+
+  // Captured segments, most recently used first; `capturing_` holds the ones being captured.
+  struct CachedSegment {
+    int64_t segment;
+    std::shared_ptr<const core::SiteInputs> inputs;
+    int64_t bytes;
+  };
+  mutable std::mutex segments_mu_;
+  mutable std::condition_variable segment_ready_;
+  mutable std::list<CachedSegment> segments_;
+  mutable std::set<int64_t> capturing_;
+  mutable std::atomic<int64_t> segment_captures_{0};
+
+  mutable std::mutex gram_mu_;  // also guards gemm_work_
+  mutable std::map<std::string, torch::Tensor> grams_;
+  mutable core::GemmWork gemm_work_;
 
   std::mutex mu_;  // guards the cached quantized model
-  mutable std::mutex gram_mu_;
-  mutable std::map<std::string, torch::Tensor> grams_;
   std::string last_recipe_;
   std::unique_ptr<core::QuantizedModel> last_quantized_;
 };
 
-// Serves `queue` until `stop` is set: each task's candidates are evaluated (those already in
-// `store` skipped), each result written to `store` as soon as it exists, then the task acked. A
-// task whose payload cannot be read is nacked (and dead-lettered after its attempts).
+// Serves `queue` until `stop` is set: each task's candidates (those already in `store` with what
+// the task asks skipped) are evaluated together, each result written to `store` as soon as it
+// exists, then the task acked. A task whose payload cannot be read is nacked (and dead-lettered
+// after its attempts). With `threads`, the thread first takes its per-worker thread count.
 void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
-                storage::TaskQueue& queue, const std::atomic<bool>& stop);
+                storage::TaskQueue& queue, const std::atomic<bool>& stop,
+                const core::ThreadPlan* threads = nullptr);
 
 }  // namespace qs::worker
 

@@ -1,0 +1,57 @@
+// How many threads each layer of the CPU stack gets, so they never oversubscribe the cores: W
+// evaluation workers, BLAS threads cores / W (OpenBLAS's pool is process-wide and each worker's
+// GEMMs get a share), and LibTorch intra-op threads per worker. The intra-op pool (OpenMP) and
+// OpenBLAS's pool both spin while idle, so on the same cores they fight: with both at 2 threads
+// on 2 cores the fixture's float pass took 1.6× as long as with 1 intra-op thread. Intra-op
+// threads therefore stay at 1 unless OpenMP was told to sleep when idle (OMP_WAIT_POLICY=passive
+// or GOMP_SPINCOUNT=0 in the environment), or --threads asks.
+//
+//   ThreadPlan plan = PlanThreads(/*workers=*/0, UsableCores());
+//   ApplyThreadPlan(plan);              // once, in the main thread
+//   ... in each worker thread: ApplyWorkerThreads(plan);
+#ifndef QS_CORE_THREADS_H_
+#define QS_CORE_THREADS_H_
+
+#include <string>
+
+namespace qs::core {
+
+struct ThreadPlan {
+  int cores = 1;             // usable cores
+  int workers = 1;           // evaluation workers (threads serving the task queue)
+  int blas_threads = 1;      // process-wide: cores / workers
+  int intra_op_threads = 1;  // LibTorch intra-op threads of each worker
+};
+
+// The cores this process may use: its CPU affinity mask, capped by a cgroup CPU quota (as a
+// container limit sets) when there is one. At least 1.
+int UsableCores();
+
+// Splits `cores` among `workers` (0 picks one worker per 8 cores, at least one: BLAS spreads a
+// worker's GEMMs over its share). `intra_op_threads` > 0 forces the per-worker intra-op count
+// (at most cores / workers); 0 applies the rule above.
+ThreadPlan PlanThreads(int workers, int cores, int intra_op_threads = 0);
+
+// Sets BLAS's thread count (process-wide, when the BLAS is OpenBLAS) and the calling thread's
+// LibTorch intra-op threads.
+void ApplyThreadPlan(const ThreadPlan& plan);
+// Sets the calling worker thread's LibTorch intra-op threads (OpenMP keeps them per thread).
+void ApplyWorkerThreads(const ThreadPlan& plan);
+
+// Debian's OpenBLAS 0.3.21 does not recognize some recent CPUs (this project's Xeon, family 6
+// model 207, among them) and falls back to its generic Prescott kernels: float32 GEMM ran at
+// 35-45 GFLOP/s here against 250-280 with its SkylakeX kernels. When OPENBLAS_CORETYPE is unset
+// and OpenBLAS chose such a generic core, this selects the kernels the CPU's instruction set
+// supports (SkylakeX with AVX-512, Haswell with AVX2 and FMA) through OpenBLAS's own dynamic
+// loader. Call it before any BLAS work, from one thread. Returns what it did ("" when nothing).
+std::string SelectBlasKernels();
+// OpenBLAS's kernel family ("SkylakeX", "Haswell", "Prescott"), or "" for another BLAS.
+std::string BlasKernels();
+
+// The BLAS's thread count, or 0 when it cannot be queried; and a line describing the plan.
+int BlasThreads();
+std::string DescribeThreads(const ThreadPlan& plan);
+
+}  // namespace qs::core
+
+#endif  // QS_CORE_THREADS_H_

@@ -1,0 +1,45 @@
+#include "core/threads.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+namespace qs::core {
+namespace {
+
+TEST(ThreadsTest, PlansNeverOversubscribeTheCores) {
+  unsetenv("OMP_WAIT_POLICY");
+  unsetenv("GOMP_SPINCOUNT");
+  for (int cores : {1, 2, 3, 8, 16, 64}) {
+    for (int workers : {0, 1, 2, 5}) {
+      for (int intra : {0, 1, 4, 100}) {
+        const ThreadPlan p = PlanThreads(workers, cores, intra);
+        EXPECT_GE(p.workers, 1);
+        EXPECT_GE(p.blas_threads, 1);
+        EXPECT_GE(p.intra_op_threads, 1);
+        if (p.workers <= cores) {
+          EXPECT_LE(p.workers * p.blas_threads, cores) << cores << " " << workers;
+          EXPECT_LE(p.workers * p.intra_op_threads, cores) << cores << " " << workers << " " << intra;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(PlanThreads(0, 2).workers, 1);
+  EXPECT_EQ(PlanThreads(0, 16).workers, 2);
+  EXPECT_EQ(PlanThreads(0, 16).blas_threads, 8);
+  // Two spinning pools on the same cores fight: intra-op stays at 1 unless OpenMP sleeps.
+  EXPECT_EQ(PlanThreads(0, 16).intra_op_threads, 1);
+  EXPECT_EQ(PlanThreads(0, 16, 3).intra_op_threads, 3);
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  EXPECT_EQ(PlanThreads(0, 16).intra_op_threads, 8);
+  unsetenv("OMP_WAIT_POLICY");
+}
+
+TEST(ThreadsTest, UsableCoresIsPositiveAndWithinTheMachine) {
+  const int cores = UsableCores();
+  EXPECT_GE(cores, 1);
+  EXPECT_LE(cores, 4096);
+}
+
+}  // namespace
+}  // namespace qs::core

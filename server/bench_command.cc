@@ -1,0 +1,341 @@
+#include "server/bench_command.h"
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "common/job_spec.h"
+#include "common/json_fields.h"
+#include "common/plan.h"
+#include "core/safetensors.h"
+#include "core/threads.h"
+#include "core/vit.h"
+#include "scheduler/search.h"
+#include "storage/evaluation_store.h"
+#include "storage/task_queue.h"
+#include "worker/model_session.h"
+
+namespace qs::server {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+json OrNull(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+// The best float32 GEMM rate over square sizes, in GFLOP/s (the reference for gemm_fraction).
+double GemmPeakGflops(const torch::Device& device, bool quick) {
+  c10::InferenceMode guard;
+  double best = 0;
+  for (int64_t n : {512, 1024, 2048}) {
+    if (quick && n > 1024) break;
+    auto a = torch::randn({n, n}, torch::TensorOptions().device(device));
+    auto b = torch::randn({n, n}, torch::TensorOptions().device(device));
+    (void)at::mm(a, b).sum().item<float>();  // warm-up
+    for (int r = 0; r < (quick ? 3 : 6); ++r) {
+      const auto start = Clock::now();
+      auto c = at::mm(a, b);
+      (void)c[0][0].item<float>();  // waits for the device
+      best = std::max(best, 2.0 * n * n * n / Since(start) / 1e9);
+    }
+  }
+  return best;
+}
+
+// A temporary directory removed when this goes out of scope.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "qsearch-bench-XXXXXX").string();
+    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Writes a random-weight ViT (timm layout) for `config` under `dir`; returns the spec's model
+// paths.
+Status WriteRandomModel(const core::ViTConfig& config, uint64_t seed, const std::string& dir,
+                        JobSpec* spec) {
+  spec->model_config = dir + "/config.json";
+  spec->model_weights = dir + "/model.safetensors";
+  QS_RETURN_IF_ERROR(WriteFileAtomically(spec->model_config, core::ToJson(config).dump(2)));
+  return core::WriteSafetensors(spec->model_weights, core::InitViTTensors(config, seed), {});
+}
+
+// Random images in [0, 1] and labels, as a safetensors dataset.
+Status WriteRandomImages(const std::string& path, int64_t count, const core::ViTConfig& c,
+                         uint64_t seed) {
+  torch::manual_seed(seed);
+  return core::WriteSafetensors(
+      path, {{"images", torch::rand({count, c.in_chans, c.img_size, c.img_size})},
+             {"labels", torch::randint(0, c.num_classes, {count}, torch::kInt64)}},
+      {});
+}
+
+struct EvaluationRun {
+  double seconds = 0;              // the evaluation stage: every candidate, fresh store
+  double fp32_calibration = 0;     // median float pass over the calibration images
+  double fp32_validation = 0;      // Open's float pass over the validation images
+  size_t candidates = 0;
+  size_t failed = 0;
+  core::GemmWork gemm;
+  std::string device;
+  double validate_seconds = -1;    // one validation of `validate`, when asked
+};
+
+// Evaluates every candidate of `spec` with `workers` threads on a fresh in-memory store, and
+// optionally validates `validate` afterwards.
+StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intra_op_threads,
+                                      const Recipe* validate = nullptr) {
+  const core::ThreadPlan threads = core::PlanThreads(workers, core::UsableCores(), intra_op_threads);
+  core::ApplyThreadPlan(threads);
+  QS_ASSIGN_OR_RETURN(auto session, worker::ModelSession::Open(spec));
+  QS_ASSIGN_OR_RETURN(Plan plan, MakePlan(spec, session->sites()));
+  auto store = storage::NewInMemoryEvaluationStore();
+  auto queue = storage::NewInProcessTaskQueue();
+  EvaluationRun run;
+  run.device = session->device();
+  run.candidates = plan.candidate_count();
+  run.fp32_calibration = session->MeasureFp32CalibrationPass(5);
+  run.fp32_validation = session->fp32_validation_seconds();
+  for (const auto& site : plan.sites) {
+    std::vector<std::string> keys;
+    std::vector<size_t> all;
+    for (size_t j = 0; j < site.candidates.size(); ++j) {
+      keys.push_back(
+          CandidateKey(session->model_digest(), session->calibration_digest(), site.candidates[j]));
+      all.push_back(j);
+    }
+    QS_RETURN_IF_ERROR(queue->Push(
+        {"eval:" + site.site.name, scheduler::TaskPayload(site, keys, all).dump()}));
+  }
+  std::atomic<bool> stop{false};
+  const auto start = Clock::now();
+  std::vector<std::thread> pool;
+  for (int w = 0; w < threads.workers; ++w) {
+    pool.emplace_back([&] { worker::ServeTasks(*session, *store, *queue, stop, &threads); });
+  }
+  queue->WaitIdle();
+  run.seconds = Since(start);
+  stop = true;
+  queue->Close();
+  for (auto& t : pool) t.join();
+  for (const auto& site : plan.sites) {
+    for (const auto& c : site.candidates) {
+      auto stored = store->Get(
+          CandidateKey(session->model_digest(), session->calibration_digest(), c));
+      if (!stored.ok() || !stored->has_value()) return InternalError("a candidate was not stored");
+      auto e = ParseStoredEvaluation(**stored, CandidateKey(session->model_digest(),
+                                                            session->calibration_digest(), c));
+      if (!e || !e->ok()) ++run.failed;
+    }
+  }
+  run.gemm = session->gemm_work();
+  if (validate != nullptr) {
+    QS_ASSIGN_OR_RETURN(ValidationResult v, session->Validate(*validate));
+    run.validate_seconds = v.seconds;
+  }
+  return run;
+}
+
+json Describe(const EvaluationRun& r) {
+  return json{{"evaluate_seconds", r.seconds},
+              {"candidates", r.candidates},
+              {"failed", r.failed},
+              {"fp32_calibration_pass_seconds", r.fp32_calibration},
+              {"fp32_validation_pass_seconds", r.fp32_validation},
+              {"gemm_multiply_adds", r.gemm.multiply_adds},
+              {"gemm_seconds", r.gemm.seconds}};
+}
+
+JobSpec FixtureSpec(const std::string& fixture, bool quick) {
+  JobSpec spec;
+  spec.model_config = fixture + "/config.json";
+  spec.model_weights = fixture + "/model.safetensors";
+  spec.calibration_count = 256;
+  spec.validation_limit = quick ? 2000 : 0;
+  spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq, WeightMethod::kErq};
+  spec.space.weight_bits = {2, 3, 4, 6, 8};
+  spec.space.activation_bits = {8};
+  return spec;
+}
+
+// Runs `qsearch run` on `spec_path` as a child process; its peak resident memory in GiB and its
+// metrics.json.
+StatusOr<std::pair<double, json>> RunChildSearch(const std::string& spec_path,
+                                                 const std::string& dir) {
+  const std::string out = dir + "/out", cache = dir + "/cache", log = dir + "/log.txt";
+  const pid_t pid = fork();
+  if (pid < 0) return InternalError("fork failed");
+  if (pid == 0) {
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    if (f != nullptr) dup2(fileno(stdout), STDERR_FILENO);
+    const char* argv[] = {"qsearch", "run", "--spec", spec_path.c_str(), "--out", out.c_str(),
+                          "--cache", cache.c_str(), nullptr};
+    execv("/proc/self/exe", const_cast<char* const*>(argv));
+    _exit(127);
+  }
+  int status = 0;
+  struct rusage usage {};
+  if (wait4(pid, &status, 0, &usage) != pid) return InternalError("wait4 failed");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    auto text = ReadFileBytes(log);
+    return InternalError("the ViT-B search failed: " + (text.ok() ? *text : std::string("")));
+  }
+  QS_ASSIGN_OR_RETURN(json metrics, ReadJsonFile(out + "/metrics.json"));
+  // ru_maxrss is in KiB on Linux.
+  return std::make_pair(static_cast<double>(usage.ru_maxrss) / (1024.0 * 1024.0), metrics);
+}
+
+}  // namespace
+
+int RunBenchCommand(const BenchArgs& args) {
+  auto fail = [](const Status& s) {
+    std::fprintf(stderr, "qsearch bench: %s\n", s.ToString().c_str());
+    return 1;
+  };
+  auto note = [&](const std::string& line) {
+    if (!args.json_output) std::fprintf(stderr, "bench: %s\n", line.c_str());
+  };
+  const core::ThreadPlan plan = core::PlanThreads(0, core::UsableCores(), args.threads);
+  core::ApplyThreadPlan(plan);
+  json result = {{"quick", args.quick},
+                 {"threads", core::DescribeThreads(plan)},
+                 {"two_worker_speedup", nullptr},
+                 {"dispatch_tasks_per_s", nullptr},
+                 {"cache_second_job_ratio", nullptr}};
+
+  // The fixture search: RTN, GPTQ and ERQ at 2-8 bits with 8-bit activations (278 candidates).
+  note("fixture search evaluation");
+  const JobSpec fixture = FixtureSpec(args.fixture, args.quick);
+  auto w4a8 = ParseUniformRecipe("w4a8:rtn");
+  if (!w4a8.ok()) return fail(w4a8.status());
+  auto one = RunEvaluation(fixture, 1, args.threads, &*w4a8);
+  if (!one.ok()) return fail(one.status());
+  result["device"] = one->device;
+  const torch::Device device(one->device);
+  note("GEMM peak");
+  const double peak = GemmPeakGflops(device, args.quick);
+  const double achieved = 2 * one->gemm.multiply_adds / one->seconds / 1e9;
+  result["gemm_peak_gflops"] = peak;
+  result["gemm_fraction"] = achieved / peak;
+  result["gemm_fraction_inside_gemms"] =
+      one->gemm.seconds > 0 ? 2 * one->gemm.multiply_adds / one->gemm.seconds / 1e9 / peak : 0.0;
+  result["search_fp32_pass_ratio"] = one->seconds / one->fp32_calibration;
+  result["validation_fp32_pass_ratio"] =
+      one->validate_seconds / (one->fp32_calibration + one->fp32_validation);
+  json fixture_json = Describe(*one);
+  fixture_json["validate_w4a8_rtn_seconds"] = one->validate_seconds;
+  result["fixture"] = fixture_json;
+
+  note("fixture evaluation with two workers");
+  auto two = RunEvaluation(fixture, 2, args.threads);
+  if (!two.ok()) return fail(two.status());
+  result["embedded_two_worker_speedup"] =
+      (one->seconds / one->fp32_calibration) / (two->seconds / two->fp32_calibration);
+  result["fixture_two_workers"] = Describe(*two);
+
+  // The RTN sweep: a 6-block, width-96 ViT at patch 4 (50 tokens), random weights.
+  note("RTN sweep");
+  TempDir dir;
+  if (dir.path().empty()) return fail(InternalError("cannot create a temporary directory"));
+  {
+    core::ViTConfig c;
+    c.img_size = 28;
+    c.patch_size = 4;
+    c.in_chans = 1;
+    c.embed_dim = 96;
+    c.depth = 6;
+    c.num_heads = 4;
+    c.mlp_ratio = 2;
+    c.num_classes = 10;
+    c.mean = {0.2860};
+    c.std = {0.3530};
+    JobSpec sweep;
+    std::filesystem::create_directories(dir.path() + "/sweep");
+    Status s = WriteRandomModel(c, 7, dir.path() + "/sweep", &sweep);
+    if (!s.ok()) return fail(s);
+    sweep.calibration_count = 256;
+    sweep.validation_limit = 1000;
+    sweep.space.weight_methods = {WeightMethod::kRtn};
+    sweep.space.weight_bits = {2, 3, 4, 6, 8};
+    sweep.space.weight_calibrators = {RangeCalibrator::kMinMax};
+    sweep.space.activation_bits = {4, 6, 8};
+    auto r = RunEvaluation(sweep, 1, args.threads);
+    if (!r.ok()) return fail(r.status());
+    result["sweep_candidate_ratio"] = r->seconds / r->candidates / r->fp32_calibration;
+    result["sweep"] = Describe(*r);
+  }
+
+  result["peak_rss_vitb_gib"] = nullptr;
+  if (!args.quick) {
+    note("ViT-B search in a child process (minutes)");
+    core::ViTConfig c;
+    c.img_size = 224;
+    c.patch_size = 16;
+    c.in_chans = 3;
+    c.embed_dim = 768;
+    c.depth = 12;
+    c.num_heads = 12;
+    c.mlp_ratio = 4;
+    c.num_classes = 1000;
+    c.mean = {0.485, 0.456, 0.406};
+    c.std = {0.229, 0.224, 0.225};
+    const std::string vitb = dir.path() + "/vitb";
+    std::filesystem::create_directories(vitb);
+    JobSpec spec;
+    Status s = WriteRandomModel(c, 11, vitb, &spec);
+    if (s.ok()) s = WriteRandomImages(vitb + "/calib.safetensors", 128, c, 12);
+    if (s.ok()) s = WriteRandomImages(vitb + "/val.safetensors", 64, c, 13);
+    if (!s.ok()) return fail(s);
+    json spec_json = {
+        {"model", {{"config", "config.json"}, {"weights", "model.safetensors"}}},
+        {"calibration", {{"source", "calib.safetensors"}, {"count", 128}}},
+        {"validation", {{"source", "val.safetensors"}}},
+        {"search", {{"weight_methods", {"rtn"}}, {"weight_bits", {4, 8}}, {"activation_bits", {8}}}},
+        {"objective", {{"avg_weight_bits", 6.0}}},
+        {"accuracy", {{"max_validations", 1}, {"refine", false}}}};
+    s = WriteFileAtomically(vitb + "/spec.json", spec_json.dump(2));
+    if (!s.ok()) return fail(s);
+    auto child = RunChildSearch(vitb + "/spec.json", vitb);
+    if (!child.ok()) return fail(child.status());
+    result["peak_rss_vitb_gib"] = child->first;
+    result["vitb"] = {{"seconds", child->second["seconds"]},
+                      {"relative", child->second["relative"]},
+                      {"candidates", child->second["candidates"]},
+                      {"calibration_images", 128}};
+  }
+
+  const std::string text = result.dump(2);
+  std::printf("%s\n", text.c_str());
+  if (!args.out.empty()) {
+    Status s = WriteFileAtomically(args.out, text + "\n");
+    if (!s.ok()) return fail(s);
+  }
+  return 0;
+}
+
+}  // namespace qs::server

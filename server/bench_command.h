@@ -1,0 +1,39 @@
+// `qsearch bench`: the evaluation engine's speed and memory, each as a ratio to a reference
+// measured in the same run, printed as one JSON object (docs/performance.md reads it).
+//
+//   qsearch bench [--quick] [--json] [--out FILE]
+//
+// Run from the repository root (it reads tests/data/fixture and Fashion-MNIST). It measures:
+// - gemm_fraction: the fixture search's evaluation stage's GEMM rate (multiply-adds of every GEMM
+//   it ran ×2, over the stage's wall time) against the machine's float32 GEMM peak;
+// - search_fp32_pass_ratio: that stage's time over one float pass over its calibration images;
+// - sweep_candidate_ratio: an RTN sweep (6-block width-96 patch-4 ViT, weight bits {2,3,4,6,8} ×
+//   activation bits {4,6,8}, min-max weight grids) per candidate, in float calibration passes;
+// - validation_fp32_pass_ratio: validating a uniform RTN recipe, in float passes over the
+//   calibration plus validation images;
+// - peak_rss_vitb_gib (not with --quick): a whole search on a ViT-B-shaped model (random weights,
+//   128 calibration images of 224×224×3) in a child process, its peak resident memory;
+// - embedded_two_worker_speedup: the fixture evaluation with one worker against two;
+// - two_worker_speedup, dispatch_tasks_per_s, cache_second_job_ratio: the distributed service's
+//   figures, null until the service exists.
+#ifndef QS_SERVER_BENCH_COMMAND_H_
+#define QS_SERVER_BENCH_COMMAND_H_
+
+#include <string>
+
+namespace qs::server {
+
+struct BenchArgs {
+  bool quick = false;         // skip the ViT-B run and shorten the rest
+  bool json_output = false;   // the JSON object alone on stdout
+  std::string out;            // also write the JSON here
+  std::string fixture = "tests/data/fixture";
+  int threads = 0;            // intra-op threads per worker (0: the default plan)
+};
+
+// Returns the process exit code (0 ok, 1 a measurement failed, with the reason on stderr).
+int RunBenchCommand(const BenchArgs& args);
+
+}  // namespace qs::server
+
+#endif  // QS_SERVER_BENCH_COMMAND_H_
