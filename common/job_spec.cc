@@ -60,7 +60,7 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
   QS_RETURN_IF_ERROR(CheckKeys(j,
                                {"weight_methods", "weight_bits", "weight_granularities",
                                 "group_size", "weight_calibrators", "activation_bits",
-                                "softmax_quantizers", "skip", "pin"},
+                                "activation_calibrators", "softmax_quantizers", "skip", "pin"},
                                "search"));
   QS_RETURN_IF_ERROR(ReadArrayField<WeightMethod>(
       j, "weight_methods", EnumReader<WeightMethod>(ParseWeightMethod), &space->weight_methods));
@@ -83,6 +83,9 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
   QS_RETURN_IF_ERROR(ReadArrayField<int>(
       j, "activation_bits", [](const json& v, int* b) { return ReadBits(v, b, 2); },
       &space->activation_bits));
+  QS_RETURN_IF_ERROR(ReadArrayField<RangeCalibrator>(
+      j, "activation_calibrators", EnumReader<RangeCalibrator>(ParseRangeCalibrator),
+      &space->activation_calibrators));
   QS_RETURN_IF_ERROR(ReadArrayField<ActivationQuantizer>(
       j, "softmax_quantizers", EnumReader<ActivationQuantizer>(ParseActivationQuantizer),
       &space->softmax_quantizers));
@@ -234,6 +237,7 @@ json ToJson(const JobSpec& spec) {
         {"group_size", spec.space.group_size},
         {"weight_calibrators", names(spec.space.weight_calibrators)},
         {"activation_bits", spec.space.activation_bits},
+        {"activation_calibrators", names(spec.space.activation_calibrators)},
         {"softmax_quantizers", names(spec.space.softmax_quantizers)},
         {"skip", spec.space.skip},
         {"pin", pin}}},

@@ -40,6 +40,8 @@ struct CandidateSpace {
   int group_size = 64;  // for per_group
   std::vector<RangeCalibrator> weight_calibrators = {RangeCalibrator::kOmse};
   std::vector<int> activation_bits = {8};  // 0 keeps activations in float
+  // Range calibrators of quantized activations (linear inputs and both matmul operands).
+  std::vector<RangeCalibrator> activation_calibrators = {RangeCalibrator::kOmse};
   std::vector<ActivationQuantizer> softmax_quantizers = {ActivationQuantizer::kUniform};
   std::vector<std::string> skip;  // site-name prefixes kept in float
   std::map<std::string, nlohmann::json> pin;  // site -> fixed config (recipe site JSON)

@@ -13,10 +13,17 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-ActivationQuant Uniform(int bits) {
+ActivationQuant Uniform(int bits, RangeCalibrator calibrator) {
   ActivationQuant a;
   a.bits = bits;
+  if (bits > 0) a.calibrator = calibrator;
   return a;
+}
+
+// The activation calibrators to cross with `bits`: one (irrelevant) for float activations.
+std::vector<RangeCalibrator> CalibratorsFor(int bits, const CandidateSpace& space) {
+  if (bits == 0) return {RangeCalibrator::kOmse};
+  return space.activation_calibrators;
 }
 
 std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpace& space) {
@@ -26,14 +33,16 @@ std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpa
       for (Granularity g : space.weight_granularities) {
         for (RangeCalibrator cal : space.weight_calibrators) {
           for (int abits : space.activation_bits) {
-            Candidate c{site.name, SiteKind::kLinear, {}};
-            c.config.weight.method = method;
-            c.config.weight.bits = bits;
-            c.config.weight.granularity = g;
-            if (g == Granularity::kPerGroup) c.config.weight.group_size = space.group_size;
-            c.config.weight.calibrator = cal;
-            c.config.activation = Uniform(abits);
-            out.push_back(c);
+            for (RangeCalibrator acal : CalibratorsFor(abits, space)) {
+              Candidate c{site.name, SiteKind::kLinear, {}};
+              c.config.weight.method = method;
+              c.config.weight.bits = bits;
+              c.config.weight.granularity = g;
+              if (g == Granularity::kPerGroup) c.config.weight.group_size = space.group_size;
+              c.config.weight.calibrator = cal;
+              c.config.activation = Uniform(abits, acal);
+              out.push_back(c);
+            }
           }
         }
       }
@@ -50,11 +59,13 @@ std::vector<Candidate> MatmulCandidates(const SiteInfo& site, const CandidateSpa
     if (softmax && abits > 0) lhs_kinds = space.softmax_quantizers;
     for (ActivationQuantizer kind : lhs_kinds) {
       if (kind == ActivationQuantizer::kTwinUniform && abits < 3) continue;
-      Candidate c{site.name, SiteKind::kMatmul, {}};
-      c.config.activation = Uniform(abits);
-      c.config.activation.quantizer = kind;
-      c.config.activation_rhs = Uniform(abits);
-      out.push_back(c);
+      for (RangeCalibrator acal : CalibratorsFor(abits, space)) {
+        Candidate c{site.name, SiteKind::kMatmul, {}};
+        c.config.activation = Uniform(abits, acal);
+        c.config.activation.quantizer = kind;
+        c.config.activation_rhs = Uniform(abits, acal);
+        out.push_back(c);
+      }
     }
   }
   return out;

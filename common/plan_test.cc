@@ -35,6 +35,24 @@ TEST(PlanTest, CrossesSitesWithTheSpace) {
   EXPECT_EQ(plan->total_weight_params, 96 * 49 + 288 * 96 + 10 * 96);
 }
 
+TEST(PlanTest, ActivationCalibratorsMultiplyQuantizedActivationsOnly) {
+  JobSpec spec = Spec();
+  spec.space.activation_bits = {0, 8};
+  spec.space.activation_calibrators = {RangeCalibrator::kMinMax, RangeCalibrator::kOmse};
+  auto plan = MakePlan(spec, Sites());
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  // methods × bits × (float + 8-bit × two calibrators)
+  EXPECT_EQ(plan->sites[1].candidates.size(), 2u * 3u * 3u);
+  // q·kᵀ: float, or 8 bits × two calibrators (both operands share it)
+  ASSERT_EQ(plan->sites[2].candidates.size(), 3u);
+  EXPECT_EQ(plan->sites[2].candidates[1].config.activation.calibrator, RangeCalibrator::kMinMax);
+  EXPECT_EQ(plan->sites[2].candidates[1].config.activation_rhs.calibrator,
+            RangeCalibrator::kMinMax);
+  std::set<std::string> keys;
+  for (const auto& c : plan->sites[1].candidates) keys.insert(CandidateKey("m", "c", c));
+  EXPECT_EQ(keys.size(), plan->sites[1].candidates.size());
+}
+
 TEST(PlanTest, SkipAndPinFixASite) {
   JobSpec spec = Spec();
   spec.space.skip = {"patch_embed"};

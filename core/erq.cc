@@ -154,13 +154,19 @@ StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const tor
 
 StatusOr<QuantizedWeight> ReduceWeightErrorFromGram(const LinearParams& layer,
                                                     const torch::Tensor& augmented_gram,
-                                                    const WeightQuant& spec, bool conv_layer) {
+                                                    const WeightQuant& spec, bool conv_layer,
+                                                    const UniformGrid* weight_grid) {
   if (layer.weight.dim() != 2 || augmented_gram.dim() != 2 ||
       augmented_gram.size(0) != layer.weight.size(1) + 1 ||
       augmented_gram.size(1) != layer.weight.size(1) + 1) {
     return InvalidArgumentError("wqer: the Gram matrix does not match the weight's input width");
   }
-  QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(layer.weight, spec));
+  UniformGrid grid;
+  if (weight_grid != nullptr) {
+    grid = *weight_grid;
+  } else {
+    QS_ASSIGN_OR_RETURN(grid, FitWeightGrid(layer.weight, spec));
+  }
   const bool has_bias = layer.bias.defined();
   return GuardTorch("wqer", [&]() -> StatusOr<QuantizedWeight> {
     const int64_t m = layer.weight.size(0), n = layer.weight.size(1);

@@ -54,9 +54,11 @@ StatusOr<QuantizedWeight> ReduceWeightError(const LinearParams& layer, const tor
 
 // The same from the input's Gram matrix with a ones column appended, [X̃ᵀX̃] of size
 // (in + 1)² (see AugmentedGram): Wqer needs nothing else of the inputs.
+// `weight_grid`, when the caller has it, is FitWeightGrid(layer.weight, spec).
 StatusOr<QuantizedWeight> ReduceWeightErrorFromGram(const LinearParams& layer,
                                                     const torch::Tensor& augmented_gram,
-                                                    const WeightQuant& spec, bool conv_layer = false);
+                                                    const WeightQuant& spec, bool conv_layer = false,
+                                                    const UniformGrid* weight_grid = nullptr);
 
 // X̃ᵀX̃ in float64 for X̃ = [x, 1] (x: [..., in] flattened to rows).
 torch::Tensor AugmentedGram(const torch::Tensor& x);

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <list>
+#include <tuple>
 #include <optional>
 
 #include <ATen/ATen.h>
@@ -43,17 +45,26 @@ class Recorder : public SiteHandler {
   SiteInputs* inputs_;
 };
 
-// Runs a GEMM-shaped computation of `multiply_adds`, adding its work and time to `work`.
+// Runs a GEMM-shaped computation of `multiply_adds`, adding its work and time to `costs`.
 template <typename F>
-torch::Tensor Gemm(GemmWork* work, double multiply_adds, F&& f) {
+torch::Tensor Gemm(EvaluationCosts* costs, double multiply_adds, F&& f) {
   const auto start = Clock::now();
   torch::Tensor out = f();
-  if (work != nullptr) {
-    work->multiply_adds += multiply_adds;
-    work->seconds += Since(start);
-  }
+  costs->gemm_multiply_adds += multiply_adds;
+  costs->gemm_seconds += Since(start);
   return out;
 }
+
+// Adds the time from construction to destruction to a cost field.
+class Timed {
+ public:
+  explicit Timed(double* field) : field_(field), start_(Clock::now()) {}
+  ~Timed() { *field_ += Since(start_); }
+
+ private:
+  double* field_;
+  Clock::time_point start_;
+};
 
 // The linear site's float weight ([out, in], the patch conv flattened) and bias (may be undefined).
 std::pair<torch::Tensor, torch::Tensor> LinearParamsOf(const ViTModel& model, const Site& site) {
@@ -63,19 +74,19 @@ std::pair<torch::Tensor, torch::Tensor> LinearParamsOf(const ViTModel& model, co
   return {w.reshape({w.size(0), -1}), bias};
 }
 
-// Σ over token chunks of Lᵀ·R, with L = left(chunk) and R = right(chunk) float tensors of the
-// chunk's rows (R undefined: L again), accumulated in float64. `f64_gemm` runs each chunk's GEMM in float64 (A, where
-// cancellation in the quadratic forms needs the digits), else in float32.
+// Σ over token chunks of Lᵀ·R, with L = left(chunk) and R = right(chunk) float32 tensors of the
+// chunk's rows (R undefined: L again): float32 GEMMs, accumulated in float64 across chunks. On
+// the fixture's layers the quadratic forms from these blocks differ from float64 ones by under
+// 1e-6 relative, far below any difference between candidates.
 template <typename Left, typename Right>
-torch::Tensor ChunkedGram(int64_t rows, Left left, Right right, bool f64_gemm, GemmWork* work) {
+torch::Tensor ChunkedGram(int64_t rows, Left left, Right right, EvaluationCosts* costs) {
   torch::Tensor total;
   for (int64_t start = 0; start < rows; start += kGramChunkRows) {
     const int64_t count = std::min(kGramChunkRows, rows - start);
     auto l = left(start, count), r = right(start, count);
-    if (f64_gemm) l = l.to(torch::kFloat64);
-    r = r.defined() ? r.to(l.scalar_type()) : l;
+    if (!r.defined()) r = l;
     const double macs = static_cast<double>(count) * l.size(1) * r.size(1);
-    auto part = Gemm(work, macs, [&] { return l.t().mm(r); }).to(torch::kFloat64);
+    auto part = Gemm(costs, macs, [&] { return l.t().mm(r); }).to(torch::kFloat64);
     total = total.defined() ? total.add_(part) : part;
   }
   return total;
@@ -97,21 +108,17 @@ void SetFromSums(double signal, double noise, double y_dot_error, double element
   e->cosine = q2 > 0 ? (signal - y_dot_error) / std::sqrt(signal * q2) : 0;
 }
 
-// Metrics of a quantized output ŷ against the float output y, computed from both.
+// Metrics of a quantized output ŷ against the float output y, computed from both in one pass.
 Status SetFromOutputs(const torch::Tensor& y, const torch::Tensor& y_hat, bool with_mae,
                       Evaluation* e) {
-  if (!torch::isfinite(y_hat).all().item<bool>()) {
-    return FailedPreconditionError("quantized output is not finite");
-  }
-  const double sqnr = SqnrDb(y, y_hat);
-  if (sqnr == -kInf) {
+  const ErrorSums sums = SumErrors(y, y_hat);
+  if (!sums.finite) return FailedPreconditionError("quantized output is not finite");
+  if (!(sums.signal > 0)) {
     return FailedPreconditionError("the site's float output is zero, so no SQNR exists");
   }
-  e->sqnr_db = sqnr;
-  e->mse = Mse(y, y_hat);
-  e->cosine = Cosine(y, y_hat);
-  e->noise_ratio = std::isinf(sqnr) ? 0.0 : std::pow(10.0, -sqnr / 10.0);
-  if (with_mae) e->mae = Mae(y, y_hat);
+  const double elements = static_cast<double>(std::max<int64_t>(1, sums.count));
+  SetFromSums(sums.signal, sums.noise, sums.signal - sums.cross, elements, e);
+  if (with_mae) e->mae = sums.absolute / elements;
   return OkStatus();
 }
 
@@ -122,7 +129,7 @@ struct Context {
   const std::vector<SiteCandidate>& candidates;
   SiteData* data;
   const SiteEvaluationOptions& options;
-  GemmWork* gemm;
+  EvaluationCosts* costs;
   std::vector<Evaluation>* results;
   std::vector<double>* own_seconds;
 };
@@ -152,48 +159,120 @@ void FailAll(const std::vector<size_t>& which, const Status& s, std::vector<Eval
   }
 }
 
-// A linear candidate's quantized weight and bias, by its method, with the activation error
-// described by the Gram blocks (`cross`, `error_gram` undefined for float activations).
+// Grids fitted to a site's float weight, shared by the candidates whose grid settings agree (RTN,
+// GPTQ and weight-only ERQ at the same bits fit the same grid).
+class WeightGrids {
+ public:
+  explicit WeightGrids(const torch::Tensor& weight) : weight_(weight) {}
+  StatusOr<const UniformGrid*> For(const WeightQuant& spec) {
+    const auto key = std::make_tuple(spec.bits, spec.granularity, spec.group_size, spec.calibrator,
+                                     spec.symmetric, spec.percentile);
+    for (const auto& [k, grid] : grids_) {
+      if (k == key) return &grid;
+    }
+    QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(weight_, spec));
+    grids_.emplace_back(key, std::move(grid));
+    return &grids_.back().second;
+  }
+
+ private:
+  using Key = std::tuple<int, Granularity, int, RangeCalibrator, bool, double>;
+  torch::Tensor weight_;
+  std::list<std::pair<Key, UniformGrid>> grids_;  // stable addresses
+};
+
+// The Gram blocks of one (site, activation config) and what GPTQ and ERQ derive from them,
+// computed on first need and shared by the group's candidates: the Hessian factor depends on
+// (damping, act-order) and Aqer's moved layer on λ₁ only, not on the bit-width.
+class GroupSolves {
+ public:
+  // `cross` and `error_gram` undefined: float activations (X̄ = X).
+  GroupSolves(const torch::Tensor& gram, const torch::Tensor& cross, const torch::Tensor& error_gram)
+      : gram_(gram), cross_(cross), error_gram_(error_gram), n_(gram.size(0) - 1) {}
+
+  bool quantized_activations() const { return cross_.defined(); }
+
+  // X̄̃ᵀX̄̃ for X̄̃ = X̃ + [E, 0]: A + [C, 0] + [C, 0]ᵀ + [[D, 0], [0, 0]].
+  const torch::Tensor& QuantizedGram() {
+    if (!quantized_gram_.defined()) {
+      if (!cross_.defined()) {
+        quantized_gram_ = gram_;
+      } else {
+        quantized_gram_ = gram_.clone();
+        quantized_gram_.narrow(1, 0, n_).add_(cross_);
+        quantized_gram_.narrow(0, 0, n_).add_(cross_.t());
+        quantized_gram_.narrow(0, 0, n_).narrow(1, 0, n_).add_(error_gram_);
+      }
+    }
+    return quantized_gram_;
+  }
+
+  StatusOr<const GptqFactor*> Gptq(const WeightQuant& spec) {
+    const auto key = std::make_pair(spec.gptq_damp, spec.gptq_act_order);
+    for (const auto& [k, f] : gptq_) {
+      if (k == key) return &f;
+    }
+    const double tokens = gram_[n_][n_].item<double>();
+    auto h = QuantizedGram().narrow(0, 0, n_).narrow(1, 0, n_) * (2.0 / std::max(1.0, tokens));
+    QS_ASSIGN_OR_RETURN(GptqFactor f, FactorHessian(h, spec.gptq_damp, spec.gptq_act_order));
+    gptq_.emplace_back(key, std::move(f));
+    return &gptq_.back().second;
+  }
+
+  StatusOr<const LinearParams*> Aqer(const LinearParams& layer, double lambda) {
+    for (const auto& [k, p] : aqer_) {
+      if (k == lambda) return &p;
+    }
+    // X̄̃ᵀE = C + [D; 0].
+    auto quantized_cross = cross_.clone();
+    quantized_cross.narrow(0, 0, n_).add_(error_gram_);
+    QS_ASSIGN_OR_RETURN(LinearParams moved, ReduceActivationErrorFromGram(
+                                                layer, QuantizedGram(), quantized_cross, lambda));
+    aqer_.emplace_back(lambda, std::move(moved));
+    return &aqer_.back().second;
+  }
+
+ private:
+  torch::Tensor gram_, cross_, error_gram_, quantized_gram_;
+  int64_t n_;
+  std::list<std::pair<std::pair<double, bool>, GptqFactor>> gptq_;
+  std::list<std::pair<double, LinearParams>> aqer_;
+};
+
+// A linear candidate's quantized weight and bias, by its method.
 StatusOr<QuantizedWeight> QuantizeLinearWeight(const Site& site, const WeightQuant& spec,
                                                const torch::Tensor& weight,
                                                const torch::Tensor& bias, bool pooled,
-                                               const torch::Tensor& gram,
-                                               const torch::Tensor& cross,
-                                               const torch::Tensor& error_gram) {
+                                               GroupSolves* solves, WeightGrids* grids) {
   const int64_t n = weight.size(1);
   if (!spec.quantized()) {
     QuantizedWeight q;
     q.dequantized = weight;
     return q;
   }
-  if (spec.method == WeightMethod::kRtn) return QuantizeWeightRtn(weight, spec);
-  // X̄̃ᵀX̄̃ for X̄̃ = X̃ + [E, 0]: A + [C, 0] + [C, 0]ᵀ + [[D, 0], [0, 0]].
-  torch::Tensor quantized_gram = gram;
-  if (cross.defined()) {
-    quantized_gram = gram.clone();
-    quantized_gram.narrow(1, 0, n).add_(cross);
-    quantized_gram.narrow(0, 0, n).add_(cross.t());
-    quantized_gram.narrow(0, 0, n).narrow(1, 0, n).add_(error_gram);
+  const bool dynamic_groups = spec.granularity == Granularity::kPerGroup &&
+                              spec.group_size < n && !spec.gptq_static_groups;
+  const UniformGrid* grid = nullptr;
+  if (spec.method != WeightMethod::kGptq || !dynamic_groups) {
+    QS_ASSIGN_OR_RETURN(grid, grids->For(spec));
   }
-  const double tokens = gram[n][n].item<double>();
+  if (spec.method == WeightMethod::kRtn) return QuantizeOnGrid(weight, *grid);
   if (spec.method == WeightMethod::kGptq) {
-    auto h = quantized_gram.narrow(0, 0, n).narrow(1, 0, n) * (2.0 / std::max(1.0, tokens));
-    return QuantizeWeightGptq(weight, h, spec);
+    QS_ASSIGN_OR_RETURN(const GptqFactor* factor, solves->Gptq(spec));
+    return QuantizeWeightGptq(weight, *factor, spec, grid);
   }
   LinearParams layer{weight, bias};
   // ERQ leaves the patch-embedding convolution to Wqer alone, on its convolution path; with float
   // activations Aqer has nothing to absorb.
   const bool conv = site.name == "patch_embed.proj";
-  if (!conv && cross.defined()) {
-    // X̄̃ᵀE = C + [D; 0].
-    auto quantized_cross = cross.clone();
-    quantized_cross.narrow(0, 0, n).add_(error_gram);
+  if (!conv && solves->quantized_activations()) {
     const double lambda = pooled ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
-    QS_ASSIGN_OR_RETURN(layer,
-                        ReduceActivationErrorFromGram(layer, quantized_gram, quantized_cross,
-                                                      lambda));
+    QS_ASSIGN_OR_RETURN(const LinearParams* moved, solves->Aqer(layer, lambda));
+    layer = *moved;
   }
-  return ReduceWeightErrorFromGram(layer, quantized_gram, spec, conv);
+  // After Aqer the weight has moved and its grid is fitted again, as ERQ re-calibrates.
+  return ReduceWeightErrorFromGram(layer, solves->QuantizedGram(), spec, conv,
+                                   layer.weight.is_same(weight) ? grid : nullptr);
 }
 
 void EvaluateLinearSite(const Context& c) {
@@ -233,7 +312,7 @@ void EvaluateLinearSite(const Context& c) {
     if (need_gram && !c.data->gram.defined()) {
       c.data->gram = ChunkedGram(
           rows.size(0), [&](int64_t s, int64_t k) { return WithOnes(rows.narrow(0, s, k)); },
-          [](int64_t, int64_t) { return torch::Tensor(); }, /*f64_gemm=*/true, c.gemm);
+          [](int64_t, int64_t) { return torch::Tensor(); }, c.costs);
     }
     if (need_gram && (c.data->gram.size(0) != n + 1 || c.data->gram.size(1) != n + 1)) {
       return InvalidArgumentError("the Gram matrix does not match the site's input width");
@@ -249,14 +328,15 @@ void EvaluateLinearSite(const Context& c) {
   const auto w64 = weight.to(torch::kFloat64);
   const auto b64 = bias.defined() ? bias.to(torch::kFloat64) : torch::zeros({m}, w64.options());
   const auto w_t = at::cat({w64, b64.unsqueeze(1)}, 1);
-  torch::Tensor y, w_gram;
+  torch::Tensor y, w_gram, gram32;
   double signal = 0, tokens = 0;
   Status outputs = GuardTorch("float output", [&]() -> Status {
     if (need_output) {
-      y = Gemm(c.gemm, static_cast<double>(rows.size(0)) * n * m,
+      y = Gemm(c.costs, static_cast<double>(rows.size(0)) * n * m,
                [&] { return at::linear(rows, weight, bias); });
     }
     if (need_gram) {
+      gram32 = gram.to(torch::kFloat32);
       w_gram = w_t.mm(gram);
       signal = (w_gram * w_t).sum().item<double>();
       tokens = gram[n][n].item<double>();
@@ -265,6 +345,7 @@ void EvaluateLinearSite(const Context& c) {
     return OkStatus();
   });
 
+  WeightGrids grids(weight);
   for (const auto& group : GroupBy(c.candidates, all, [](const QuantConfig& q) {
          return q.activation;
        })) {
@@ -277,11 +358,14 @@ void EvaluateLinearSite(const Context& c) {
     Status fitted = outputs;
     if (fitted.ok() && act.quantized()) {
       fitted = GuardTorch("activation quantizer", [&]() -> Status {
-        QS_ASSIGN_OR_RETURN(auto state,
-                            ActivationQuantizerState::Fit(
-                                x, act, ActivationLayout(act, site, c.model.config().num_heads),
-                                OperandDomain(site, 0)));
-        x_hat_rows = state.Apply(rows);
+        {
+          Timed timed(&c.costs->activation_seconds);
+          QS_ASSIGN_OR_RETURN(auto state,
+                              ActivationQuantizerState::Fit(
+                                  x, act, ActivationLayout(act, site, c.model.config().num_heads),
+                                  OperandDomain(site, 0)));
+          x_hat_rows = state.Apply(rows);
+        }
         if (group_needs_blocks) {
           auto error = x_hat_rows - rows;
           // [X̃, E]ᵀE in one pass: C = X̃ᵀE on top, D = EᵀE below.
@@ -290,8 +374,7 @@ void EvaluateLinearSite(const Context& c) {
               [&](int64_t s, int64_t k) {
                 return at::cat({WithOnes(rows.narrow(0, s, k)), error.narrow(0, s, k)}, 1);
               },
-              [&](int64_t s, int64_t k) { return error.narrow(0, s, k); }, /*f64_gemm=*/false,
-              c.gemm);
+              [&](int64_t s, int64_t k) { return error.narrow(0, s, k); }, c.costs);
           cross = blocks.narrow(0, 0, n + 1);
           error_gram = blocks.narrow(0, n + 1, n);
           w_cross = w_t.mm(cross);
@@ -304,6 +387,8 @@ void EvaluateLinearSite(const Context& c) {
       continue;
     }
     const double shared = Since(group_start) / static_cast<double>(group.size());
+    std::optional<GroupSolves> solves;  // GPTQ and ERQ are always measured from the blocks
+    if (gram.defined()) solves.emplace(gram, cross, error_gram);
 
     // Quantize each candidate's weight; direct ones are measured now, Gram ones in one batch.
     std::vector<size_t> batch;
@@ -313,23 +398,27 @@ void EvaluateLinearSite(const Context& c) {
       const QuantConfig& config = c.candidates[i].config;
       Evaluation& e = results[i];
       Status s = GuardTorch("evaluate", [&]() -> Status {
+        std::optional<Timed> timed(&c.costs->weight_seconds);
+        std::optional<Timed> by_method(
+            &c.costs->method_seconds[static_cast<int>(config.weight.method)]);
         QS_ASSIGN_OR_RETURN(QuantizedWeight q,
-                            QuantizeLinearWeight(site, config.weight, weight, bias, pooled, gram,
-                                                 cross, error_gram));
+                            QuantizeLinearWeight(site, config.weight, weight, bias, pooled,
+                                                 solves ? &*solves : nullptr, &grids));
+        timed.reset();
+        by_method.reset();
         const auto& b_hat = q.bias.defined() ? q.bias : bias;
         e.weight_sqnr_db = config.weight.quantized() ? SqnrDb(weight, q.dequantized) : kInf;
         torch::Tensor y_hat;
         const bool from_gram = MeasuredFromGram(c.model, site, config);
         if (!from_gram || c.options.measure_mae) {
-          y_hat = Gemm(c.gemm, static_cast<double>(rows.size(0)) * n * m,
+          y_hat = Gemm(c.costs, static_cast<double>(rows.size(0)) * n * m,
                        [&] { return at::linear(x_hat_rows, q.dequantized, b_hat); });
         }
         if (!from_gram) return SetFromOutputs(y, y_hat, /*with_mae=*/true, &e);
         if (y_hat.defined()) {
-          if (!torch::isfinite(y_hat).all().item<bool>()) {
-            return FailedPreconditionError("quantized output is not finite");
-          }
-          e.mae = Mae(y, y_hat);
+          const ErrorSums sums = SumErrors(y, y_hat);
+          if (!sums.finite) return FailedPreconditionError("quantized output is not finite");
+          e.mae = sums.absolute / static_cast<double>(std::max<int64_t>(1, sums.count));
         }
         auto w_hat = q.dequantized.to(torch::kFloat64);
         auto b_hat64 = b_hat.defined() ? b_hat.to(torch::kFloat64) : b64;
@@ -347,40 +436,38 @@ void EvaluateLinearSite(const Context& c) {
     }
     if (batch.empty()) continue;
 
-    // Every batched candidate's quadratic forms with one GEMM per block.
+    // Each candidate's quadratic forms: float32 GEMMs of the same shape for every candidate (a
+    // stacked GEMM would give a candidate other bits depending on its neighbours), the products
+    // they meet summed in float64.
     const auto batch_start = Clock::now();
     Status s = GuardTorch("gram metrics", [&]() -> Status {
-      const int64_t k = static_cast<int64_t>(batch.size());
-      auto v = at::stack(differences);    // [k, m, n + 1]
-      auto w_hat = at::stack(quantized);  // [k, m, n]
-      auto per_candidate = [&](const torch::Tensor& a, const torch::Tensor& b) {
-        return (a * b).sum({1, 2});
+      auto dot = [](const torch::Tensor& a, const torch::Tensor& b) {
+        return (a.to(torch::kFloat64) * b).sum().item<double>();
       };
-      auto va = Gemm(c.gemm, static_cast<double>(k) * m * (n + 1) * (n + 1),
-                     [&] { return v.reshape({k * m, n + 1}).mm(gram); })
-                    .reshape({k, m, n + 1});
-      auto noise = per_candidate(va, v);
-      auto y_dot_error = per_candidate(w_gram.unsqueeze(0).expand({k, m, n + 1}), v);
-      if (cross.defined()) {
-        auto vc = Gemm(c.gemm, static_cast<double>(k) * m * (n + 1) * n,
-                       [&] { return v.reshape({k * m, n + 1}).mm(cross); })
-                      .reshape({k, m, n});
-        auto wd = Gemm(c.gemm, static_cast<double>(k) * m * n * n,
-                       [&] { return w_hat.reshape({k * m, n}).mm(error_gram); })
-                      .reshape({k, m, n});
-        noise = noise - 2 * per_candidate(vc, w_hat) + per_candidate(wd, w_hat);
-        y_dot_error = y_dot_error - per_candidate(w_cross.unsqueeze(0).expand({k, m, n}), w_hat);
-      }
-      noise = noise.cpu();
-      y_dot_error = y_dot_error.cpu();
-      for (int64_t j = 0; j < k; ++j) {
+      const torch::Tensor cross32 = cross.defined() ? cross.to(torch::kFloat32) : cross;
+      const torch::Tensor error_gram32 =
+          error_gram.defined() ? error_gram.to(torch::kFloat32) : error_gram;
+      for (size_t j = 0; j < batch.size(); ++j) {
+        const torch::Tensor& v = differences[j];   // [m, n + 1], float64
+        const torch::Tensor& w_hat = quantized[j];  // [m, n], float64
+        auto v32 = v.to(torch::kFloat32);
+        auto va = Gemm(c.costs, static_cast<double>(m) * (n + 1) * (n + 1),
+                       [&] { return v32.mm(gram32); });
+        double noise = dot(va, v), y_dot_error = dot(w_gram, v);
+        if (cross.defined()) {
+          auto vc = Gemm(c.costs, static_cast<double>(m) * (n + 1) * n,
+                         [&] { return v32.mm(cross32); });
+          auto wd = Gemm(c.costs, static_cast<double>(m) * n * n,
+                         [&] { return w_hat.to(torch::kFloat32).mm(error_gram32); });
+          noise += -2 * dot(vc, w_hat) + dot(wd, w_hat);
+          y_dot_error -= dot(w_cross, w_hat);
+        }
         Evaluation& e = results[batch[j]];
-        const double noise_j = noise[j].item<double>();
-        if (!std::isfinite(noise_j)) {
+        if (!std::isfinite(noise)) {
           e.error = FailedPreconditionError("quantized output is not finite").ToString();
           continue;
         }
-        SetFromSums(signal, noise_j, y_dot_error[j].item<double>(), tokens * m, &e);
+        SetFromSums(signal, noise, y_dot_error, tokens * m, &e);
       }
       return OkStatus();
     });
@@ -430,6 +517,7 @@ void EvaluateMatmulSite(const Context& c) {
     }
     const torch::Tensor& t = which == 0 ? lhs : rhs;
     StatusOr<torch::Tensor> out = GuardTorch("activation quantizer", [&]() -> StatusOr<torch::Tensor> {
+      Timed timed(&c.costs->activation_seconds);
       QS_ASSIGN_OR_RETURN(auto state,
                           ActivationQuantizerState::Fit(t, spec, ActivationLayout(spec, site, heads),
                                                         OperandDomain(site, which)));
@@ -445,7 +533,7 @@ void EvaluateMatmulSite(const Context& c) {
     Status s = GuardTorch("evaluate", [&]() -> Status {
       QS_ASSIGN_OR_RETURN(torch::Tensor a, operand(0, config.activation, &lhs_memo));
       QS_ASSIGN_OR_RETURN(torch::Tensor b, operand(1, config.activation_rhs, &rhs_memo));
-      auto out = Gemm(c.gemm, macs, [&] { return at::matmul(a, b); });
+      auto out = Gemm(c.costs, macs, [&] { return at::matmul(a, b); });
       return SetFromOutputs(y, out, /*with_mae=*/true, &results[i]);
     });
     if (!s.ok()) results[i].error = s.ToString();
@@ -500,6 +588,15 @@ std::vector<SiteInfo> DescribeSites(const ViTModel& model) {
   return out;
 }
 
+void EvaluationCosts::Add(const EvaluationCosts& o) {
+  gemm_multiply_adds += o.gemm_multiply_adds;
+  gemm_seconds += o.gemm_seconds;
+  activation_seconds += o.activation_seconds;
+  weight_seconds += o.weight_seconds;
+  for (int i = 0; i < 3; ++i) method_seconds[i] += o.method_seconds[i];
+  total_seconds += o.total_seconds;
+}
+
 bool MeasuredFromGram(const ViTModel& model, const Site& site, const QuantConfig& config) {
   if (site.kind != SiteKind::kLinear) return false;
   if (config.weight.quantized() && config.weight.method != WeightMethod::kRtn) return true;
@@ -514,7 +611,10 @@ std::vector<Evaluation> EvaluateSite(const ViTModel& model, const Site& site,
                                      const std::vector<SiteCandidate>& candidates, SiteData* data,
                                      const SiteEvaluationOptions& options,
                                      const std::function<void(const Evaluation&)>& on_result,
-                                     GemmWork* gemm) {
+                                     EvaluationCosts* costs) {
+  EvaluationCosts local;
+  if (costs == nullptr) costs = &local;
+  const auto start = Clock::now();
   std::vector<Evaluation> results(candidates.size());
   std::vector<double> seconds(candidates.size(), 0.0);
   for (size_t i = 0; i < candidates.size(); ++i) {
@@ -523,13 +623,14 @@ std::vector<Evaluation> EvaluateSite(const ViTModel& model, const Site& site,
   }
   {
     c10::InferenceMode guard;
-    Context c{model, site, candidates, data, options, gemm, &results, &seconds};
+    Context c{model, site, candidates, data, options, costs, &results, &seconds};
     if (site.kind == SiteKind::kLinear) {
       EvaluateLinearSite(c);
     } else {
       EvaluateMatmulSite(c);
     }
   }
+  costs->total_seconds += Since(start);
   for (size_t i = 0; i < results.size(); ++i) {
     results[i].seconds = seconds[i];
     if (on_result) on_result(results[i]);

@@ -66,22 +66,29 @@ struct SiteEvaluationOptions {
   bool measure_mae = false;  // one extra output GEMM per linear candidate
 };
 
-// The GEMM work one EvaluateSite call did, for benchmarks: multiply-adds and the seconds spent
-// in the GEMMs themselves (blocks, quadratic forms, direct outputs).
-struct GemmWork {
-  double multiply_adds = 0;
-  double seconds = 0;
+// Where EvaluateSite's time went, for benchmarks (seconds unless said otherwise; the parts
+// overlap nothing, so total − their sum is everything else: checks, metrics, bookkeeping).
+struct EvaluationCosts {
+  double gemm_multiply_adds = 0;  // every GEMM: blocks, quadratic forms, direct outputs
+  double gemm_seconds = 0;        // inside those GEMMs
+  double activation_seconds = 0;  // fitting and applying activation quantizers
+  double weight_seconds = 0;      // weight methods (RTN, GPTQ, ERQ), grid fits included
+  double method_seconds[3] = {};  // the same by method: RTN, GPTQ, ERQ (WeightMethod's order)
+  double total_seconds = 0;       // whole EvaluateSite calls
+
+  void Add(const EvaluationCosts& o);
 };
 
 // Measures every candidate at `site` and returns their Evaluations in the order given. Never fails
 // as a call: a candidate that does not suit the site, cannot be quantized or produces non-finite
 // numbers comes back with `error` set (missing inputs fail every candidate). `on_result` (may be
-// empty) sees each Evaluation as soon as it exists. `gemm` (may be null) accumulates GEMM work.
+// empty) sees each Evaluation as soon as it exists. `costs` (may be null) accumulates where the
+// time went.
 std::vector<Evaluation> EvaluateSite(const ViTModel& model, const Site& site,
                                      const std::vector<SiteCandidate>& candidates, SiteData* data,
                                      const SiteEvaluationOptions& options = {},
                                      const std::function<void(const Evaluation&)>& on_result = {},
-                                     GemmWork* gemm = nullptr);
+                                     EvaluationCosts* costs = nullptr);
 
 // One candidate alone: EvaluateSite with a single candidate.
 Evaluation EvaluateCandidate(const ViTModel& model, const Site& site, const QuantConfig& config,

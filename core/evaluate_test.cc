@@ -214,10 +214,12 @@ TEST(EvaluateTest, ExtraCandidatesCostQuadraticFormsNotTokens) {
       std::vector<SiteCandidate> candidates;
       for (int i = 0; i < count; ++i) candidates.push_back({Linear(2 + i, 8), std::to_string(i)});
       SiteData data{f.inputs.at(site.name), {}};
-      GemmWork gemm;
-      auto e = EvaluateSite(f.model, site, candidates, &data, {}, {}, &gemm);
+      EvaluationCosts costs;
+      auto e = EvaluateSite(f.model, site, candidates, &data, {}, {}, &costs);
       for (const auto& x : e) EXPECT_TRUE(x.ok()) << x.error;
-      return gemm.multiply_adds;
+      EXPECT_GE(costs.total_seconds,
+                costs.gemm_seconds + costs.activation_seconds + costs.weight_seconds);
+      return costs.gemm_multiply_adds;
     };
     const double per_candidate = m * (n + 1) * (n + 1) + m * (n + 1) * n + m * n * n;
     EXPECT_DOUBLE_EQ(work(6) - work(1), 5 * per_candidate) << images;

@@ -23,6 +23,15 @@ StatusOr<std::pair<torch::Tensor, torch::Tensor>> FitColumns(const torch::Tensor
   return std::make_pair(grid->scale.reshape({-1, 1}), grid->zero_point.reshape({-1, 1}));
 }
 
+// row[j] −= e · u[j] for j in [0, count): a multiply then a subtract, as the tensor ops round.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void
+SubtractScaled(double* row, const double* u, double e, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    const double product = e * u[j];
+    row[j] -= product;
+  }
+}
+
 // One step of GPTQ's column loop on CPU tensors, in plain loops (the tensor-op version below costs
 // a dozen kernel launches per column): rounds column i of the block `w1` ([m, count], float64)
 // in float32 exactly as RTN does, records it in q[:, i1 + i] and its scaled error in err1[:, i],
@@ -48,7 +57,7 @@ void QuantizeColumnOnCpu(torch::Tensor& w1, const torch::Tensor& u, const torch:
     const double deq = static_cast<double>((code - zr) * sr);
     qs[r * n + col] = deq;
     const double e = (row[i] - deq) / pivot;
-    for (int64_t j = i; j < count; ++j) row[j] -= e * u_row[j];
+    SubtractScaled(row + i, u_row + i, e, count - i);
     es[r * count + i] = e;
   }
 }
@@ -86,32 +95,61 @@ StatusOr<torch::Tensor> DampedInverseCholesky(const torch::Tensor& hessian, doub
   });
 }
 
+StatusOr<GptqFactor> FactorHessian(const torch::Tensor& hessian, double damp, bool act_order) {
+  if (hessian.dim() != 2 || hessian.size(0) != hessian.size(1)) {
+    return InvalidArgumentError("gptq: the Hessian must be square");
+  }
+  if (!(damp > 0)) return InvalidArgumentError("gptq: damping must be positive");
+  return GuardTorch("gptq", [&]() -> StatusOr<GptqFactor> {
+    GptqFactor f;
+    auto h = hessian.to(torch::kFloat64).clone();
+    // Dead inputs carry no signal: pin their Hessian diagonal (their weights are zeroed).
+    f.dead = h.diagonal() == 0;
+    f.any_dead = f.dead.any().item<bool>();
+    if (f.any_dead) h.diagonal().masked_fill_(f.dead, 1.0);
+    if (act_order) {
+      f.order = std::get<1>(h.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+      h = h.index_select(0, f.order).index_select(1, f.order);
+    }
+    QS_ASSIGN_OR_RETURN(f.upper, DampedInverseCholesky(h, damp));
+    return f;
+  });
+}
+
 StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
-                                             const torch::Tensor& hessian,
-                                             const WeightQuant& spec) {
+                                             const torch::Tensor& hessian, const WeightQuant& spec,
+                                             const UniformGrid* weight_grid) {
   if (weight.dim() != 2) return InvalidArgumentError("gptq: weight must be 2-D [out, in]");
-  const int64_t m = weight.size(0), n = weight.size(1);
+  const int64_t n = weight.size(1);
   if (hessian.dim() != 2 || hessian.size(0) != n || hessian.size(1) != n) {
     return InvalidArgumentError("gptq: Hessian must be [" + std::to_string(n) + ", " +
                                 std::to_string(n) + "]");
+  }
+  QS_ASSIGN_OR_RETURN(GptqFactor factor,
+                      FactorHessian(hessian, spec.gptq_damp, spec.gptq_act_order));
+  return QuantizeWeightGptq(weight, factor, spec, weight_grid);
+}
+
+StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight, const GptqFactor& factor,
+                                             const WeightQuant& spec,
+                                             const UniformGrid* weight_grid) {
+  if (weight.dim() != 2) return InvalidArgumentError("gptq: weight must be 2-D [out, in]");
+  const int64_t m = weight.size(0), n = weight.size(1);
+  if (!factor.upper.defined() || factor.upper.size(0) != n) {
+    return InvalidArgumentError("gptq: the Hessian factor does not match the weight's width");
+  }
+  if (spec.gptq_act_order != factor.order.defined()) {
+    return InvalidArgumentError("gptq: the factor's column order does not match act_order");
   }
   if (spec.gptq_act_order && spec.granularity == Granularity::kPerGroup &&
       !spec.gptq_static_groups) {
     return InvalidArgumentError("gptq: act_order with per_group needs static groups");
   }
   if (spec.gptq_block_size < 1) return InvalidArgumentError("gptq: block size must be >= 1");
-  if (!(spec.gptq_damp > 0)) return InvalidArgumentError("gptq: damping must be positive");
   return GuardTorch("gptq", [&]() -> StatusOr<QuantizedWeight> {
-    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(weight.device());
     auto w = weight.to(torch::kFloat64).clone();
-    auto h = hessian.to(f64).clone();
-
-    // Dead inputs carry no signal: pin their Hessian diagonal and zero the weights.
-    auto dead = h.diagonal() == 0;
-    if (dead.any().item<bool>()) {
-      h.diagonal().masked_fill_(dead, 1.0);
-      w.index_put_({torch::indexing::Slice(), dead}, 0.0);
-    }
+    const bool any_dead = factor.any_dead;
+    if (any_dead) w.index_put_({torch::indexing::Slice(), factor.dead.to(w.device())}, 0.0);
 
     // Per-column grid parameters, [m, n] in the original column order.
     UniformGrid grid;
@@ -119,7 +157,11 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
     const bool grouped = spec.granularity == Granularity::kPerGroup && spec.group_size < n;
     const int64_t g = grouped ? spec.group_size : n;
     if (!grouped || spec.gptq_static_groups) {
-      QS_ASSIGN_OR_RETURN(grid, FitWeightGrid(w.to(torch::kFloat32), spec));
+      if (weight_grid != nullptr && !any_dead) {
+        grid = *weight_grid;
+      } else {
+        QS_ASSIGN_OR_RETURN(grid, FitWeightGrid(w.to(torch::kFloat32), spec));
+      }
       scale = grid.scale.expand({m, n}).clone();
       zero = grid.zero_point.expand({m, n}).clone();
     } else {
@@ -131,17 +173,15 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight,
     scale = scale.to(weight.device());
     zero = zero.to(weight.device());
 
-    torch::Tensor perm, inverse_perm;
+    torch::Tensor inverse_perm;
     if (spec.gptq_act_order) {
-      perm = std::get<1>(h.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+      const auto perm = factor.order.to(w.device());
       inverse_perm = perm.argsort();
       w = w.index_select(1, perm);
-      h = h.index_select(0, perm).index_select(1, perm);
       scale = scale.index_select(1, perm);
       zero = zero.index_select(1, perm);
     }
-
-    QS_ASSIGN_OR_RETURN(torch::Tensor u, DampedInverseCholesky(h, spec.gptq_damp));
+    torch::Tensor u = factor.upper.to(w.device());
 
     auto q = torch::zeros_like(w);
     const bool on_cpu = UseCpuKernel(w);

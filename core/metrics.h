@@ -9,6 +9,19 @@
 
 namespace qs::core {
 
+// The sums an approximation's quality metrics come from, in one pass accumulated in float64:
+// Σref², Σ(ref − approx)², Σref·approx and Σ|ref − approx| over `count` values, and whether
+// every approx value is finite (the sums are meaningless when not).
+struct ErrorSums {
+  double signal = 0;
+  double noise = 0;
+  double cross = 0;
+  double absolute = 0;
+  int64_t count = 0;
+  bool finite = true;
+};
+ErrorSums SumErrors(const torch::Tensor& reference, const torch::Tensor& approx);
+
 // Signal-to-quantization-noise ratio in dB. +inf when the two are equal, computed in float64.
 double SqnrDb(const torch::Tensor& reference, const torch::Tensor& approx);
 // Mean squared / absolute error.

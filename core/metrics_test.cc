@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 namespace qs::core {
 namespace {
@@ -17,6 +18,30 @@ TEST(MetricsTest, KnownValues) {
   EXPECT_NEAR(Mae(x, y), 0.5, 1e-12);
   EXPECT_NEAR(Cosine(torch::tensor({1.0, 0.0}), torch::tensor({0.0, 2.0})), 0.0, 1e-12);
   EXPECT_NEAR(Cosine(x, x * 3), 1.0, 1e-12);
+}
+
+TEST(MetricsTest, OnePassSumsAgreeWithTheSeparateMetrics) {
+  torch::manual_seed(3);
+  for (int64_t n : {1, 7, 1000, 100003}) {
+    auto y = torch::randn({n}), y_hat = y + torch::randn({n}) * 0.1;
+    for (bool cpu_kernel : {true, false}) {
+      // float64 inputs take the tensor-op path.
+      auto a = cpu_kernel ? y : y.to(torch::kFloat64), b = cpu_kernel ? y_hat : y_hat.to(torch::kFloat64);
+      const ErrorSums s = SumErrors(a, b);
+      EXPECT_TRUE(s.finite);
+      EXPECT_EQ(s.count, n);
+      EXPECT_NEAR(10 * std::log10(s.signal / s.noise), SqnrDb(y, y_hat), 1e-9);
+      EXPECT_NEAR(s.noise / n, Mse(y, y_hat), 1e-12);
+      EXPECT_NEAR(s.absolute / n, Mae(y, y_hat), 1e-12);
+      EXPECT_NEAR(s.cross / std::sqrt(s.signal * (s.noise - s.signal + 2 * s.cross)),
+                  Cosine(y, y_hat), 1e-12);
+    }
+  }
+  auto bad = torch::ones({9});
+  bad[5] = std::nanf("");
+  EXPECT_FALSE(SumErrors(torch::ones({9}), bad).finite);
+  bad[5] = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(SumErrors(torch::ones({9}), bad.to(torch::kFloat64)).finite);
 }
 
 TEST(MetricsTest, KlAndTop1) {

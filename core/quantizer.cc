@@ -2,13 +2,15 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "core/kernel_choice.h"
-#include "core/shrink_search_cpu.h"
+#include "core/uniform_grid_cpu.h"
 #include "core/torch_status.h"
 
 namespace qs::core {
@@ -20,7 +22,7 @@ constexpr int64_t kSearchSampleElements = 1 << 21;
 // OMSE / MAE shrink search: factors 1.00, 0.99, ..., 0.11 of the min-max range.
 constexpr int kShrinkSteps = 90;
 // Relative difference below which two shrink factors' errors count as tied (see
-// core/shrink_search_cpu.h, which uses the same rule).
+// core/uniform_grid_cpu.h, which uses the same rule).
 constexpr double kShrinkTieTolerance = kShrinkSearchTieTolerance;
 // The minimum of exact GELU, bounding the negative region of post-GELU twin-uniform grids.
 constexpr double kGeluMin = 0.16997;
@@ -102,15 +104,27 @@ torch::Tensor RowError(const torch::Tensor& rows, const torch::Tensor& approx, b
   return absolute ? d.abs().sum(1) : d.pow(2).sum(1);
 }
 
+// The sorted column indices SampleColumns keeps of `columns`, drawn once per (columns, keep) and
+// remembered: drawing and sorting two million indices costs more than the search they serve.
+torch::Tensor SampleIndex(int64_t columns, int64_t keep) {
+  static std::mutex mu;
+  static std::map<std::pair<int64_t, int64_t>, torch::Tensor>* drawn =
+      new std::map<std::pair<int64_t, int64_t>, torch::Tensor>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto& index = (*drawn)[{columns, keep}];
+  if (!index.defined()) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(/*seed_in=*/0x5eed);
+    index = std::get<0>(at::randperm(columns, gen, torch::kLong).narrow(0, 0, keep).sort());
+  }
+  return index;
+}
+
 // A fixed pseudo-random subset of columns (the same on every run). A plain stride could alias with
 // the channel count of a flattened activation and skip whole channels.
 torch::Tensor SampleColumns(const torch::Tensor& rows) {
   if (rows.numel() <= kSearchSampleElements) return rows;
   const int64_t keep = std::max<int64_t>(1, kSearchSampleElements / rows.size(0));
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(/*seed_in=*/0x5eed);
-  auto index = std::get<0>(
-      at::randperm(rows.size(1), gen, torch::kLong).narrow(0, 0, keep).sort());
-  return rows.index_select(1, index.to(rows.device()));
+  return rows.index_select(1, SampleIndex(rows.size(1), keep).to(rows.device()));
 }
 
 // Per-row grid for rows [G, K] under `range`; returns scale and zero point of shape [G].
@@ -137,7 +151,7 @@ void FitRows(const torch::Tensor& rows, const RangeOptions& range, torch::Tensor
   }
   const bool absolute = range.calibrator == RangeCalibrator::kMae;
   auto sample = SampleColumns(rows).contiguous();
-  // On the CPU an exact kernel replaces the loop below (core/shrink_search_cpu.h).
+  // On the CPU an exact kernel replaces the loop below (core/uniform_grid_cpu.h).
   if (UseCpuKernel(sample) && sample.scalar_type() == torch::kFloat32 && torch::isfinite(sample).all().item<bool>()) {
     auto lo_c = lo.contiguous(), hi_c = hi.contiguous();
     auto s = torch::empty_like(lo_c), z = torch::empty_like(lo_c);
@@ -194,6 +208,23 @@ torch::Tensor TwinGelu(const torch::Tensor& x, double neg_step, double pos_step,
 }  // namespace
 
 torch::Tensor FakeQuantize(const torch::Tensor& x, const UniformGrid& grid) {
+  // One pass on the CPU where the grid is per tensor or per last-dimension channel.
+  const int64_t channels = x.dim() > 0 ? x.size(-1) : 1;
+  const bool per_tensor = grid.scale.numel() == 1 && grid.zero_point.numel() == 1;
+  const bool per_last = grid.scale.dim() > 0 && grid.scale.numel() == channels &&
+                        grid.scale.size(-1) == channels && grid.zero_point.sizes() == grid.scale.sizes();
+  if (UseCpuKernel(x) && x.scalar_type() == torch::kFloat32 && grid.scale.is_cpu() &&
+      grid.scale.scalar_type() == torch::kFloat32 &&
+      grid.zero_point.scalar_type() == torch::kFloat32 && (per_tensor || per_last)) {
+    auto in = x.contiguous();
+    auto scale = grid.scale.contiguous(), zero = grid.zero_point.contiguous();
+    auto out = torch::empty_like(in);
+    FakeQuantizeValues(in.data_ptr<float>(), in.numel(), scale.data_ptr<float>(),
+                       zero.data_ptr<float>(), per_tensor ? 1 : channels,
+                       static_cast<float>(grid.qmin), static_cast<float>(grid.qmax),
+                       out.data_ptr<float>());
+    return out;
+  }
   return FakeQuantizeRaw(x, grid.scale, grid.zero_point, grid.qmin, grid.qmax);
 }
 
@@ -264,12 +295,16 @@ StatusOr<UniformGrid> FitWeightGrid(const torch::Tensor& weight, const WeightQua
 StatusOr<QuantizedWeight> QuantizeWeightRtn(const torch::Tensor& weight, const WeightQuant& spec) {
   QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(weight, spec));
   return GuardTorch("rtn", [&]() -> StatusOr<QuantizedWeight> {
-    QuantizedWeight q;
-    q.grid = grid;
-    q.codes = QuantizeCodes(weight, grid);
-    q.dequantized = DequantizeCodes(q.codes, grid);
-    return q;
+    return QuantizeOnGrid(weight, grid);
   });
+}
+
+QuantizedWeight QuantizeOnGrid(const torch::Tensor& weight, const UniformGrid& grid) {
+  QuantizedWeight q;
+  q.grid = grid;
+  q.codes = QuantizeCodes(weight, grid);
+  q.dequantized = DequantizeCodes(q.codes, grid);
+  return q;
 }
 
 torch::Tensor LogFakeQuantize(const torch::Tensor& x, double scale, int bits, bool sqrt2) {

@@ -70,6 +70,8 @@ struct QuantizedWeight {
   torch::Tensor bias;         // float32 [out] when the method also changed the bias (ERQ)
 };
 StatusOr<QuantizedWeight> QuantizeWeightRtn(const torch::Tensor& weight, const WeightQuant& spec);
+// Round to nearest on a grid already fitted to `weight` (FitWeightGrid).
+QuantizedWeight QuantizeOnGrid(const torch::Tensor& weight, const UniformGrid& grid);
 
 // What the values at an activation site are, for quantizers built for one kind of value.
 enum class ValueDomain { kGeneral, kPostSoftmax, kPostGelu };

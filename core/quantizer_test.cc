@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <ATen/ATen.h>
 
 #include "core/kernel_choice.h"
@@ -246,6 +248,32 @@ TEST(UniformQuantizerTest, CpuShrinkSearchPicksWhatTheTensorOpSearchPicks) {
     }
   }
   EXPECT_EQ(compared, 9 * 2 * 2 * 2 * 5);
+}
+
+TEST(UniformQuantizerTest, CpuFakeQuantizeEqualsTheTensorOps) {
+  torch::manual_seed(12);
+  auto calibration = torch::randn({6, 17, 48}) * 3;
+  auto y = torch::randn({6, 17, 48}) * 3;
+  y[0][0][0] = 1e30f;
+  y[0][0][1] = -std::numeric_limits<float>::infinity();
+  y[0][0][2] = 5e6f;  // beyond the rounding trick's exact range, clamped all the same
+  for (auto g : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerHead}) {
+    for (bool symmetric : {true, false}) {
+      for (int bits : {2, 4, 8}) {
+        auto grid = FitUniformGrid(calibration, GroupLayout{g, /*channel_axis=*/-1,
+                                                            /*head_axis=*/-1, /*num_heads=*/4},
+                                   RangeOptions{bits, symmetric});
+        ASSERT_TRUE(grid.ok());
+        auto fast = FakeQuantize(y, *grid);
+        torch::Tensor reference;
+        {
+          ForceTensorOpsForTesting tensor_ops;
+          reference = FakeQuantize(y, *grid);
+        }
+        EXPECT_TRUE(torch::equal(fast, reference)) << ToString(g) << " " << bits << symmetric;
+      }
+    }
+  }
 }
 
 TEST(UniformQuantizerTest, RejectsBadBitWidthsAndEmptyTensors) {

@@ -56,12 +56,17 @@ int UsableCores() {
 ThreadPlan PlanThreads(int workers, int cores, int intra_op_threads) {
   ThreadPlan plan;
   plan.cores = std::max(1, cores);
-  plan.workers = workers > 0 ? workers : std::max(1, plan.cores / 8);
+  plan.workers = workers > 0 ? workers : std::min(plan.cores, 8);
   const int share = std::max(1, plan.cores / plan.workers);
   plan.blas_threads = share;
   plan.intra_op_threads =
       intra_op_threads > 0 ? std::min(intra_op_threads, share) : (OpenMpSleepsWhenIdle() ? share : 1);
+  plan.requested_intra_op_threads = intra_op_threads;
   return plan;
+}
+
+ThreadPlan SingleStreamPlan(const ThreadPlan& plan) {
+  return PlanThreads(1, plan.cores, plan.requested_intra_op_threads);
 }
 
 void ApplyThreadPlan(const ThreadPlan& plan) {

@@ -1,6 +1,8 @@
 // How many threads each layer of the CPU stack gets, so they never oversubscribe the cores: W
 // evaluation workers, BLAS threads cores / W (OpenBLAS's pool is process-wide and each worker's
-// GEMMs get a share), and LibTorch intra-op threads per worker. The intra-op pool (OpenMP) and
+// GEMMs get a share), and LibTorch intra-op threads per worker. Work done by one thread at a time
+// (the reference passes, validation) runs under the single-stream plan, W = 1, with every core
+// for BLAS; the evaluation stage switches to the worker plan and back. The intra-op pool (OpenMP) and
 // OpenBLAS's pool both spin while idle, so on the same cores they fight: with both at 2 threads
 // on 2 cores the fixture's float pass took 1.6× as long as with 1 intra-op thread. Intra-op
 // threads therefore stay at 1 unless OpenMP was told to sleep when idle (OMP_WAIT_POLICY=passive
@@ -21,16 +23,20 @@ struct ThreadPlan {
   int workers = 1;           // evaluation workers (threads serving the task queue)
   int blas_threads = 1;      // process-wide: cores / workers
   int intra_op_threads = 1;  // LibTorch intra-op threads of each worker
+  int requested_intra_op_threads = 0;  // what PlanThreads was asked for (0: its rule)
 };
 
 // The cores this process may use: its CPU affinity mask, capped by a cgroup CPU quota (as a
 // container limit sets) when there is one. At least 1.
 int UsableCores();
 
-// Splits `cores` among `workers` (0 picks one worker per 8 cores, at least one: BLAS spreads a
-// worker's GEMMs over its share). `intra_op_threads` > 0 forces the per-worker intra-op count
-// (at most cores / workers); 0 applies the rule above.
+// Splits `cores` among `workers`. 0 picks min(cores, 8): most of a site's evaluation is
+// single-threaded work between small GEMMs, so workers side by side beat BLAS threads inside
+// one (two workers evaluated the fixture about 1.8× as fast as one on 2 cores). `intra_op_threads`
+// > 0 forces the per-worker intra-op count (at most cores / workers); 0 applies the rule above.
 ThreadPlan PlanThreads(int workers, int cores, int intra_op_threads = 0);
+// The plan for work one thread does at a time: one worker, every core for BLAS.
+ThreadPlan SingleStreamPlan(const ThreadPlan& plan);
 
 // Sets BLAS's thread count (process-wide, when the BLAS is OpenBLAS) and the calling thread's
 // LibTorch intra-op threads.

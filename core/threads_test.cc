@@ -24,14 +24,22 @@ TEST(ThreadsTest, PlansNeverOversubscribeTheCores) {
       }
     }
   }
-  EXPECT_EQ(PlanThreads(0, 2).workers, 1);
-  EXPECT_EQ(PlanThreads(0, 16).workers, 2);
-  EXPECT_EQ(PlanThreads(0, 16).blas_threads, 8);
+  EXPECT_EQ(PlanThreads(0, 2).workers, 2);
+  EXPECT_EQ(PlanThreads(0, 2).blas_threads, 1);
+  EXPECT_EQ(PlanThreads(0, 16).workers, 8);
+  EXPECT_EQ(PlanThreads(0, 16).blas_threads, 2);
+  EXPECT_EQ(PlanThreads(0, 64).workers, 8);
+  EXPECT_EQ(PlanThreads(0, 64).blas_threads, 8);
+  const ThreadPlan single = SingleStreamPlan(PlanThreads(0, 16));
+  EXPECT_EQ(single.workers, 1);
+  EXPECT_EQ(single.blas_threads, 16);
+  EXPECT_EQ(single.intra_op_threads, 1);  // the spinning pools again
+  EXPECT_EQ(SingleStreamPlan(PlanThreads(0, 16, 4)).intra_op_threads, 4);
   // Two spinning pools on the same cores fight: intra-op stays at 1 unless OpenMP sleeps.
-  EXPECT_EQ(PlanThreads(0, 16).intra_op_threads, 1);
-  EXPECT_EQ(PlanThreads(0, 16, 3).intra_op_threads, 3);
+  EXPECT_EQ(PlanThreads(2, 16).intra_op_threads, 1);
+  EXPECT_EQ(PlanThreads(2, 16, 3).intra_op_threads, 3);
   setenv("OMP_WAIT_POLICY", "passive", 1);
-  EXPECT_EQ(PlanThreads(0, 16).intra_op_threads, 8);
+  EXPECT_EQ(PlanThreads(2, 16).intra_op_threads, 8);
   unsetenv("OMP_WAIT_POLICY");
 }
 

@@ -96,12 +96,13 @@ Status WriteRandomImages(const std::string& path, int64_t count, const core::ViT
 }
 
 struct EvaluationRun {
+  int workers = 1;
   double seconds = 0;              // the evaluation stage: every candidate, fresh store
   double fp32_calibration = 0;     // median float pass over the calibration images
   double fp32_validation = 0;      // Open's float pass over the validation images
   size_t candidates = 0;
   size_t failed = 0;
-  core::GemmWork gemm;
+  core::EvaluationCosts costs;
   std::string device;
   double validate_seconds = -1;    // one validation of `validate`, when asked
 };
@@ -111,12 +112,13 @@ struct EvaluationRun {
 StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intra_op_threads,
                                       const Recipe* validate = nullptr) {
   const core::ThreadPlan threads = core::PlanThreads(workers, core::UsableCores(), intra_op_threads);
-  core::ApplyThreadPlan(threads);
+  core::ApplyThreadPlan(core::SingleStreamPlan(threads));
   QS_ASSIGN_OR_RETURN(auto session, worker::ModelSession::Open(spec));
   QS_ASSIGN_OR_RETURN(Plan plan, MakePlan(spec, session->sites()));
   auto store = storage::NewInMemoryEvaluationStore();
   auto queue = storage::NewInProcessTaskQueue();
   EvaluationRun run;
+  run.workers = threads.workers;
   run.device = session->device();
   run.candidates = plan.candidate_count();
   run.fp32_calibration = session->MeasureFp32CalibrationPass(5);
@@ -132,6 +134,7 @@ StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intr
     QS_RETURN_IF_ERROR(queue->Push(
         {"eval:" + site.site.name, scheduler::TaskPayload(site, keys, all).dump()}));
   }
+  core::ApplyThreadPlan(threads);
   std::atomic<bool> stop{false};
   const auto start = Clock::now();
   std::vector<std::thread> pool;
@@ -153,7 +156,8 @@ StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intr
       if (!e || !e->ok()) ++run.failed;
     }
   }
-  run.gemm = session->gemm_work();
+  run.costs = session->costs();
+  core::ApplyThreadPlan(core::SingleStreamPlan(threads));
   if (validate != nullptr) {
     QS_ASSIGN_OR_RETURN(ValidationResult v, session->Validate(*validate));
     run.validate_seconds = v.seconds;
@@ -163,12 +167,40 @@ StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intr
 
 json Describe(const EvaluationRun& r) {
   return json{{"evaluate_seconds", r.seconds},
+              {"workers", r.workers},
               {"candidates", r.candidates},
               {"failed", r.failed},
               {"fp32_calibration_pass_seconds", r.fp32_calibration},
               {"fp32_validation_pass_seconds", r.fp32_validation},
-              {"gemm_multiply_adds", r.gemm.multiply_adds},
-              {"gemm_seconds", r.gemm.seconds}};
+              {"gemm_multiply_adds", r.costs.gemm_multiply_adds},
+              // Where the workers' time went (worker-seconds: summed over workers): inside GEMMs,
+              // activation quantizers, weight methods, the rest of EvaluateSite, and outside it
+              // (capturing segments, the queue, the store, waiting for work).
+              {"worker_seconds_in",
+               {{"gemms", r.costs.gemm_seconds},
+                {"activation_quantizers", r.costs.activation_seconds},
+                {"weight_methods", r.costs.weight_seconds},
+                {"weight_methods_rtn_gptq_erq",
+                 {r.costs.method_seconds[0], r.costs.method_seconds[1], r.costs.method_seconds[2]}},
+                {"other_evaluation", r.costs.total_seconds - r.costs.gemm_seconds -
+                                         r.costs.activation_seconds - r.costs.weight_seconds},
+                {"outside_evaluation", r.workers * r.seconds - r.costs.total_seconds}}}};
+}
+
+// ViT-B/16 at 224×224 (timm's vit_base_patch16_224 shape).
+core::ViTConfig ViTBase() {
+  core::ViTConfig c;
+  c.img_size = 224;
+  c.patch_size = 16;
+  c.in_chans = 3;
+  c.embed_dim = 768;
+  c.depth = 12;
+  c.num_heads = 12;
+  c.mlp_ratio = 4;
+  c.num_classes = 1000;
+  c.mean = {0.485, 0.456, 0.406};
+  c.std = {0.229, 0.224, 0.225};
+  return c;
 }
 
 JobSpec FixtureSpec(const std::string& fixture, bool quick) {
@@ -233,17 +265,14 @@ int RunBenchCommand(const BenchArgs& args) {
   const JobSpec fixture = FixtureSpec(args.fixture, args.quick);
   auto w4a8 = ParseUniformRecipe("w4a8:rtn");
   if (!w4a8.ok()) return fail(w4a8.status());
-  auto one = RunEvaluation(fixture, 1, args.threads, &*w4a8);
+  auto one = RunEvaluation(fixture, 0, args.threads, &*w4a8);
   if (!one.ok()) return fail(one.status());
   result["device"] = one->device;
   const torch::Device device(one->device);
   note("GEMM peak");
   const double peak = GemmPeakGflops(device, args.quick);
-  const double achieved = 2 * one->gemm.multiply_adds / one->seconds / 1e9;
   result["gemm_peak_gflops"] = peak;
-  result["gemm_fraction"] = achieved / peak;
-  result["gemm_fraction_inside_gemms"] =
-      one->gemm.seconds > 0 ? 2 * one->gemm.multiply_adds / one->gemm.seconds / 1e9 / peak : 0.0;
+  result["gemm_fraction_fixture"] = 2 * one->costs.gemm_multiply_adds / one->seconds / 1e9 / peak;
   result["search_fp32_pass_ratio"] = one->seconds / one->fp32_calibration;
   result["validation_fp32_pass_ratio"] =
       one->validate_seconds / (one->fp32_calibration + one->fp32_validation);
@@ -251,14 +280,17 @@ int RunBenchCommand(const BenchArgs& args) {
   fixture_json["validate_w4a8_rtn_seconds"] = one->validate_seconds;
   result["fixture"] = fixture_json;
 
-  note("fixture evaluation with two workers");
-  auto two = RunEvaluation(fixture, 2, args.threads);
+  note("fixture evaluation with one worker and with two");
+  auto single = RunEvaluation(fixture, 1, args.threads);
+  if (!single.ok()) return fail(single.status());
+  auto two = plan.workers == 2 ? one : RunEvaluation(fixture, 2, args.threads);
   if (!two.ok()) return fail(two.status());
   result["embedded_two_worker_speedup"] =
-      (one->seconds / one->fp32_calibration) / (two->seconds / two->fp32_calibration);
-  result["fixture_two_workers"] = Describe(*two);
+      (single->seconds / single->fp32_calibration) / (two->seconds / two->fp32_calibration);
+  result["fixture_one_worker"] = Describe(*single);
 
-  // The RTN sweep: a 6-block, width-96 ViT at patch 4 (50 tokens), random weights.
+  // The RTN sweep: a 6-block, width-96 ViT at patch 4 (50 tokens), random weights, min-max
+  // ranges for weights and activations, as a plain script sweeping the same grid would use.
   note("RTN sweep");
   TempDir dir;
   if (dir.path().empty()) return fail(InternalError("cannot create a temporary directory"));
@@ -284,26 +316,56 @@ int RunBenchCommand(const BenchArgs& args) {
     sweep.space.weight_bits = {2, 3, 4, 6, 8};
     sweep.space.weight_calibrators = {RangeCalibrator::kMinMax};
     sweep.space.activation_bits = {4, 6, 8};
-    auto r = RunEvaluation(sweep, 1, args.threads);
+    sweep.space.activation_calibrators = {RangeCalibrator::kMinMax};
+    auto r = RunEvaluation(sweep, 0, args.threads);
     if (!r.ok()) return fail(r.status());
     result["sweep_candidate_ratio"] = r->seconds / r->candidates / r->fp32_calibration;
     result["sweep"] = Describe(*r);
+    if (!args.quick) {
+      // The same sweep with qsearch's default OMSE activation ranges (90 clip ratios searched).
+      sweep.space.activation_calibrators = {RangeCalibrator::kOmse};
+      auto omse = RunEvaluation(sweep, 0, args.threads);
+      if (!omse.ok()) return fail(omse.status());
+      result["sweep_omse_activations_candidate_ratio"] =
+          omse->seconds / omse->candidates / omse->fp32_calibration;
+      result["sweep_omse_activations"] = Describe(*omse);
+    }
+  }
+
+  // Candidate evaluation at ViT-B width: one block of a ViT-B (dim 768, 12 heads, MLP 3072,
+  // 197 tokens), RTN, GPTQ and ERQ at 4 and 8 bits with 8-bit activations, over 128 calibration
+  // images (32 with --quick). Its GEMM rate against the peak is `gemm_fraction`.
+  note("ViT-B block evaluation");
+  {
+    core::ViTConfig c = ViTBase();
+    c.depth = 1;
+    const std::string block = dir.path() + "/vitb_block";
+    std::filesystem::create_directories(block);
+    JobSpec spec;
+    const int64_t images = args.quick ? 32 : 128;
+    Status s = WriteRandomModel(c, 21, block, &spec);
+    if (s.ok()) s = WriteRandomImages(block + "/calib.safetensors", images, c, 22);
+    if (s.ok()) s = WriteRandomImages(block + "/val.safetensors", 8, c, 23);
+    if (!s.ok()) return fail(s);
+    spec.calibration_source = block + "/calib.safetensors";
+    spec.calibration_count = images;
+    spec.validation_source = block + "/val.safetensors";
+    spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq, WeightMethod::kErq};
+    spec.space.weight_bits = {4, 8};
+    spec.space.activation_bits = {8};
+    auto r = RunEvaluation(spec, 0, args.threads);
+    if (!r.ok()) return fail(r.status());
+    result["gemm_fraction"] = 2 * r->costs.gemm_multiply_adds / r->seconds / 1e9 / peak;
+    json block_json = Describe(*r);
+    block_json["calibration_images"] = images;
+    block_json["evaluate_in_fp32_calibration_passes"] = r->seconds / r->fp32_calibration;
+    result["vitb_block"] = block_json;
   }
 
   result["peak_rss_vitb_gib"] = nullptr;
   if (!args.quick) {
     note("ViT-B search in a child process (minutes)");
-    core::ViTConfig c;
-    c.img_size = 224;
-    c.patch_size = 16;
-    c.in_chans = 3;
-    c.embed_dim = 768;
-    c.depth = 12;
-    c.num_heads = 12;
-    c.mlp_ratio = 4;
-    c.num_classes = 1000;
-    c.mean = {0.485, 0.456, 0.406};
-    c.std = {0.229, 0.224, 0.225};
+    const core::ViTConfig c = ViTBase();
     const std::string vitb = dir.path() + "/vitb";
     std::filesystem::create_directories(vitb);
     JobSpec spec;

@@ -59,7 +59,10 @@ class EmbeddedBackend : public scheduler::ModelBackend {
   }
 
   StatusOr<scheduler::ModelFacts> Prepare() override {
+    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
     QS_ASSIGN_OR_RETURN(session_, worker::ModelSession::Open(spec_));
+    // The evaluation stage follows: the workers' plan until validation.
+    core::ApplyThreadPlan(threads_plan_);
     for (int i = 0; i < threads_plan_.workers; ++i) {
       threads_.emplace_back(
           [this] { worker::ServeTasks(*session_, store_, queue_, stop_, &threads_plan_); });
@@ -67,11 +70,14 @@ class EmbeddedBackend : public scheduler::ModelBackend {
     return FactsOf(*session_);
   }
 
+  // Validation and weights come after the evaluation stage, one at a time.
   StatusOr<ValidationResult> Validate(const Recipe& recipe) override {
+    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
     return session_->Validate(recipe);
   }
 
   Status WriteWeights(const Recipe& recipe, const std::string& path) override {
+    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
     return session_->WriteWeights(recipe, path);
   }
 
@@ -162,7 +168,6 @@ int RunSearchCommand(const RunArgs& args) {
 
   auto queue = storage::NewInProcessTaskQueue();
   const core::ThreadPlan threads = core::PlanThreads(args.workers, core::UsableCores(), args.threads);
-  core::ApplyThreadPlan(threads);
   scheduler::SearchResult result;
   double artifacts_seconds = 0;
   {

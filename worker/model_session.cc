@@ -52,6 +52,46 @@ bool GramSuffices(const core::ViTModel& model, const core::Site& site,
   return true;
 }
 
+// A segment's captured inputs, batch by batch: site → operand → pieces.
+using BatchedInputs = std::map<std::string, std::vector<std::vector<torch::Tensor>>>;
+
+void AppendBatch(const core::SiteInputs& batch, BatchedInputs* parts) {
+  for (const auto& [site, tensors] : batch) {
+    auto& p = (*parts)[site];
+    p.resize(tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) p[i].push_back(tensors[i]);
+  }
+}
+
+// The pieces joined (a copy, so views of larger tensors do not keep those alive) in `dtype`.
+core::SiteInputs Joined(BatchedInputs* parts, torch::ScalarType dtype) {
+  core::SiteInputs out;
+  for (auto& [site, operands] : *parts) {
+    for (auto& pieces : operands) {
+      out[site].push_back(at::cat(pieces, 0).to(dtype));
+      pieces.clear();
+    }
+  }
+  return out;
+}
+
+// Bytes the inputs of `segment`'s sites take on `images` calibration images, from the config.
+int64_t SegmentInputBytes(const core::ViTModel& model, int64_t segment, int64_t images,
+                          int64_t element_size) {
+  const core::ViTConfig& c = model.config();
+  const int64_t tokens = c.num_patches() + (model.tensors().count("cls_token") ? 1 : 0);
+  int64_t elements = 0;
+  if (segment == 0) {
+    elements = c.num_patches() * c.in_chans * c.patch_size * c.patch_size;
+  } else if (segment == model.num_segments() - 1) {
+    elements = c.embed_dim;
+  } else {
+    // qkv, proj and fc1 inputs, q·kᵀ's and softmax·v's operands, fc2's input.
+    elements = tokens * (3 * c.embed_dim + 3 * c.embed_dim + c.num_heads * tokens + c.mlp_hidden());
+  }
+  return elements * images * element_size;
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
@@ -83,26 +123,47 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
   s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_.labels);
 
   // Reference 2: one float pass over the calibration set, in the model's segments, keeping each
-  // segment's input: the checkpoints site inputs are captured from later.
+  // segment's input: the checkpoints site inputs are captured from later. The first segments'
+  // site inputs, as many as the activation cache holds, are kept from this very pass.
   QS_RETURN_IF_ERROR(s->model_.Logits(s->calibration_images_.narrow(0, 0, 0)).status());
+  const int64_t segments = s->model_.num_segments(), n = s->calibration_images_.size(0);
+  std::vector<bool> keep(segments, false);
+  int64_t planned = 0;
+  const int64_t element_size = s->capture_dtype_ == torch::kFloat32 ? 4 : 2;
+  for (int64_t seg = 0; seg < segments; ++seg) {
+    planned += SegmentInputBytes(s->model_, seg, n, element_size);
+    if (planned > options.activation_cache_bytes) break;
+    keep[seg] = true;
+  }
   Status pass = core::GuardTorch("calibration pass", [&]() -> Status {
     c10::InferenceMode guard;
-    const int64_t segments = s->model_.num_segments(), n = s->calibration_images_.size(0);
     std::vector<std::vector<torch::Tensor>> parts(segments);
+    std::vector<BatchedInputs> captured(segments);
     double forward_seconds = 0;
     for (int64_t b = 0; b < n; b += options.capture_batch) {
       auto x = s->calibration_images_.narrow(0, b, std::min(options.capture_batch, n - b))
                    .to(device, torch::kFloat32);
       for (int64_t seg = 0; seg < segments; ++seg) {
         parts[seg].push_back(x.to(s->capture_dtype_));
+        core::SiteInputs batch;
         const auto t = std::chrono::steady_clock::now();
-        x = s->model_.ForwardSegment(seg, x);
+        if (keep[seg]) {
+          QS_ASSIGN_OR_RETURN(x, core::CaptureSegmentInputs(s->model_, seg, x, &batch));
+        } else {
+          x = s->model_.ForwardSegment(seg, x);
+        }
         if (!device.is_cpu()) x.cpu();  // let the timing see the device's work
         forward_seconds += Since(t);
+        AppendBatch(batch, &captured[seg]);
       }
     }
     for (auto& p : parts) s->checkpoints_.push_back(at::cat(p, 0));
     s->fp32_calibration_seconds_ = forward_seconds;
+    for (int64_t seg = segments - 1; seg >= 0; --seg) {  // the LRU's front ends up segment 0
+      if (!keep[seg]) continue;
+      auto inputs = std::make_shared<const core::SiteInputs>(Joined(&captured[seg], s->capture_dtype_));
+      s->segments_.push_front({seg, inputs, Bytes(*inputs)});
+    }
     return OkStatus();
   });
   QS_RETURN_IF_ERROR(pass);
@@ -131,26 +192,15 @@ StatusOr<std::shared_ptr<const core::SiteInputs>> ModelSession::SegmentInputs(
   auto captured = core::GuardTorch("capture", [&]() -> StatusOr<core::SiteInputs> {
     c10::InferenceMode guard;
     const torch::Tensor& input = checkpoints_.at(segment);
-    std::map<std::string, std::vector<std::vector<torch::Tensor>>> parts;
+    BatchedInputs parts;
     for (int64_t b = 0; b < input.size(0); b += options_.capture_batch) {
       core::SiteInputs batch;
       auto x = input.narrow(0, b, std::min(options_.capture_batch, input.size(0) - b))
                    .to(torch::kFloat32);
       QS_RETURN_IF_ERROR(core::CaptureSegmentInputs(model_, segment, x, &batch).status());
-      for (auto& [site, tensors] : batch) {
-        auto& p = parts[site];
-        p.resize(tensors.size());
-        for (size_t i = 0; i < tensors.size(); ++i) p[i].push_back(tensors[i]);
-      }
+      AppendBatch(batch, &parts);
     }
-    core::SiteInputs out;
-    for (auto& [site, operands] : parts) {
-      for (auto& pieces : operands) {
-        out[site].push_back(at::cat(pieces, 0).to(capture_dtype_));
-        pieces.clear();
-      }
-    }
-    return out;
+    return Joined(&parts, capture_dtype_);
   });
 
   lock.lock();
@@ -199,15 +249,14 @@ std::vector<Evaluation> ModelSession::EvaluateTask(
     auto it = (*inputs)->find(site);
     if (it != (*inputs)->end()) data.inputs = it->second;
   }
-  core::GemmWork work;
-  auto results = core::EvaluateSite(model_, *s, candidates, &data, options, on_result, &work);
+  core::EvaluationCosts costs;
+  auto results = core::EvaluateSite(model_, *s, candidates, &data, options, on_result, &costs);
   bool weight_only = false;
   for (const auto& c : candidates) weight_only = weight_only || !c.config.activation.quantized();
   std::lock_guard<std::mutex> lock(gram_mu_);
   // Kept only where weight-only candidates can be served from it later.
   if (data.gram.defined() && weight_only) grams_.emplace(site, data.gram);
-  gemm_work_.multiply_adds += work.multiply_adds;
-  gemm_work_.seconds += work.seconds;
+  costs_.Add(costs);
   return results;
 }
 
@@ -222,9 +271,9 @@ double ModelSession::MeasureFp32CalibrationPass(int repeats) const {
   return seconds[seconds.size() / 2];
 }
 
-core::GemmWork ModelSession::gemm_work() const {
+core::EvaluationCosts ModelSession::costs() const {
   std::lock_guard<std::mutex> lock(gram_mu_);
-  return gemm_work_;
+  return costs_;
 }
 
 StatusOr<const core::QuantizedModel*> ModelSession::Quantized(const Recipe& recipe) {

@@ -84,8 +84,8 @@ class ModelSession {
   // The median of `repeats` plain float passes over the calibration images (for benchmarks,
   // which want a steadier reference than Open's single pass).
   double MeasureFp32CalibrationPass(int repeats) const;
-  // GEMM work done by evaluations so far (for benchmarks).
-  core::GemmWork gemm_work() const;
+  // Where the evaluations' time went so far (for benchmarks).
+  core::EvaluationCosts costs() const;
   // Segments captured so far (a segment evicted and needed again counts twice).
   int64_t segment_captures() const { return segment_captures_.load(); }
 
@@ -117,9 +117,9 @@ class ModelSession {
   mutable std::set<int64_t> capturing_;
   mutable std::atomic<int64_t> segment_captures_{0};
 
-  mutable std::mutex gram_mu_;  // also guards gemm_work_
+  mutable std::mutex gram_mu_;  // also guards costs_
   mutable std::map<std::string, torch::Tensor> grams_;
-  mutable core::GemmWork gemm_work_;
+  mutable core::EvaluationCosts costs_;
 
   std::mutex mu_;  // guards the cached quantized model
   std::string last_recipe_;

@@ -1,5 +1,7 @@
-// The OMSE / MAE shrink search of uniform grids on the CPU, exact and fast.
+// CPU kernels for uniform grids, exact and fast: the OMSE / MAE shrink search, and fake
+// quantization with one grid or one grid per last-dimension channel.
 //
+// The shrink search:
 // For each row of values and each factor f = 1 − 0.01·i (i < steps), the grid fitted to the range
 // [lo·f, hi·f] is scored by its squared (or absolute) error over the row; the lowest score wins,
 // ties keeping the first (widest) factor. Grids and codes use the same float32 arithmetic as the
@@ -11,8 +13,8 @@
 // scored element by element.
 //
 //   ShrinkSearchRows(rows, groups, k, lo, hi, {4, true, false, 90}, scale, zero);
-#ifndef QS_CORE_SHRINK_SEARCH_CPU_H_
-#define QS_CORE_SHRINK_SEARCH_CPU_H_
+#ifndef QS_CORE_UNIFORM_GRID_CPU_H_
+#define QS_CORE_UNIFORM_GRID_CPU_H_
 
 #include <cstdint>
 
@@ -44,6 +46,12 @@ RowGrid GridForRange(float lo, float hi, int bits, bool symmetric);
 void ShrinkSearchRows(const float* rows, int64_t groups, int64_t k, const float* lo,
                       const float* hi, const ShrinkSearchSpec& spec, float* scale, float* zero);
 
+// out[i] = (clamp(round(x[i] / s) + z, qmin, qmax) − z) · s over n values, the same float32
+// arithmetic as the tensor ops: with `channels` == 1 one (s, z) = (scale[0], zero[0]); otherwise
+// x is rows of `channels` values and channel c takes (scale[c], zero[c]).
+void FakeQuantizeValues(const float* x, int64_t n, const float* scale, const float* zero,
+                        int64_t channels, float qmin, float qmax, float* out);
+
 }  // namespace qs::core
 
-#endif  // QS_CORE_SHRINK_SEARCH_CPU_H_
+#endif  // QS_CORE_UNIFORM_GRID_CPU_H_
