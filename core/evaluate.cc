@@ -74,17 +74,17 @@ std::pair<torch::Tensor, torch::Tensor> LinearParamsOf(const ViTModel& model, co
   return {w.reshape({w.size(0), -1}), bias};
 }
 
-// Σ over token chunks of Lᵀ·R, with L = left(chunk) and R = right(chunk) float32 tensors of the
-// chunk's rows (R undefined: L again): float32 GEMMs, accumulated in float64 across chunks. On
-// the fixture's layers the quadratic forms from these blocks differ from float64 ones by under
-// 1e-6 relative, far below any difference between candidates.
-template <typename Left, typename Right>
-torch::Tensor ChunkedGram(int64_t rows, Left left, Right right, EvaluationCosts* costs) {
+// LᵀR for row-major float32 `left` [T, a] and `right` [T, b] (the same rows): float32 GEMMs on
+// views of token chunks, accumulated in float64 across chunks. On the fixture's layers the
+// quadratic forms from such blocks differ from float64 ones by under 1e-6 relative, far below
+// any difference between candidates.
+torch::Tensor ChunkedProduct(const torch::Tensor& left, const torch::Tensor& right,
+                             EvaluationCosts* costs) {
   torch::Tensor total;
+  const int64_t rows = left.size(0);
   for (int64_t start = 0; start < rows; start += kGramChunkRows) {
     const int64_t count = std::min(kGramChunkRows, rows - start);
-    auto l = left(start, count), r = right(start, count);
-    if (!r.defined()) r = l;
+    auto l = left.narrow(0, start, count), r = right.narrow(0, start, count);
     const double macs = static_cast<double>(count) * l.size(1) * r.size(1);
     auto part = Gemm(costs, macs, [&] { return l.t().mm(r); }).to(torch::kFloat64);
     total = total.defined() ? total.add_(part) : part;
@@ -92,9 +92,20 @@ torch::Tensor ChunkedGram(int64_t rows, Left left, Right right, EvaluationCosts*
   return total;
 }
 
-// The rows with a ones column appended.
-torch::Tensor WithOnes(const torch::Tensor& rows) {
-  return at::cat({rows, torch::ones({rows.size(0), 1}, rows.options())}, 1);
+torch::Tensor ColumnSums(const torch::Tensor& rows) {
+  return at::sum(rows, {0}, /*keepdim=*/false, torch::kFloat64);
+}
+
+// A = X̃ᵀX̃ for X̃ = [X, 1]: [[XᵀX, Σx], [Σxᵀ, T]], without building X̃.
+torch::Tensor AugmentedGramOf(const torch::Tensor& rows, EvaluationCosts* costs) {
+  const int64_t n = rows.size(1);
+  auto a = torch::empty({n + 1, n + 1}, rows.options().dtype(torch::kFloat64));
+  a.narrow(0, 0, n).narrow(1, 0, n).copy_(ChunkedProduct(rows, rows, costs));
+  const auto sums = ColumnSums(rows);
+  a.select(0, n).narrow(0, 0, n).copy_(sums);
+  a.select(1, n).narrow(0, 0, n).copy_(sums);
+  a[n][n] = static_cast<double>(rows.size(0));
+  return a;
 }
 
 // Fills the output-error metrics of `e` from its sums: signal Σy², noise Σ(y − ŷ)² and the
@@ -159,28 +170,6 @@ void FailAll(const std::vector<size_t>& which, const Status& s, std::vector<Eval
   }
 }
 
-// Grids fitted to a site's float weight, shared by the candidates whose grid settings agree (RTN,
-// GPTQ and weight-only ERQ at the same bits fit the same grid).
-class WeightGrids {
- public:
-  explicit WeightGrids(const torch::Tensor& weight) : weight_(weight) {}
-  StatusOr<const UniformGrid*> For(const WeightQuant& spec) {
-    const auto key = std::make_tuple(spec.bits, spec.granularity, spec.group_size, spec.calibrator,
-                                     spec.symmetric, spec.percentile);
-    for (const auto& [k, grid] : grids_) {
-      if (k == key) return &grid;
-    }
-    QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(weight_, spec));
-    grids_.emplace_back(key, std::move(grid));
-    return &grids_.back().second;
-  }
-
- private:
-  using Key = std::tuple<int, Granularity, int, RangeCalibrator, bool, double>;
-  torch::Tensor weight_;
-  std::list<std::pair<Key, UniformGrid>> grids_;  // stable addresses
-};
-
 // The Gram blocks of one (site, activation config) and what GPTQ and ERQ derive from them,
 // computed on first need and shared by the group's candidates: the Hessian factor depends on
 // (damping, act-order) and Aqer's moved layer on λ₁ only, not on the bit-width.
@@ -243,7 +232,7 @@ class GroupSolves {
 StatusOr<QuantizedWeight> QuantizeLinearWeight(const Site& site, const WeightQuant& spec,
                                                const torch::Tensor& weight,
                                                const torch::Tensor& bias, bool pooled,
-                                               GroupSolves* solves, WeightGrids* grids) {
+                                               GroupSolves* solves, WeightGridCache* grids) {
   const int64_t n = weight.size(1);
   if (!spec.quantized()) {
     QuantizedWeight q;
@@ -252,10 +241,11 @@ StatusOr<QuantizedWeight> QuantizeLinearWeight(const Site& site, const WeightQua
   }
   const bool dynamic_groups = spec.granularity == Granularity::kPerGroup &&
                               spec.group_size < n && !spec.gptq_static_groups;
-  const UniformGrid* grid = nullptr;
+  std::shared_ptr<const UniformGrid> fitted;
   if (spec.method != WeightMethod::kGptq || !dynamic_groups) {
-    QS_ASSIGN_OR_RETURN(grid, grids->For(spec));
+    QS_ASSIGN_OR_RETURN(fitted, grids->Get(site.name, weight, spec));
   }
+  const UniformGrid* grid = fitted.get();
   if (spec.method == WeightMethod::kRtn) return QuantizeOnGrid(weight, *grid);
   if (spec.method == WeightMethod::kGptq) {
     QS_ASSIGN_OR_RETURN(const GptqFactor* factor, solves->Gptq(spec));
@@ -310,9 +300,7 @@ void EvaluateLinearSite(const Context& c) {
   }
   Status setup = GuardTorch("site inputs", [&]() -> Status {
     if (need_gram && !c.data->gram.defined()) {
-      c.data->gram = ChunkedGram(
-          rows.size(0), [&](int64_t s, int64_t k) { return WithOnes(rows.narrow(0, s, k)); },
-          [](int64_t, int64_t) { return torch::Tensor(); }, c.costs);
+      c.data->gram = AugmentedGramOf(rows, c.costs);
     }
     if (need_gram && (c.data->gram.size(0) != n + 1 || c.data->gram.size(1) != n + 1)) {
       return InvalidArgumentError("the Gram matrix does not match the site's input width");
@@ -345,7 +333,8 @@ void EvaluateLinearSite(const Context& c) {
     return OkStatus();
   });
 
-  WeightGrids grids(weight);
+  WeightGridCache local_grids;
+  WeightGridCache* grids = c.options.weight_grids ? c.options.weight_grids : &local_grids;
   for (const auto& group : GroupBy(c.candidates, all, [](const QuantConfig& q) {
          return q.activation;
        })) {
@@ -368,15 +357,9 @@ void EvaluateLinearSite(const Context& c) {
         }
         if (group_needs_blocks) {
           auto error = x_hat_rows - rows;
-          // [X̃, E]ᵀE in one pass: C = X̃ᵀE on top, D = EᵀE below.
-          auto blocks = ChunkedGram(
-              rows.size(0),
-              [&](int64_t s, int64_t k) {
-                return at::cat({WithOnes(rows.narrow(0, s, k)), error.narrow(0, s, k)}, 1);
-              },
-              [&](int64_t s, int64_t k) { return error.narrow(0, s, k); }, c.costs);
-          cross = blocks.narrow(0, 0, n + 1);
-          error_gram = blocks.narrow(0, n + 1, n);
+          // C = X̃ᵀE = [XᵀE; Σe] and D = EᵀE.
+          cross = at::cat({ChunkedProduct(rows, error, c.costs), ColumnSums(error).unsqueeze(0)}, 0);
+          error_gram = ChunkedProduct(error, error, c.costs);
           w_cross = w_t.mm(cross);
         }
         return OkStatus();
@@ -403,7 +386,7 @@ void EvaluateLinearSite(const Context& c) {
             &c.costs->method_seconds[static_cast<int>(config.weight.method)]);
         QS_ASSIGN_OR_RETURN(QuantizedWeight q,
                             QuantizeLinearWeight(site, config.weight, weight, bias, pooled,
-                                                 solves ? &*solves : nullptr, &grids));
+                                                 solves ? &*solves : nullptr, grids));
         timed.reset();
         by_method.reset();
         const auto& b_hat = q.bias.defined() ? q.bias : bias;
@@ -600,11 +583,13 @@ void EvaluationCosts::Add(const EvaluationCosts& o) {
 bool MeasuredFromGram(const ViTModel& model, const Site& site, const QuantConfig& config) {
   if (site.kind != SiteKind::kLinear) return false;
   if (config.weight.quantized() && config.weight.method != WeightMethod::kRtn) return true;
-  // RTN (or a float weight) needs nothing of the inputs but its error: measured directly it costs
-  // one [tokens, in] × [in, out] GEMM, against about 3·tokens·in² for the blocks, which only
-  // pays when the input is no wider than the output.
+  // RTN (or a float weight) needs nothing of the inputs but its error: measured directly a
+  // candidate costs a [tokens, in] × [in, out] GEMM, against about 2·tokens·in² per activation
+  // config for the blocks, shared by its weight candidates. Searches offer several of those, so
+  // the blocks pay up to inputs twice as wide as the output (every ViT linear but fc2 at MLP
+  // ratio 4). The rule looks at the site only, so a key always gets the same numbers.
   const auto& w = model.tensor(site.weight);
-  return w.numel() / w.size(0) <= w.size(0);
+  return w.numel() / w.size(0) <= 2 * w.size(0);
 }
 
 std::vector<Evaluation> EvaluateSite(const ViTModel& model, const Site& site,

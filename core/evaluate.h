@@ -28,6 +28,7 @@
 #include "common/evaluation.h"
 #include "common/plan.h"
 #include "common/status.h"
+#include "core/quantizer.h"
 #include "core/vit.h"
 
 namespace qs::core {
@@ -64,6 +65,9 @@ struct SiteData {
 
 struct SiteEvaluationOptions {
   bool measure_mae = false;  // one extra output GEMM per linear candidate
+  // Weight grids to take and fill (a session keeps one per model, for validation to reuse); null:
+  // shared within this call only.
+  WeightGridCache* weight_grids = nullptr;
 };
 
 // Where EvaluateSite's time went, for benchmarks (seconds unless said otherwise; the parts

@@ -17,8 +17,10 @@ struct Fixture {
   SiteInputs inputs;
 };
 
+// The tiny model at MLP ratio 4, as ViTs have it: fc2's input is 4× its output.
 Fixture Make(int64_t images = 16) {
-  const auto c = testing::TinyConfig();
+  auto c = testing::TinyConfig();
+  c.mlp_ratio = 4.0;
   auto model = ViTModel::FromTensors(c, testing::TinyTensors(c, 31));
   EXPECT_TRUE(model.ok());
   torch::manual_seed(32);
@@ -111,9 +113,10 @@ TEST(EvaluateTest, MoreBitsMeasureBetterAndFloatIsLossless) {
   EXPECT_LE(gptq.mse, rtn.mse);
 }
 
-// The Gram-block measurement (qkv, proj, fc1, the head: input no wider than output; GPTQ and ERQ
-// everywhere) and the direct one (RTN at fc2 and the patch embedding) both equal the
-// straightforward element-by-element measurement of the same quantized site.
+// The Gram-block measurement (qkv, proj, fc1, the patch embedding and the head, inputs at most
+// twice as wide as the output; GPTQ and ERQ everywhere) and the direct one (RTN at fc2, whose
+// input is 4× its output at MLP ratio 4) both equal the straightforward element-by-element
+// measurement of the same quantized site.
 TEST(EvaluateTest, EveryPathEqualsTheStraightforwardMeasurement) {
   auto f = Make();
   SiteEvaluationOptions with_mae;

@@ -1,5 +1,7 @@
 #include "core/quantize_model.h"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <set>
 
@@ -26,37 +28,68 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 // The weight method of `spec`, fed with the inputs this site receives.
 StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& x,
                                          const torch::Tensor& x_hat, const torch::Tensor& weight,
-                                         const torch::Tensor& bias, const WeightQuant& spec) {
+                                         const torch::Tensor& bias, const WeightQuant& spec,
+                                         WeightGridCache* grids) {
+  // The grid of the float weight, when given a cache (ERQ's Aqer moves the weight first).
+  std::shared_ptr<const UniformGrid> grid;
+  const bool conv = site.name == "patch_embed.proj";
+  const bool dynamic_groups = spec.granularity == Granularity::kPerGroup &&
+                              spec.group_size < weight.size(1) && !spec.gptq_static_groups;
+  const bool grid_of_weight = spec.method == WeightMethod::kRtn ||
+                              (spec.method == WeightMethod::kGptq && !dynamic_groups) ||
+                              (spec.method == WeightMethod::kErq && conv);
+  if (grids != nullptr && grid_of_weight) {
+    QS_ASSIGN_OR_RETURN(grid, grids->Get(site.name, weight, spec));
+  }
   switch (spec.method) {
     case WeightMethod::kRtn:
+      if (grid) return QuantizeOnGrid(weight, *grid);
       return QuantizeWeightRtn(weight, spec);
     case WeightMethod::kGptq:
-      return QuantizeWeightGptq(weight, InputHessian(x_hat), spec);
+      return QuantizeWeightGptq(weight, InputHessian(x_hat), spec, grid.get());
     case WeightMethod::kErq: {
       LinearParams layer{weight, bias};
       // ERQ leaves the patch-embedding convolution to Wqer alone, on its convolution path.
-      const bool conv = site.name == "patch_embed.proj";
       if (!conv) {
         const double lambda = x.dim() == 2 ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
         QS_ASSIGN_OR_RETURN(layer, ReduceActivationError(layer, x, x_hat, lambda));
+        return ReduceWeightError(layer, x_hat, spec, conv);
       }
-      return ReduceWeightError(layer, x_hat, spec, conv);
+      auto gram = GuardTorch("wqer gram", [&]() -> StatusOr<torch::Tensor> {
+        return AugmentedGram(x_hat);
+      });
+      if (!gram.ok()) return gram.status();
+      return ReduceWeightErrorFromGram(layer, *gram, spec, conv, grid.get());
     }
   }
   return InternalError("unknown weight method");
 }
 
+// SQNR in dB from one pass of error sums (the large activations need no float64 copies).
+double Sqnr(const torch::Tensor& reference, const torch::Tensor& approx) {
+  const ErrorSums s = SumErrors(reference, approx);
+  if (s.noise == 0) return kInf;
+  if (s.signal == 0) return -kInf;
+  return 10.0 * std::log10(s.signal / s.noise);
+}
+
+void SetOutputReport(const torch::Tensor& reference, const torch::Tensor& output, SiteReport* r) {
+  const ErrorSums s = SumErrors(reference, output);
+  r->sqnr_db = s.noise == 0 ? kInf : s.signal == 0 ? -kInf : 10.0 * std::log10(s.signal / s.noise);
+  r->mse = s.noise / static_cast<double>(std::max<int64_t>(1, s.count));
+}
+
 // The first pass: fits every site in forward order and records how each fared.
 class CalibratingHandler : public SiteHandler {
  public:
-  CalibratingHandler(const ViTConfig& config, const Recipe& recipe)
-      : config_(config), recipe_(recipe) {}
+  CalibratingHandler(const ViTConfig& config, const Recipe& recipe, const QuantizeOptions& options)
+      : config_(config), recipe_(recipe), options_(options) {}
 
   torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
                        const torch::Tensor& bias) override {
     if (!status_.ok()) return at::linear(x, weight, bias);
     auto r = QuantizeLinearSite(site, recipe_.Resolve(site.name, site.kind), config_.num_heads, x,
-                                weight, bias);
+                                weight, bias, options_);
     return Keep(site, std::move(r), [&] { return at::linear(x, weight, bias); });
   }
 
@@ -64,7 +97,7 @@ class CalibratingHandler : public SiteHandler {
                        const torch::Tensor& rhs) override {
     if (!status_.ok()) return at::matmul(lhs, rhs);
     auto r = QuantizeMatmulSite(site, recipe_.Resolve(site.name, site.kind), config_.num_heads,
-                                lhs, rhs);
+                                lhs, rhs, options_);
     return Keep(site, std::move(r), [&] { return at::matmul(lhs, rhs); });
   }
 
@@ -81,12 +114,13 @@ class CalibratingHandler : public SiteHandler {
       return fallback();
     }
     sites_[site.name] = std::move(r->site);
-    reports_.push_back(r->report);
+    if (options_.site_reports) reports_.push_back(r->report);
     return r->output;
   }
 
   const ViTConfig& config_;
   const Recipe& recipe_;
+  const QuantizeOptions& options_;
   Status status_;
   std::map<std::string, QuantizedSite> sites_;
   std::vector<SiteReport> reports_;
@@ -119,7 +153,8 @@ class FakeQuantHandler : public SiteHandler {
 
 StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& config,
                                         int64_t num_heads, const torch::Tensor& x,
-                                        const torch::Tensor& weight, const torch::Tensor& bias) {
+                                        const torch::Tensor& weight, const torch::Tensor& bias,
+                                        const QuantizeOptions& options) {
   QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
   return GuardTorch("quantize", [&]() -> StatusOr<SiteResult> {
     SiteResult r;
@@ -132,24 +167,24 @@ StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& con
     auto x_hat = r.site.input.Apply(x);
     torch::Tensor w_hat = weight, b_hat = bias;
     if (config.weight.quantized()) {
-      QS_ASSIGN_OR_RETURN(r.site.weight,
-                          QuantizeWeight(site, x, x_hat, weight, bias, config.weight));
+      QS_ASSIGN_OR_RETURN(r.site.weight, QuantizeWeight(site, x, x_hat, weight, bias,
+                                                        config.weight, options.weight_grids));
       w_hat = r.site.weight->dequantized;
       if (r.site.weight->bias.defined()) b_hat = r.site.weight->bias;
-      r.report.weight_sqnr_db = SqnrDb(weight, w_hat);
+      if (options.site_reports) r.report.weight_sqnr_db = SqnrDb(weight, w_hat);
     }
-    if (config.activation.quantized()) r.report.input_sqnr_db = SqnrDb(x, x_hat);
-    r.reference_output = at::linear(x, weight, bias);
     r.output = at::linear(x_hat, w_hat, b_hat);
-    r.report.sqnr_db = SqnrDb(r.reference_output, r.output);
-    r.report.mse = Mse(r.reference_output, r.output);
+    if (!options.site_reports) return r;
+    if (config.activation.quantized()) r.report.input_sqnr_db = Sqnr(x, x_hat);
+    r.reference_output = at::linear(x, weight, bias);
+    SetOutputReport(r.reference_output, r.output, &r.report);
     return r;
   });
 }
 
 StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& config,
                                         int64_t num_heads, const torch::Tensor& lhs,
-                                        const torch::Tensor& rhs) {
+                                        const torch::Tensor& rhs, const QuantizeOptions& options) {
   QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
   return GuardTorch("quantize", [&]() -> StatusOr<SiteResult> {
     SiteResult r;
@@ -166,12 +201,12 @@ StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& con
                                       ActivationLayout(config.activation_rhs, site, num_heads),
                                       OperandDomain(site, 1)));
     auto lhs_hat = r.site.input.Apply(lhs), rhs_hat = r.site.input_rhs.Apply(rhs);
-    if (config.activation.quantized()) r.report.input_sqnr_db = SqnrDb(lhs, lhs_hat);
-    if (config.activation_rhs.quantized()) r.report.rhs_sqnr_db = SqnrDb(rhs, rhs_hat);
-    r.reference_output = at::matmul(lhs, rhs);
     r.output = at::matmul(lhs_hat, rhs_hat);
-    r.report.sqnr_db = SqnrDb(r.reference_output, r.output);
-    r.report.mse = Mse(r.reference_output, r.output);
+    if (!options.site_reports) return r;
+    if (config.activation.quantized()) r.report.input_sqnr_db = Sqnr(lhs, lhs_hat);
+    if (config.activation_rhs.quantized()) r.report.rhs_sqnr_db = Sqnr(rhs, rhs_hat);
+    r.reference_output = at::matmul(lhs, rhs);
+    SetOutputReport(r.reference_output, r.output, &r.report);
     return r;
   });
 }
@@ -197,7 +232,8 @@ ValueDomain OperandDomain(const Site& site, int operand) {
 }
 
 StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
-                                       const torch::Tensor& calib_images) {
+                                       const torch::Tensor& calib_images,
+                                       const QuantizeOptions& options) {
   const auto kinds = model.SiteKinds();
   for (const auto& [name, config] : recipe.sites) {
     if (!kinds.count(name)) {
@@ -211,7 +247,7 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
   QS_RETURN_IF_ERROR(model.Logits(calib_images.narrow(0, 0, 0)).status());
   return GuardTorch("quantize", [&]() -> StatusOr<QuantizedModel> {
     c10::InferenceMode guard;
-    CalibratingHandler handler(model.config(), recipe);
+    CalibratingHandler handler(model.config(), recipe, options);
     model.Forward(calib_images.to(model.tensor("head.weight").device(), torch::kFloat32), &handler);
     QS_RETURN_IF_ERROR(handler.status());
     QuantizedModel q;

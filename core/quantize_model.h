@@ -43,6 +43,15 @@ struct QuantizedSite {
   ActivationQuantizerState input_rhs;     // matmul right operand
 };
 
+struct QuantizeOptions {
+  // Compare every site with its float operation on the same input (QuantizedModel::reports()):
+  // one extra GEMM per site. A search's validation needs only the logits.
+  bool site_reports = true;
+  // Grids already fitted to this model's float weights (a search's evaluation fills one); RTN,
+  // GPTQ and ERQ without Aqer take theirs from it. Null: fitted here.
+  WeightGridCache* weight_grids = nullptr;
+};
+
 class QuantizedModel {
  public:
   const ViTModel& float_model() const { return float_model_; }
@@ -61,18 +70,20 @@ class QuantizedModel {
 
  private:
   friend StatusOr<QuantizedModel> QuantizeModel(const ViTModel&, const Recipe&,
-                                                const torch::Tensor&);
+                                                const torch::Tensor&, const QuantizeOptions&);
   ViTModel float_model_;
   Recipe recipe_;
   std::map<std::string, QuantizedSite> sites_;
   std::vector<SiteReport> reports_;
 };
 
+
 // Quantizes `model` as `recipe` says, calibrating on `calib_images` (normalized, one batch).
 // INVALID_ARGUMENT when a site's config does not suit it (e.g. per_head on a width the heads do
 // not divide, log2 outside post-softmax) or the images do not fit the model.
 StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
-                                       const torch::Tensor& calib_images);
+                                       const torch::Tensor& calib_images,
+                                       const QuantizeOptions& options = {});
 
 // One site quantized on one batch of its inputs.
 struct SiteResult {
@@ -85,13 +96,16 @@ struct SiteResult {
 // Fits `config` at the linear site whose input is `x` ([..., in]): the input's activation
 // quantizer, then the weight method on the quantized input. INVALID_ARGUMENT when the config does
 // not suit the site; method errors (e.g. FAILED_PRECONDITION from a singular solve) as they come.
+// Without options.site_reports, `report` holds only the site and `reference_output` is undefined.
 StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& config,
                                         int64_t num_heads, const torch::Tensor& x,
-                                        const torch::Tensor& weight, const torch::Tensor& bias);
+                                        const torch::Tensor& weight, const torch::Tensor& bias,
+                                        const QuantizeOptions& options = {});
 // The same for an attention matmul site with operands `lhs` [B, H, N, K] and `rhs` [B, H, K, M].
 StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& config,
                                         int64_t num_heads, const torch::Tensor& lhs,
-                                        const torch::Tensor& rhs);
+                                        const torch::Tensor& rhs,
+                                        const QuantizeOptions& options = {});
 
 // The value domain of a site's operand, for quantizers that need one.
 ValueDomain OperandDomain(const Site& site, int operand);

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include "core/kernel_choice.h"
 #include "core/uniform_grid_cpu.h"
@@ -104,23 +103,34 @@ torch::Tensor RowError(const torch::Tensor& rows, const torch::Tensor& approx, b
   return absolute ? d.abs().sum(1) : d.pow(2).sum(1);
 }
 
-// The sorted column indices SampleColumns keeps of `columns`, drawn once per (columns, keep) and
-// remembered: drawing and sorting two million indices costs more than the search they serve.
+// The column indices SampleColumns keeps of `columns`: a stratified random sample, one index drawn
+// uniformly from each of `keep` equal strata by a fixed-seed splitmix64, so it is the same on
+// every run and platform, ascending, and costs O(keep) (a permutation of all columns cost
+// seconds and gigabytes on ViT-B's 77M-value MLP activations). Remembered per (columns, keep).
 torch::Tensor SampleIndex(int64_t columns, int64_t keep) {
   static std::mutex mu;
-  static std::map<std::pair<int64_t, int64_t>, torch::Tensor>* drawn =
-      new std::map<std::pair<int64_t, int64_t>, torch::Tensor>();
+  static auto* drawn = new std::map<std::pair<int64_t, int64_t>, torch::Tensor>();
   std::lock_guard<std::mutex> lock(mu);
   auto& index = (*drawn)[{columns, keep}];
   if (!index.defined()) {
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(/*seed_in=*/0x5eed);
-    index = std::get<0>(at::randperm(columns, gen, torch::kLong).narrow(0, 0, keep).sort());
+    index = torch::empty({keep}, torch::kLong);
+    int64_t* out = index.data_ptr<int64_t>();
+    uint64_t state = 0x5eed;
+    for (int64_t i = 0; i < keep; ++i) {
+      uint64_t z = (state += 0x9e3779b97f4a7c15ull);  // splitmix64
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      const int64_t begin = i * columns / keep, end = (i + 1) * columns / keep;
+      out[i] = begin + static_cast<int64_t>(z % static_cast<uint64_t>(end - begin));
+    }
   }
   return index;
 }
 
 // A fixed pseudo-random subset of columns (the same on every run). A plain stride could alias with
-// the channel count of a flattened activation and skip whole channels.
+// the channel count of a flattened activation and skip whole channels; random offsets within
+// strata do not.
 torch::Tensor SampleColumns(const torch::Tensor& rows) {
   if (rows.numel() <= kSearchSampleElements) return rows;
   const int64_t keep = std::max<int64_t>(1, kSearchSampleElements / rows.size(0));
@@ -142,8 +152,7 @@ void FitRows(const torch::Tensor& rows, const RangeOptions& range, torch::Tensor
     hi = std::get<0>(sample.kthvalue(k_hi, 1));
     lo = std::get<0>(sample.kthvalue(k_lo, 1));
   } else {
-    lo = std::get<0>(rows.min(1));
-    hi = std::get<0>(rows.max(1));
+    std::tie(lo, hi) = at::aminmax(rows, 1);
   }
   ScaleAndZero(lo, hi, range.bits, range.symmetric, scale, zero);
   if (range.calibrator != RangeCalibrator::kOmse && range.calibrator != RangeCalibrator::kMae) {
@@ -290,6 +299,23 @@ StatusOr<UniformGrid> FitWeightGrid(const torch::Tensor& weight, const WeightQua
   grid.scale = at::cat(scales, 1);
   grid.zero_point = at::cat(zeros, 1);
   return grid;
+}
+
+StatusOr<std::shared_ptr<const UniformGrid>> WeightGridCache::Get(const std::string& site,
+                                                                   const torch::Tensor& weight,
+                                                                   const WeightQuant& spec) {
+  const Key key{site,           spec.bits,      spec.granularity, spec.group_size,
+                spec.calibrator, spec.symmetric, spec.percentile};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = grids_.find(key);
+    if (it != grids_.end()) return it->second;
+  }
+  // Fitted outside the lock; a concurrent fit of the same key gives the same grid.
+  QS_ASSIGN_OR_RETURN(UniformGrid grid, FitWeightGrid(weight, spec));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, inserted] = grids_.emplace(key, std::make_shared<const UniformGrid>(std::move(grid)));
+  return it->second;
 }
 
 StatusOr<QuantizedWeight> QuantizeWeightRtn(const torch::Tensor& weight, const WeightQuant& spec) {

@@ -11,6 +11,11 @@
 #define QS_CORE_QUANTIZER_H_
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
 
 #include <torch/types.h>
 
@@ -61,6 +66,23 @@ StatusOr<UniformGrid> FitUniformGrid(const torch::Tensor& x, const GroupLayout& 
 // Fits the weight grid of a linear layer ([out, in]) as `spec` says: per_channel is per output
 // row, per_group runs of `group_size` input columns within each row.
 StatusOr<UniformGrid> FitWeightGrid(const torch::Tensor& weight, const WeightQuant& spec);
+
+// Grids fitted to a model's float weights, by site and grid settings (bits, granularity, group
+// size, calibrator, symmetry, percentile). RTN, GPTQ and weight-only ERQ at the same settings fit
+// the same grid, and a search's validation reuses what its evaluation fitted. Thread-safe; the
+// caller keeps one cache per model (a site name stands for its weight).
+class WeightGridCache {
+ public:
+  // FitWeightGrid(weight, spec) for `site`'s float `weight`, fitted on the first request.
+  StatusOr<std::shared_ptr<const UniformGrid>> Get(const std::string& site,
+                                                   const torch::Tensor& weight,
+                                                   const WeightQuant& spec);
+
+ private:
+  using Key = std::tuple<std::string, int, Granularity, int, RangeCalibrator, bool, double>;
+  std::mutex mu_;
+  std::map<Key, std::shared_ptr<const UniformGrid>> grids_;
+};
 
 // Round-to-nearest weight quantization on the fitted grid.
 struct QuantizedWeight {

@@ -63,12 +63,23 @@ void AppendBatch(const core::SiteInputs& batch, BatchedInputs* parts) {
   }
 }
 
-// The pieces joined (a copy, so views of larger tensors do not keep those alive) in `dtype`.
+// The pieces joined in `dtype`, each operand its own contiguous tensor (so a view of a larger
+// tensor, like k and v of the qkv output, does not keep all of it alive), copied once.
 core::SiteInputs Joined(BatchedInputs* parts, torch::ScalarType dtype) {
   core::SiteInputs out;
   for (auto& [site, operands] : *parts) {
     for (auto& pieces : operands) {
-      out[site].push_back(at::cat(pieces, 0).to(dtype));
+      torch::Tensor joined;
+      if (pieces.size() == 1) {
+        joined = pieces[0].to(dtype).contiguous();
+        if (joined.is_same(pieces[0]) && joined.storage().nbytes() >
+                                             static_cast<size_t>(joined.nbytes())) {
+          joined = joined.clone();  // a contiguous slice of something larger
+        }
+      } else {
+        joined = at::cat(pieces, 0).to(dtype);
+      }
+      out[site].push_back(joined);
       pieces.clear();
     }
   }
@@ -250,7 +261,9 @@ std::vector<Evaluation> ModelSession::EvaluateTask(
     if (it != (*inputs)->end()) data.inputs = it->second;
   }
   core::EvaluationCosts costs;
-  auto results = core::EvaluateSite(model_, *s, candidates, &data, options, on_result, &costs);
+  core::SiteEvaluationOptions with_grids = options;
+  with_grids.weight_grids = &weight_grids_;
+  auto results = core::EvaluateSite(model_, *s, candidates, &data, with_grids, on_result, &costs);
   bool weight_only = false;
   for (const auto& c : candidates) weight_only = weight_only || !c.config.activation.quantized();
   std::lock_guard<std::mutex> lock(gram_mu_);
@@ -279,8 +292,12 @@ core::EvaluationCosts ModelSession::costs() const {
 StatusOr<const core::QuantizedModel*> ModelSession::Quantized(const Recipe& recipe) {
   const std::string text = RecipeToJson(recipe, model_.SiteKinds()).dump();
   if (last_quantized_ && text == last_recipe_) return last_quantized_.get();
+  // Only the logits are needed, and the evaluation's weight grids are the float weights' own.
+  core::QuantizeOptions options;
+  options.site_reports = false;
+  options.weight_grids = &weight_grids_;
   QS_ASSIGN_OR_RETURN(core::QuantizedModel q,
-                      core::QuantizeModel(model_, recipe, calibration_images_));
+                      core::QuantizeModel(model_, recipe, calibration_images_, options));
   last_quantized_ = std::make_unique<core::QuantizedModel>(std::move(q));
   last_recipe_ = text;
   return last_quantized_.get();

@@ -117,6 +117,8 @@ class ModelSession {
   mutable std::set<int64_t> capturing_;
   mutable std::atomic<int64_t> segment_captures_{0};
 
+  // Weight grids fitted by evaluations, which validation reuses.
+  mutable core::WeightGridCache weight_grids_;
   mutable std::mutex gram_mu_;  // also guards costs_
   mutable std::map<std::string, torch::Tensor> grams_;
   mutable core::EvaluationCosts costs_;

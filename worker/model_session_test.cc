@@ -1,0 +1,170 @@
+#include "worker/model_session.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include <ATen/Context.h>
+
+#include "common/file_util.h"
+#include "core/safetensors.h"
+#include "core/test_models.h"
+
+namespace qs::worker {
+namespace {
+
+// A tiny random model with random calibration and validation images, written once.
+class ModelSessionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(
+        (std::filesystem::temp_directory_path() / "qs_model_session_test").string());
+    std::filesystem::create_directories(*dir_);
+    const core::ViTConfig c = core::testing::TinyConfig();
+    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/config.json", core::ToJson(c).dump()).ok());
+    ASSERT_TRUE(core::WriteSafetensors(*dir_ + "/model.safetensors",
+                                       core::testing::TinyTensors(c, 41), {})
+                    .ok());
+    torch::manual_seed(42);
+    for (const char* name : {"calib", "val"}) {
+      ASSERT_TRUE(core::WriteSafetensors(*dir_ + "/" + name + ".safetensors",
+                                         {{"images", torch::rand({24, 1, 16, 16})},
+                                          {"labels", torch::randint(0, 5, {24}, torch::kInt64)}},
+                                         {})
+                      .ok());
+    }
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static JobSpec Spec() {
+    JobSpec spec;
+    spec.model_config = *dir_ + "/config.json";
+    spec.model_weights = *dir_ + "/model.safetensors";
+    spec.calibration_source = *dir_ + "/calib.safetensors";
+    spec.calibration_count = 24;
+    spec.validation_source = *dir_ + "/val.safetensors";
+    spec.device = "cpu";
+    return spec;
+  }
+
+  // Every site once in `order`, with a quantized candidate (and a weight-only one at linear
+  // sites); the results by key.
+  static std::map<std::string, Evaluation> EvaluateAll(const ModelSession& session,
+                                                       const std::vector<std::string>& order) {
+    std::map<std::string, Evaluation> out;
+    for (const auto& name : order) {
+      const core::Site* site = session.model().FindSite(name);
+      QuantConfig a8;
+      a8.activation.bits = 8;
+      a8.activation_rhs.bits = 8;
+      std::vector<core::SiteCandidate> candidates;
+      if (site->kind == SiteKind::kLinear) {
+        QuantConfig w4a8, w4;
+        w4a8.weight.bits = 4;
+        w4a8.activation.bits = 8;
+        w4.weight.bits = 4;
+        candidates = {{w4a8, name + "/w4a8"}, {w4, name + "/w4"}};
+      } else {
+        candidates = {{a8, name + "/a8"}};
+      }
+      for (const auto& e : session.EvaluateTask(name, candidates, {})) {
+        EXPECT_TRUE(e.ok()) << e.key << ": " << e.error;
+        out[e.key] = e;
+      }
+    }
+    return out;
+  }
+
+  static std::string* dir_;
+};
+
+std::string* ModelSessionTest::dir_ = nullptr;
+
+TEST_F(ModelSessionTest, BoundedActivationCacheRecapturesAndChangesNothing) {
+  auto roomy = ModelSession::Open(Spec());
+  ASSERT_TRUE(roomy.ok()) << roomy.status().ToString();
+  std::vector<std::string> order;
+  for (const auto& s : (*roomy)->model().sites()) order.push_back(s.name);
+  std::vector<std::string> back_and_forth = order;
+  back_and_forth.insert(back_and_forth.end(), order.rbegin(), order.rend());
+  const auto expected = EvaluateAll(**roomy, order);
+  // Everything fitted the default cache during the reference pass: nothing captured again.
+  EXPECT_EQ((*roomy)->segment_captures(), 0);
+
+  SessionOptions tight;
+  tight.activation_cache_bytes = 1;  // one segment at a time
+  auto bounded = ModelSession::Open(Spec(), tight);
+  ASSERT_TRUE(bounded.ok());
+  const auto got = EvaluateAll(**bounded, back_and_forth);
+  // Walking back over the segments needs each one again (the last visited stays cached).
+  const int64_t segments = (*bounded)->model().num_segments();
+  EXPECT_GE((*bounded)->segment_captures(), 2 * segments - 1);
+  ASSERT_EQ(got.size(), expected.size());
+  for (const auto& [key, e] : expected) {
+    EXPECT_EQ(got.at(key).sqnr_db, e.sqnr_db) << key;
+    EXPECT_EQ(got.at(key).mse, e.mse) << key;
+  }
+}
+
+TEST_F(ModelSessionTest, WeightOnlyTasksNeedOnlyTheKeptGramMatrix) {
+  SessionOptions tight;
+  tight.activation_cache_bytes = 1;
+  auto session = ModelSession::Open(Spec(), tight);
+  ASSERT_TRUE(session.ok());
+  QuantConfig w3;
+  w3.weight.bits = 3;
+  w3.weight.method = WeightMethod::kGptq;
+  auto first = (*session)->EvaluateTask("blocks.0.mlp.fc1", {{w3, "a"}}, {});
+  ASSERT_TRUE(first[0].ok()) << first[0].error;
+  QuantConfig a8;
+  a8.activation.bits = 8;
+  a8.activation_rhs.bits = 8;
+  (void)(*session)->EvaluateTask("blocks.1.attn.qk_matmul", {{a8, "b"}}, {});  // evicts block 0
+  const int64_t captures = (*session)->segment_captures();
+  w3.weight.bits = 4;
+  auto again = (*session)->EvaluateTask("blocks.0.mlp.fc1", {{w3, "c"}}, {});
+  ASSERT_TRUE(again[0].ok()) << again[0].error;
+  EXPECT_EQ((*session)->segment_captures(), captures);
+  // MAE needs the inputs again.
+  core::SiteEvaluationOptions mae;
+  mae.measure_mae = true;
+  auto with_mae = (*session)->EvaluateTask("blocks.0.mlp.fc1", {{w3, "d"}}, mae);
+  ASSERT_TRUE(with_mae[0].mae.has_value());
+  EXPECT_EQ((*session)->segment_captures(), captures + 1);
+}
+
+TEST_F(ModelSessionTest, HalfPrecisionCaptureIsItsOwnCalibrationAndStaysClose) {
+  auto full = ModelSession::Open(Spec());
+  JobSpec half_spec = Spec();
+  half_spec.capture_dtype = "float16";
+  auto half = ModelSession::Open(half_spec);
+  ASSERT_TRUE(full.ok() && half.ok()) << half.status().ToString();
+  EXPECT_NE((*full)->calibration_digest(), (*half)->calibration_digest());
+  const std::vector<std::string> sites = {"blocks.0.attn.qkv", "blocks.1.mlp.fc2",
+                                          "blocks.0.attn.av_matmul"};
+  const auto a = EvaluateAll(**full, sites), b = EvaluateAll(**half, sites);
+  for (const auto& [key, e] : a) EXPECT_NEAR(b.at(key).sqnr_db, e.sqnr_db, 0.5) << key;
+}
+
+TEST_F(ModelSessionTest, ReferencePassesAreTimedAndDevicesChecked) {
+  auto session = ModelSession::Open(Spec());
+  ASSERT_TRUE(session.ok());
+  EXPECT_GT((*session)->fp32_calibration_seconds(), 0);
+  EXPECT_GT((*session)->fp32_validation_seconds(), 0);
+  EXPECT_EQ((*session)->device(), "cpu");
+  EXPECT_EQ((*session)->calibration_images(), 24);
+  if (!at::hasCUDA()) {
+    JobSpec cuda = Spec();
+    cuda.device = "cuda";
+    auto s = ModelSession::Open(cuda);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(s.status().message().find("cuda"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace qs::worker
