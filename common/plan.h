@@ -20,7 +20,7 @@
 namespace qs {
 
 // Bumped whenever evaluation results could change for the same inputs; part of every key.
-inline constexpr char kCoreVersion[] = "qsearch-core-2";
+inline constexpr char kCoreVersion[] = "qsearch-core-3";
 
 // One quantizable site as the plan sees it.
 struct SiteInfo {

@@ -19,7 +19,7 @@
 #include "core/safetensors.h"
 #include "core/threads.h"
 #include "core/vit.h"
-#include "server/bench_command.h"
+#include "bench/engine_bench.h"
 #include "server/run_command.h"
 
 namespace qs::server {
@@ -294,7 +294,7 @@ int RunCli(int argc, char** argv) {
       ->capture_default_str();
   run->add_flag("--json", run_args.json_output, "print metrics.json on stdout");
 
-  BenchArgs bench_args;
+  bench::BenchArgs bench_args;
   auto* bench = app.add_subcommand(
       "bench", "measure the evaluation engine against references taken in the same run (JSON)");
   bench->add_flag("--quick", bench_args.quick, "skip the ViT-B memory run, shorter references");
@@ -318,7 +318,7 @@ int RunCli(int argc, char** argv) {
   }
   if (bench->parsed()) {
     bench_args.threads = threads;
-    return RunBenchCommand(bench_args);
+    return bench::RunBenchCommand(bench_args);
   }
   if (threads > 0) core::ApplyThreadPlan(core::PlanThreads(1, core::UsableCores(), threads));
   if (quantize->parsed()) return RunQuantize(q);

@@ -73,6 +73,7 @@ class EmbeddedBackend : public scheduler::ModelBackend {
   // Validation and weights come after the evaluation stage, one at a time.
   StatusOr<ValidationResult> Validate(const Recipe& recipe) override {
     core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
+    session_->DropCapturedInputs();
     return session_->Validate(recipe);
   }
 

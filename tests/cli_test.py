@@ -69,6 +69,30 @@ class CliTest(unittest.TestCase):
                     open(os.path.join(second, "recipe.json")) as b:
                 self.assertEqual(a.read(), b.read())
 
+    def test_bench_quick_prints_one_json_object_of_ratios(self):
+        r = run("bench", "--quick", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        b = json.loads(r.stdout)
+        for key in ("gemm_fraction", "search_fp32_pass_ratio", "sweep_candidate_ratio",
+                    "validation_fp32_pass_ratio", "gemm_peak_gflops"):
+            self.assertGreater(b[key], 0, key)
+        self.assertLess(b["gemm_fraction"], 1.5)  # a fraction of the peak measured in the run
+        # Not measured by --quick, and the service's figures until the service exists.
+        for key in ("peak_rss_vitb_gib", "two_worker_speedup", "dispatch_tasks_per_s",
+                    "cache_second_job_ratio"):
+            self.assertIn(key, b)
+            self.assertIsNone(b[key], key)
+        self.assertIn(b["device"], ("cpu", "cuda:0"))
+        self.assertEqual(b["fixture"]["candidates"], 278)
+        self.assertEqual(b["fixture"]["failed"], 0)
+        self.assertEqual(b["sweep"]["candidates"], 426)
+        self.assertEqual(b["sweep"]["failed"], 0)
+        # The ratio is what its parts say.
+        self.assertAlmostEqual(
+            b["search_fp32_pass_ratio"],
+            b["fixture"]["evaluate_seconds"] / b["fixture"]["fp32_calibration_pass_seconds"],
+            places=6)
+
     def test_json_output(self):
         with tempfile.TemporaryDirectory() as d:
             r = quantize(os.path.join(d, "o"), "w8a8", "--json")

@@ -61,6 +61,17 @@ class SearchTest(unittest.TestCase):
             m = json.loads(r.stdout)
             for key in ("fp32_top1", "quant_top1", "avg_weight_bits", "evaluations", "goal_met"):
                 self.assertIn(key, m)
+            # Stage times, and the references they are reported against, from this very run.
+            seconds = m["seconds"]
+            for key in ("prepare", "evaluate", "select", "validate", "artifacts", "wall",
+                        "fp32_calibration_pass", "fp32_validation_pass"):
+                self.assertGreater(seconds[key], 0, key)
+            self.assertLessEqual(seconds["prepare"] + seconds["evaluate"] + seconds["validate"],
+                                 seconds["wall"])
+            self.assertAlmostEqual(m["relative"]["evaluate_in_fp32_calibration_passes"],
+                                   seconds["evaluate"] / seconds["fp32_calibration_pass"], places=6)
+            self.assertEqual(m["calibration_images"], 64)
+            self.assertEqual(m["device"], "cpu")
             self.assertTrue(m["goal_met"])
             self.assertLessEqual(m["avg_weight_bits"], 4.0 + 1e-9)
             self.assertEqual(m["evaluations"], m["candidates"])
@@ -133,7 +144,9 @@ class SearchTest(unittest.TestCase):
             cases = [({"objective": {}}, "exactly one budget"),
                      ({"search": {"weight_bits": [4, 12]}}, "weight_bits[1]"),
                      ({"calibration": {"count": -1}}, "count"),
-                     ({"objectve": {"avg_weight_bits": 4}}, "objectve")]
+                     ({"objectve": {"avg_weight_bits": 4}}, "objectve"),
+                     ({"compute": {"device": "tpu"}}, "device"),
+                     ({"search": {"activation_calibrators": ["kl"]}}, "kl")]
             for overrides, needle in cases:
                 r = run(spec(d, "bad.json", **overrides), os.path.join(d, "o"),
                         os.path.join(d, "c"), check=False)

@@ -284,6 +284,11 @@ double ModelSession::MeasureFp32CalibrationPass(int repeats) const {
   return seconds[seconds.size() / 2];
 }
 
+void ModelSession::DropCapturedInputs() {
+  std::lock_guard<std::mutex> lock(segments_mu_);
+  segments_.clear();  // tasks still running keep what they hold
+}
+
 core::EvaluationCosts ModelSession::costs() const {
   std::lock_guard<std::mutex> lock(gram_mu_);
   return costs_;

@@ -75,6 +75,10 @@ class ModelSession {
                                        const core::SiteEvaluationOptions& options,
                                        const std::function<void(const Evaluation&)>& on_result = {}) const;
 
+  // Frees the captured site inputs (the checkpoints stay, so a later task captures again): the
+  // evaluation stage is over and validation wants the memory.
+  void DropCapturedInputs();
+
   // Quantizes the whole model with `recipe` and measures it on the validation set. Keeps the
   // quantized model for WriteWeights.
   StatusOr<ValidationResult> Validate(const Recipe& recipe);

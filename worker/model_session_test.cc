@@ -102,6 +102,11 @@ TEST_F(ModelSessionTest, BoundedActivationCacheRecapturesAndChangesNothing) {
   // Walking back over the segments needs each one again (the last visited stays cached).
   const int64_t segments = (*bounded)->model().num_segments();
   EXPECT_GE((*bounded)->segment_captures(), 2 * segments - 1);
+  // Dropping the captured inputs costs a capture, not a result.
+  (*roomy)->DropCapturedInputs();
+  const auto again = EvaluateAll(**roomy, {"blocks.1.mlp.fc1"});
+  EXPECT_EQ((*roomy)->segment_captures(), 1);
+  EXPECT_EQ(again.at("blocks.1.mlp.fc1/w4a8").sqnr_db, expected.at("blocks.1.mlp.fc1/w4a8").sqnr_db);
   ASSERT_EQ(got.size(), expected.size());
   for (const auto& [key, e] : expected) {
     EXPECT_EQ(got.at(key).sqnr_db, e.sqnr_db) << key;

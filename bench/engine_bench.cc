@@ -1,4 +1,4 @@
-#include "server/bench_command.h"
+#include "bench/engine_bench.h"
 
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -29,7 +29,7 @@
 #include "storage/task_queue.h"
 #include "worker/model_session.h"
 
-namespace qs::server {
+namespace qs::bench {
 namespace {
 
 using nlohmann::json;
@@ -400,4 +400,4 @@ int RunBenchCommand(const BenchArgs& args) {
   return 0;
 }
 
-}  // namespace qs::server
+}  // namespace qs::bench

@@ -16,12 +16,12 @@
 // - embedded_two_worker_speedup: the fixture evaluation with one worker against two;
 // - two_worker_speedup, dispatch_tasks_per_s, cache_second_job_ratio: the distributed service's
 //   figures, null until the service exists.
-#ifndef QS_SERVER_BENCH_COMMAND_H_
-#define QS_SERVER_BENCH_COMMAND_H_
+#ifndef QS_BENCH_ENGINE_BENCH_H_
+#define QS_BENCH_ENGINE_BENCH_H_
 
 #include <string>
 
-namespace qs::server {
+namespace qs::bench {
 
 struct BenchArgs {
   bool quick = false;         // skip the ViT-B run and shorten the rest
@@ -34,6 +34,6 @@ struct BenchArgs {
 // Returns the process exit code (0 ok, 1 a measurement failed, with the reason on stderr).
 int RunBenchCommand(const BenchArgs& args);
 
-}  // namespace qs::server
+}  // namespace qs::bench
 
-#endif  // QS_SERVER_BENCH_COMMAND_H_
+#endif  // QS_BENCH_ENGINE_BENCH_H_
