@@ -321,6 +321,28 @@ int RunBenchCommand(const BenchArgs& args) {
     if (!r.ok()) return fail(r.status());
     result["sweep_candidate_ratio"] = r->seconds / r->candidates / r->fp32_calibration;
     result["sweep"] = Describe(*r);
+    // The same-machine reference: the plain PyTorch script (bench/plain_sweep.py) sweeping the
+    // same grid over the same architecture, under the same BLAS kernels.
+    result["plain_script_sweep_candidate_ratio"] = nullptr;
+    const std::string script = "bench/plain_sweep.py";
+    if (std::filesystem::exists(script) && std::filesystem::exists("/usr/bin/python3")) {
+      note("the plain PyTorch sweep (bench/plain_sweep.py)");
+      const std::string kernels = core::BlasKernels();
+      const std::string command = (kernels.empty() ? "" : "OPENBLAS_CORETYPE=" + kernels + " ") +
+                                  "/usr/bin/python3 " + script + " 2>/dev/null";
+      std::string output;
+      if (FILE* pipe = popen(command.c_str(), "r")) {
+        char buffer[4096];
+        while (size_t got = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, got);
+        if (pclose(pipe) == 0) {
+          json plain = json::parse(output, nullptr, /*allow_exceptions=*/false);
+          if (plain.is_object() && plain.contains("candidate_ratio")) {
+            result["plain_script_sweep_candidate_ratio"] = plain["candidate_ratio"];
+            result["plain_script_sweep"] = plain;
+          }
+        }
+      }
+    }
     if (!args.quick) {
       // The same sweep with qsearch's default OMSE activation ranges (90 clip ratios searched).
       sweep.space.activation_calibrators = {RangeCalibrator::kOmse};
@@ -350,16 +372,22 @@ int RunBenchCommand(const BenchArgs& args) {
     spec.calibration_source = block + "/calib.safetensors";
     spec.calibration_count = images;
     spec.validation_source = block + "/val.safetensors";
-    spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq, WeightMethod::kErq};
     spec.space.weight_bits = {4, 8};
     spec.space.activation_bits = {8};
-    auto r = RunEvaluation(spec, 0, args.threads);
-    if (!r.ok()) return fail(r.status());
-    result["gemm_fraction"] = 2 * r->costs.gemm_multiply_adds / r->seconds / 1e9 / peak;
-    json block_json = Describe(*r);
-    block_json["calibration_images"] = images;
-    block_json["evaluate_in_fp32_calibration_passes"] = r->seconds / r->fp32_calibration;
-    result["vitb_block"] = block_json;
+    for (bool rtn_only : {false, true}) {
+      spec.space.weight_methods = {WeightMethod::kRtn};
+      if (!rtn_only) spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq,
+                                                  WeightMethod::kErq};
+      auto r = RunEvaluation(spec, 0, args.threads);
+      if (!r.ok()) return fail(r.status());
+      const double fraction = 2 * r->costs.gemm_multiply_adds / r->seconds / 1e9 / peak;
+      json block_json = Describe(*r);
+      block_json["calibration_images"] = images;
+      block_json["evaluate_in_fp32_calibration_passes"] = r->seconds / r->fp32_calibration;
+      block_json["gemm_fraction"] = fraction;
+      result[rtn_only ? "gemm_fraction_rtn" : "gemm_fraction"] = fraction;
+      result[rtn_only ? "vitb_block_rtn" : "vitb_block"] = block_json;
+    }
   }
 
   result["peak_rss_vitb_gib"] = nullptr;

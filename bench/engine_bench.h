@@ -4,11 +4,16 @@
 //   qsearch bench [--quick] [--json] [--out FILE]
 //
 // Run from the repository root (it reads tests/data/fixture and Fashion-MNIST). It measures:
-// - gemm_fraction: the fixture search's evaluation stage's GEMM rate (multiply-adds of every GEMM
-//   it ran ×2, over the stage's wall time) against the machine's float32 GEMM peak;
-// - search_fp32_pass_ratio: that stage's time over one float pass over its calibration images;
+// - gemm_fraction: candidate evaluation's GEMM rate (multiply-adds of every GEMM it ran ×2, over
+//   the evaluation stage's wall time) against the machine's float32 GEMM peak, on one ViT-B
+//   block with RTN, GPTQ and ERQ (gemm_fraction_rtn: RTN alone; gemm_fraction_fixture: the
+//   fixture search);
+// - search_fp32_pass_ratio: the fixture search's evaluation stage (278 candidates: RTN, GPTQ and
+//   ERQ at 2-8 bits, 8-bit activations) over one float pass over its calibration images;
 // - sweep_candidate_ratio: an RTN sweep (6-block width-96 patch-4 ViT, weight bits {2,3,4,6,8} ×
-//   activation bits {4,6,8}, min-max weight grids) per candidate, in float calibration passes;
+//   activation bits {4,6,8}, min-max grids) per candidate, in float calibration passes; next to
+//   it plain_script_sweep_candidate_ratio, the same sweep by the straightforward PyTorch script
+//   bench/plain_sweep.py (Debian's python3-torch), measured in the same run;
 // - validation_fp32_pass_ratio: validating a uniform RTN recipe, in float passes over the
 //   calibration plus validation images;
 // - peak_rss_vitb_gib (not with --quick): a whole search on a ViT-B-shaped model (random weights,
