@@ -2,6 +2,7 @@
 // machine's GEMM rate, one FP32 evaluation pass of the fixture), and written as JSON.
 //
 //   build/bench/qs_core_bench [--images 2000] [--calib 256] [--out bench/results/core.json]
+//                             [--intra-op N] [--blas N]   (thread counts; default qsearch's)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "core/dataset.h"
 #include "core/quantize_model.h"
 #include "core/quantizer.h"
+#include "core/threads.h"
 #include "core/vit.h"
 
 namespace {
@@ -42,6 +44,7 @@ int Fail(const qs::Status& s) { return qs::bench::Fail("qs_core_bench", s); }
 int main(int argc, char** argv) {
   int64_t images = 2000, calib_count = 256;
   int repeats = 3;
+  int intra_op = 0, blas_threads = 0;  // 0: qsearch's single-stream plan
   std::string out;
   std::string config = "tests/data/fixture/config.json";
   std::string weights = "tests/data/fixture/model.safetensors";
@@ -53,14 +56,24 @@ int main(int argc, char** argv) {
     else if (k == "--out") out = v;
     else if (k == "--config") config = v;
     else if (k == "--weights") weights = v;
+    else if (k == "--intra-op") intra_op = std::stoi(v);
+    else if (k == "--blas") blas_threads = std::stoi(v);
     else {
       std::fprintf(stderr, "usage: qs_core_bench [--images N] [--calib N] [--repeats N] "
-                           "[--out FILE] [--config C --weights W]\n");
+                           "[--out FILE] [--config C --weights W] [--intra-op N] [--blas N]\n");
       return 2;
     }
   }
+  // The kernels and threads qsearch itself runs with (core/threads.h).
+  const std::string blas = qs::core::SelectBlasKernels();
+  qs::core::ThreadPlan plan =
+      qs::core::SingleStreamPlan(qs::core::PlanThreads(0, qs::core::UsableCores(), intra_op));
+  if (blas_threads > 0) plan.blas_threads = blas_threads;
+  qs::core::ApplyThreadPlan(plan);
   c10::InferenceMode guard;
-  nlohmann::json result = {{"threads", at::get_num_threads()}};
+  nlohmann::json result = {{"threads", at::get_num_threads()},
+                           {"blas", qs::core::BlasKernels()},
+                           {"blas_threads", qs::core::BlasThreads()}};
 
   // Reference 1: the machine's float32 GEMM rate.
   const int64_t n = 1024;

@@ -59,7 +59,8 @@ struct RangeOptions {
 // Fits a uniform grid to `x` under `layout`. INVALID_ARGUMENT when the layout does not fit the
 // tensor (axis out of range, heads that do not divide the axis). The OMSE and MAE searches try the
 // min-max range first (factor 1), so their error is never above min-max's on the fitted tensor
-// (above 2^21 elements they score candidates on a fixed random sample of it).
+// (above 2^21 elements they score candidates on a fixed stratified random sample of it). On CPU
+// tensors the search is core/uniform_grid_cpu.h's kernel, which picks the same grid.
 StatusOr<UniformGrid> FitUniformGrid(const torch::Tensor& x, const GroupLayout& layout,
                                      const RangeOptions& range);
 
