@@ -187,21 +187,25 @@ json Describe(const EvaluationRun& r) {
                 {"outside_evaluation", r.workers * r.seconds - r.costs.total_seconds}}}};
 }
 
-// ViT-B/16 at 224×224 (timm's vit_base_patch16_224 shape).
-core::ViTConfig ViTBase() {
+// A ViT of the given shape, normalized as Fashion-MNIST (one channel) or ImageNet (three) is.
+core::ViTConfig ViTShape(int64_t img, int64_t patch, int64_t channels, int64_t dim, int64_t depth,
+                         int64_t heads, double mlp_ratio, int64_t classes) {
   core::ViTConfig c;
-  c.img_size = 224;
-  c.patch_size = 16;
-  c.in_chans = 3;
-  c.embed_dim = 768;
-  c.depth = 12;
-  c.num_heads = 12;
-  c.mlp_ratio = 4;
-  c.num_classes = 1000;
-  c.mean = {0.485, 0.456, 0.406};
-  c.std = {0.229, 0.224, 0.225};
+  c.img_size = img;
+  c.patch_size = patch;
+  c.in_chans = channels;
+  c.embed_dim = dim;
+  c.depth = depth;
+  c.num_heads = heads;
+  c.mlp_ratio = mlp_ratio;
+  c.num_classes = classes;
+  c.mean = channels == 1 ? std::vector<double>{0.2860} : std::vector<double>{0.485, 0.456, 0.406};
+  c.std = channels == 1 ? std::vector<double>{0.3530} : std::vector<double>{0.229, 0.224, 0.225};
   return c;
 }
+
+// ViT-B/16 at 224×224 (timm's vit_base_patch16_224 shape).
+core::ViTConfig ViTBase() { return ViTShape(224, 16, 3, 768, 12, 12, 4.0, 1000); }
 
 JobSpec FixtureSpec(const std::string& fixture, bool quick) {
   JobSpec spec;
@@ -295,17 +299,7 @@ int RunBenchCommand(const BenchArgs& args) {
   TempDir dir;
   if (dir.path().empty()) return fail(InternalError("cannot create a temporary directory"));
   {
-    core::ViTConfig c;
-    c.img_size = 28;
-    c.patch_size = 4;
-    c.in_chans = 1;
-    c.embed_dim = 96;
-    c.depth = 6;
-    c.num_heads = 4;
-    c.mlp_ratio = 2;
-    c.num_classes = 10;
-    c.mean = {0.2860};
-    c.std = {0.3530};
+    const core::ViTConfig c = ViTShape(28, 4, 1, 96, 6, 4, 2.0, 10);
     JobSpec sweep;
     std::filesystem::create_directories(dir.path() + "/sweep");
     Status s = WriteRandomModel(c, 7, dir.path() + "/sweep", &sweep);

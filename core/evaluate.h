@@ -8,8 +8,8 @@
 //   ‖Y − Ŷ‖² = tr(V·A·Vᵀ) − 2·tr(V·C·Ŵᵀ) + tr(Ŵ·D·Ŵᵀ),   A = X̃ᵀX̃, C = X̃ᵀE, D = EᵀE,
 // so once A (per site) and C, D (per activation config) exist, a candidate costs O(out · in²)
 // whatever the number of tokens; GPTQ's Hessian and ERQ's ridge systems come from the same blocks.
-// RTN at a site whose input is wider than its output (fc2) is cheaper measured directly, one
-// output GEMM per candidate, and is. The choice depends only on the site and the config, so a key
+// RTN at a site whose input is more than twice as wide as its output (fc2 at MLP ratio 4) is
+// cheaper measured directly, one output GEMM per candidate, and is. The choice depends only on the site and the config, so a key
 // always gets the same numbers. MAE is no quadratic form: it costs one output GEMM per candidate
 // and is measured only when asked.
 //

@@ -2,10 +2,11 @@
 // validation data, and the float model's activations, loaded once and shared by worker threads.
 //
 // Memory stays bounded whatever the model's size. Open runs the float model once over the
-// calibration images and keeps only the residual stream at each segment boundary (the input of
-// each block). A site's inputs are captured when a task needs them, by running its segment again
-// from that checkpoint; captured segments live in an LRU cache bounded in bytes, and what a
-// linear site's weight-only candidates need, its Gram matrix, is kept on its own.
+// calibration images and keeps the residual stream at each segment boundary (the input of each
+// block), plus the first segments' site inputs as far as the activation cache holds them. Other
+// site inputs are captured when a task needs them, by running the segment again from its
+// checkpoint; captured segments live in an LRU cache bounded in bytes, and what a linear site's
+// weight-only candidates need, its Gram matrix, is kept on its own.
 //
 //   QS_ASSIGN_OR_RETURN(auto session, ModelSession::Open(spec));
 //   std::thread t([&] { ServeTasks(*session, store, queue, stop); });
