@@ -288,17 +288,21 @@ void EvaluateLinearSite(const Context& c) {
   if (all.empty()) return;
   const auto& inputs = c.data->inputs;
   need_inputs = need_inputs || (need_gram && !c.data->gram.defined());
-  if (need_inputs && (inputs.size() != 1 || inputs[0].size(-1) != n)) {
+  if (need_inputs && (inputs.size() != 1 || inputs[0].dim() < 1 || inputs[0].size(-1) != n)) {
     FailAll(all, InvalidArgumentError("site " + site.name + " has no captured inputs"), &results);
     return;
   }
   const bool pooled = need_inputs && inputs[0].dim() == 2;
-  torch::Tensor x, rows;
-  if (need_inputs) {
-    x = inputs[0].to(torch::kFloat32);
-    rows = x.reshape({-1, n});
-  }
+  torch::Tensor x, rows, w_t, b64;
   Status setup = GuardTorch("site inputs", [&]() -> Status {
+    if (need_inputs) {
+      x = inputs[0].to(torch::kFloat32);
+      rows = x.reshape({-1, n});
+    }
+    // The float weight with its bias column, W̃ = [W, b].
+    const auto w64 = weight.to(torch::kFloat64);
+    b64 = bias.defined() ? bias.to(torch::kFloat64) : torch::zeros({m}, w64.options());
+    w_t = at::cat({w64, b64.unsqueeze(1)}, 1);
     if (need_gram && !c.data->gram.defined()) {
       c.data->gram = AugmentedGramOf(rows, c.costs);
     }
@@ -312,10 +316,7 @@ void EvaluateLinearSite(const Context& c) {
     return;
   }
   const torch::Tensor& gram = c.data->gram;
-  // The float weight with its bias column, W̃ = [W, b], and the float output where needed.
-  const auto w64 = weight.to(torch::kFloat64);
-  const auto b64 = bias.defined() ? bias.to(torch::kFloat64) : torch::zeros({m}, w64.options());
-  const auto w_t = at::cat({w64, b64.unsqueeze(1)}, 1);
+  // The float output where needed.
   torch::Tensor y, w_gram, gram32;
   double signal = 0, tokens = 0;
   Status outputs = GuardTorch("float output", [&]() -> Status {

@@ -48,7 +48,8 @@ struct QuantizeOptions {
   // one extra GEMM per site. A search's validation needs only the logits.
   bool site_reports = true;
   // Grids already fitted to this model's float weights (a search's evaluation fills one); RTN,
-  // GPTQ and ERQ without Aqer take theirs from it. Null: fitted here.
+  // GPTQ (static or no groups) and ERQ at the patch embedding (no Aqer there) take theirs from
+  // it. Null: fitted here.
   WeightGridCache* weight_grids = nullptr;
 };
 

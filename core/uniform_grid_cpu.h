@@ -1,11 +1,14 @@
-// CPU kernels for uniform grids, exact and fast: the OMSE / MAE shrink search, and fake
-// quantization with one grid or one grid per last-dimension channel.
+// CPU kernels for uniform grids: the OMSE / MAE shrink search, and fake quantization with one
+// grid or one grid per last-dimension channel (bit-identical to the tensor ops).
 //
-// The shrink search:
-// For each row of values and each factor f = 1 − 0.01·i (i < steps), the grid fitted to the range
-// [lo·f, hi·f] is scored by its squared (or absolute) error over the row; the lowest score wins,
-// ties keeping the first (widest) factor. Grids and codes use the same float32 arithmetic as the
-// tensor-op search in quantizer.cc, so the two pick the same grid (quantizer_test checks it).
+// The shrink search: for each row of values and each factor f = 1 − 0.01·i (i < steps), the grid
+// fitted to the range [lo·f, hi·f] is scored by its squared (or absolute) error over the row; the
+// lowest score wins, ties (within a relative 1e-9) keeping the first, widest, factor. Grids and
+// codes use the same float32 arithmetic as the tensor-op search in quantizer.cc; the scores are
+// summed differently (runs from float64 prefix sums, against float32 differences summed in
+// float64), so the two pick the same grid except where two factors' errors lie within about 1e-7
+// of each other (quantizer_test checks equality on Gaussian, heavy-tailed, post-softmax,
+// post-GELU, outlier, on-grid and constant data).
 //
 // Long rows are sorted once: codes are monotone in the value, so every candidate grid splits the
 // sorted row into at most 2^bits runs of one code, found by binary search, and each run's error

@@ -250,7 +250,8 @@ int RunCli(int argc, char** argv) {
   app.set_version_flag("--version", kVersion);
   int threads = 0;
   app.add_option("--threads", threads,
-                 "CPU threads for LibTorch and BLAS (run: per worker; default: the cores' share)");
+                 "LibTorch intra-op threads (run and bench: per worker); default 1, BLAS gets the "
+                 "cores (docs/performance.md)");
 
   QuantizeArgs q;
   auto* quantize = app.add_subcommand(
@@ -290,7 +291,7 @@ int RunCli(int argc, char** argv) {
   run->add_option("--cache", run_args.cache,
                   "evaluation cache directory (default $QS_CACHE_DIR, ~/.cache/qsearch)");
   run->add_option("--workers", run_args.workers,
-                  "evaluation workers (0: one per 8 usable cores, at least one)")
+                  "evaluation workers (0: one per usable core, at most 8)")
       ->capture_default_str();
   run->add_flag("--json", run_args.json_output, "print metrics.json on stdout");
 

@@ -155,7 +155,10 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
       auto x = s->calibration_images_.narrow(0, b, std::min(options.capture_batch, n - b))
                    .to(device, torch::kFloat32);
       for (int64_t seg = 0; seg < segments; ++seg) {
+        // The checkpoint is kept at the capture precision, and the pass goes on from exactly
+        // that, so inputs captured now and inputs captured later from the checkpoint agree.
         parts[seg].push_back(x.to(s->capture_dtype_));
+        if (s->capture_dtype_ != torch::kFloat32) x = parts[seg].back().to(torch::kFloat32);
         core::SiteInputs batch;
         const auto t = std::chrono::steady_clock::now();
         if (keep[seg]) {
@@ -285,8 +288,12 @@ double ModelSession::MeasureFp32CalibrationPass(int repeats) const {
 }
 
 void ModelSession::DropCapturedInputs() {
-  std::lock_guard<std::mutex> lock(segments_mu_);
-  segments_.clear();  // tasks still running keep what they hold
+  {
+    std::lock_guard<std::mutex> lock(segments_mu_);
+    segments_.clear();  // tasks still running keep what they hold
+  }
+  std::lock_guard<std::mutex> lock(gram_mu_);
+  grams_.clear();
 }
 
 core::EvaluationCosts ModelSession::costs() const {

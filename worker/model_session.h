@@ -1,7 +1,10 @@
 // The model side of a search, in the process that evaluates: the model, the calibration and
 // validation data, and the float model's activations, loaded once and shared by worker threads.
 //
-// Memory stays bounded whatever the model's size. Open runs the float model once over the
+// Memory is bounded by the checkpoints, the activation cache and the Gram matrices kept for
+// weight-only candidates ((in + 1)² float64 per linear site), whatever the size of the
+// calibration set: no site's inputs are held for the whole model at once. Open runs the float
+// model once over the
 // calibration images and keeps the residual stream at each segment boundary (the input of each
 // block), plus the first segments' site inputs as far as the activation cache holds them. Other
 // site inputs are captured when a task needs them, by running the segment again from its
@@ -76,8 +79,8 @@ class ModelSession {
                                        const core::SiteEvaluationOptions& options,
                                        const std::function<void(const Evaluation&)>& on_result = {}) const;
 
-  // Frees the captured site inputs (the checkpoints stay, so a later task captures again): the
-  // evaluation stage is over and validation wants the memory.
+  // Frees the captured site inputs and the kept Gram matrices (the checkpoints stay, so a later
+  // task captures again): the evaluation stage is over and validation wants the memory.
   void DropCapturedInputs();
 
   // Quantizes the whole model with `recipe` and measures it on the validation set. Keeps the

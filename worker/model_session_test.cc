@@ -78,13 +78,26 @@ class ModelSessionTest : public ::testing::Test {
     return out;
   }
 
+  // Inputs captured in the reference pass and captured again from checkpoints give the same
+  // numbers, under `spec`.
+  static void CheckBoundedCache(const JobSpec& spec);
+
   static std::string* dir_;
 };
 
 std::string* ModelSessionTest::dir_ = nullptr;
 
 TEST_F(ModelSessionTest, BoundedActivationCacheRecapturesAndChangesNothing) {
-  auto roomy = ModelSession::Open(Spec());
+  for (const char* dtype : {"float32", "float16"}) {
+    SCOPED_TRACE(dtype);
+    JobSpec spec = Spec();
+    spec.capture_dtype = dtype;
+    CheckBoundedCache(spec);
+  }
+}
+
+void ModelSessionTest::CheckBoundedCache(const JobSpec& spec) {
+  auto roomy = ModelSession::Open(spec);
   ASSERT_TRUE(roomy.ok()) << roomy.status().ToString();
   std::vector<std::string> order;
   for (const auto& s : (*roomy)->model().sites()) order.push_back(s.name);
@@ -96,7 +109,7 @@ TEST_F(ModelSessionTest, BoundedActivationCacheRecapturesAndChangesNothing) {
 
   SessionOptions tight;
   tight.activation_cache_bytes = 1;  // one segment at a time
-  auto bounded = ModelSession::Open(Spec(), tight);
+  auto bounded = ModelSession::Open(spec, tight);
   ASSERT_TRUE(bounded.ok());
   const auto got = EvaluateAll(**bounded, back_and_forth);
   // Walking back over the segments needs each one again (the last visited stays cached).
