@@ -119,7 +119,7 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
     }
     progress("evaluate", total - pending, total);
     if (pending == 0 || idle) break;
-    std::this_thread::sleep_for(kPollInterval);
+    (void)queue.WaitIdleFor(kPollInterval);  // wakes as soon as the last task is done
   }
   // Whatever is still missing was dead-lettered: record it as failed, not lost.
   for (size_t i = 0; i < n_sites; ++i) {

@@ -68,6 +68,17 @@ TEST(TaskQueueTest, DeliversLeasesRetriesAndDeadLetters) {
   ASSERT_EQ(q->DeadLetters().size(), 1u);
   EXPECT_EQ(q->DeadLetters()[0].id, "b");
   q->WaitIdle();  // nothing queued or leased: returns at once
+  EXPECT_TRUE(q->WaitIdleFor(milliseconds(0)));
+  ASSERT_TRUE(q->Push({"c", ""}).ok());
+  EXPECT_FALSE(q->WaitIdleFor(milliseconds(20)));  // queued: times out
+  auto c = q->Pop(milliseconds(10));
+  ASSERT_TRUE(c->has_value());
+  std::thread acker([&] {
+    std::this_thread::sleep_for(milliseconds(20));
+    (void)q->Ack("c");
+  });
+  EXPECT_TRUE(q->WaitIdleFor(milliseconds(5000)));  // woken by the Ack, long before the timeout
+  acker.join();
 }
 
 TEST(TaskQueueTest, WorkersDrainConcurrentlyAndCloseWakesThem) {

@@ -61,6 +61,12 @@ class InProcessTaskQueue : public TaskQueue {
     changed_.wait(lock, [&] { return closed_ || (queued_.empty() && leased_.empty()); });
   }
 
+  bool WaitIdleFor(std::chrono::milliseconds timeout) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    return changed_.wait_for(lock, timeout,
+                             [&] { return closed_ || (queued_.empty() && leased_.empty()); });
+  }
+
   bool Idle() override {
     std::lock_guard<std::mutex> lock(mu_);
     return queued_.empty() && leased_.empty();

@@ -37,6 +37,8 @@ class TaskQueue {
   virtual Status Nack(const std::string& id) = 0;
   // Blocks until nothing is queued or leased (or the queue is closed).
   virtual void WaitIdle() = 0;
+  // The same for at most `timeout`; whether the queue is idle (or closed) on return.
+  virtual bool WaitIdleFor(std::chrono::milliseconds timeout) = 0;
   // Whether nothing is queued or leased right now.
   virtual bool Idle() = 0;
   // Wakes every waiter; later Pops return nullopt and Pushes fail.

@@ -133,54 +133,46 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
   s->fp32_validation_seconds_ = Since(start);
   s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_.labels);
 
-  // Reference 2: one float pass over the calibration set, in the model's segments, keeping each
-  // segment's input: the checkpoints site inputs are captured from later. The first segments'
-  // site inputs, as many as the activation cache holds, are kept from this very pass.
+  // Reference 2: one plain float pass over the calibration set, in the model's segments, keeping
+  // each segment's input: the checkpoints site inputs are captured from later. (Capturing during
+  // this pass would slow it: the kept inputs stop the allocator from reusing buffers, and the
+  // reference would flatter every ratio.)
   QS_RETURN_IF_ERROR(s->model_.Logits(s->calibration_images_.narrow(0, 0, 0)).status());
   const int64_t segments = s->model_.num_segments(), n = s->calibration_images_.size(0);
-  std::vector<bool> keep(segments, false);
-  int64_t planned = 0;
-  const int64_t element_size = s->capture_dtype_ == torch::kFloat32 ? 4 : 2;
-  for (int64_t seg = 0; seg < segments; ++seg) {
-    planned += SegmentInputBytes(s->model_, seg, n, element_size);
-    if (planned > options.activation_cache_bytes) break;
-    keep[seg] = true;
-  }
   Status pass = core::GuardTorch("calibration pass", [&]() -> Status {
     c10::InferenceMode guard;
     std::vector<std::vector<torch::Tensor>> parts(segments);
-    std::vector<BatchedInputs> captured(segments);
     double forward_seconds = 0;
     for (int64_t b = 0; b < n; b += options.capture_batch) {
       auto x = s->calibration_images_.narrow(0, b, std::min(options.capture_batch, n - b))
                    .to(device, torch::kFloat32);
       for (int64_t seg = 0; seg < segments; ++seg) {
         // The checkpoint is kept at the capture precision, and the pass goes on from exactly
-        // that, so inputs captured now and inputs captured later from the checkpoint agree.
+        // that, so every later capture from it sees what this pass saw.
         parts[seg].push_back(x.to(s->capture_dtype_));
         if (s->capture_dtype_ != torch::kFloat32) x = parts[seg].back().to(torch::kFloat32);
-        core::SiteInputs batch;
         const auto t = std::chrono::steady_clock::now();
-        if (keep[seg]) {
-          QS_ASSIGN_OR_RETURN(x, core::CaptureSegmentInputs(s->model_, seg, x, &batch));
-        } else {
-          x = s->model_.ForwardSegment(seg, x);
-        }
+        x = s->model_.ForwardSegment(seg, x);
         if (!device.is_cpu()) x.cpu();  // let the timing see the device's work
         forward_seconds += Since(t);
-        AppendBatch(batch, &captured[seg]);
       }
     }
     for (auto& p : parts) s->checkpoints_.push_back(at::cat(p, 0));
     s->fp32_calibration_seconds_ = forward_seconds;
-    for (int64_t seg = segments - 1; seg >= 0; --seg) {  // the LRU's front ends up segment 0
-      if (!keep[seg]) continue;
-      auto inputs = std::make_shared<const core::SiteInputs>(Joined(&captured[seg], s->capture_dtype_));
-      s->segments_.push_front({seg, inputs, Bytes(*inputs)});
-    }
     return OkStatus();
   });
   QS_RETURN_IF_ERROR(pass);
+
+  // The first segments' site inputs, as many as the activation cache holds, captured now so the
+  // evaluation starts with them.
+  const int64_t element_size = s->capture_dtype_ == torch::kFloat32 ? 4 : 2;
+  int64_t planned = 0;
+  for (int64_t seg = 0; seg < segments; ++seg) {
+    planned += SegmentInputBytes(s->model_, seg, n, element_size);
+    if (planned > options.activation_cache_bytes) break;
+    QS_RETURN_IF_ERROR(s->SegmentInputs(seg).status());
+  }
+  s->segment_captures_ = 0;  // count the captures the evaluation needs
   return s;
 }
 

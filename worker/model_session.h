@@ -9,7 +9,9 @@
 // block), plus the first segments' site inputs as far as the activation cache holds them. Other
 // site inputs are captured when a task needs them, by running the segment again from its
 // checkpoint; captured segments live in an LRU cache bounded in bytes, and what a linear site's
-// weight-only candidates need, its Gram matrix, is kept on its own.
+// weight-only candidates need, its Gram matrix, is kept on its own. The timed reference pass
+// captures nothing (kept inputs would slow it and flatter every ratio); the first segments are
+// captured after it.
 //
 //   QS_ASSIGN_OR_RETURN(auto session, ModelSession::Open(spec));
 //   std::thread t([&] { ServeTasks(*session, store, queue, stop); });
@@ -94,7 +96,7 @@ class ModelSession {
   double MeasureFp32CalibrationPass(int repeats) const;
   // Where the evaluations' time went so far (for benchmarks).
   core::EvaluationCosts costs() const;
-  // Segments captured so far (a segment evicted and needed again counts twice).
+  // Segments captured since Open returned (a segment evicted and needed again counts twice).
   int64_t segment_captures() const { return segment_captures_.load(); }
 
  private:
