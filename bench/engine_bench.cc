@@ -248,177 +248,193 @@ StatusOr<std::pair<double, json>> RunChildSearch(const std::string& spec_path,
 
 }  // namespace
 
-int RunBenchCommand(const BenchArgs& args) {
-  auto fail = [](const Status& s) {
-    std::fprintf(stderr, "qsearch bench: %s\n", s.ToString().c_str());
-    return 1;
-  };
-  auto note = [&](const std::string& line) {
-    if (!args.json_output) std::fprintf(stderr, "bench: %s\n", line.c_str());
-  };
+namespace {
+
+// Prints a progress line on stderr unless only the JSON is wanted.
+void Note(const BenchArgs& args, const std::string& line) {
+  if (!args.json_output) std::fprintf(stderr, "bench: %s\n", line.c_str());
+}
+
+// The fixture search's evaluation (with the default workers, then one and two), a validation of
+// w4a8:rtn, and the GEMM peak every GEMM fraction is measured against.
+Status BenchFixture(const BenchArgs& args, const core::ThreadPlan& plan, json* result) {
+  Note(args, "fixture search evaluation");
+  const JobSpec fixture = FixtureSpec(args.fixture, args.quick);
+  QS_ASSIGN_OR_RETURN(Recipe w4a8, ParseUniformRecipe("w4a8:rtn"));
+  QS_ASSIGN_OR_RETURN(EvaluationRun one, RunEvaluation(fixture, 0, args.threads, &w4a8));
+  (*result)["device"] = one.device;
+  Note(args, "GEMM peak");
+  const double peak = GemmPeakGflops(torch::Device(one.device), args.quick);
+  (*result)["gemm_peak_gflops"] = peak;
+  (*result)["gemm_fraction_fixture"] = 2 * one.costs.gemm_multiply_adds / one.seconds / 1e9 / peak;
+  (*result)["search_fp32_pass_ratio"] = one.seconds / one.fp32_calibration;
+  (*result)["validation_fp32_pass_ratio"] =
+      one.validate_seconds / (one.fp32_calibration + one.fp32_validation);
+  json fixture_json = Describe(one);
+  fixture_json["validate_w4a8_rtn_seconds"] = one.validate_seconds;
+  (*result)["fixture"] = fixture_json;
+
+  Note(args, "fixture evaluation with one worker and with two");
+  QS_ASSIGN_OR_RETURN(EvaluationRun single, RunEvaluation(fixture, 1, args.threads));
+  EvaluationRun two = one;
+  if (plan.workers != 2) {
+    QS_ASSIGN_OR_RETURN(two, RunEvaluation(fixture, 2, args.threads));
+  }
+  (*result)["embedded_two_worker_speedup"] =
+      (single.seconds / single.fp32_calibration) / (two.seconds / two.fp32_calibration);
+  (*result)["fixture_one_worker"] = Describe(single);
+  return OkStatus();
+}
+
+// bench/plain_sweep.py under the BLAS kernels qsearch uses: its JSON, or {"error": why}.
+json PlainSweep() {
+  const std::string script = "bench/plain_sweep.py", python = "/usr/bin/python3";
+  if (!std::filesystem::exists(script) || !std::filesystem::exists(python)) {
+    return {{"error", "needs " + script + " (run from the repository root) and " + python}};
+  }
+  const std::string kernels = core::BlasKernels();
+  const std::string command = (kernels.empty() ? "" : "OPENBLAS_CORETYPE=" + kernels + " ") +
+                              python + " " + script + " 2>/dev/null";
+  std::string output;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return {{"error", "cannot start " + python}};
+  char buffer[4096];
+  while (size_t got = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, got);
+  const int status = pclose(pipe);
+  json plain = json::parse(output, nullptr, /*allow_exceptions=*/false);
+  if (status != 0 || !plain.is_object() || !plain.contains("candidate_ratio")) {
+    return {{"error", "the script failed (is python3-torch installed?)"}};
+  }
+  return plain;
+}
+
+// The RTN sweep: a 6-block, width-96 ViT at patch 4 (50 tokens), random weights, min-max ranges
+// for weights and activations, as a plain script sweeping the same grid would use; the plain
+// script itself; and (not --quick) the sweep with qsearch's default OMSE activation ranges.
+Status BenchSweep(const BenchArgs& args, const std::string& dir, json* result) {
+  Note(args, "RTN sweep");
+  JobSpec sweep;
+  std::filesystem::create_directories(dir);
+  QS_RETURN_IF_ERROR(WriteRandomModel(ViTShape(28, 4, 1, 96, 6, 4, 2.0, 10), 7, dir, &sweep));
+  sweep.calibration_count = 256;
+  sweep.validation_limit = 1000;
+  sweep.space.weight_methods = {WeightMethod::kRtn};
+  sweep.space.weight_bits = {2, 3, 4, 6, 8};
+  sweep.space.weight_calibrators = {RangeCalibrator::kMinMax};
+  sweep.space.activation_bits = {4, 6, 8};
+  sweep.space.activation_calibrators = {RangeCalibrator::kMinMax};
+  QS_ASSIGN_OR_RETURN(EvaluationRun r, RunEvaluation(sweep, 0, args.threads));
+  (*result)["sweep_candidate_ratio"] = r.seconds / r.candidates / r.fp32_calibration;
+  (*result)["sweep"] = Describe(r);
+
+  Note(args, "the plain PyTorch sweep (bench/plain_sweep.py)");
+  const json plain = PlainSweep();
+  (*result)["plain_script_sweep"] = plain;
+  (*result)["plain_script_sweep_candidate_ratio"] =
+      plain.contains("candidate_ratio") ? plain["candidate_ratio"] : json(nullptr);
+
+  if (args.quick) return OkStatus();
+  sweep.space.activation_calibrators = {RangeCalibrator::kOmse};
+  QS_ASSIGN_OR_RETURN(EvaluationRun omse, RunEvaluation(sweep, 0, args.threads));
+  (*result)["sweep_omse_activations_candidate_ratio"] =
+      omse.seconds / omse.candidates / omse.fp32_calibration;
+  (*result)["sweep_omse_activations"] = Describe(omse);
+  return OkStatus();
+}
+
+// Candidate evaluation at ViT-B width: one block of a ViT-B (dim 768, 12 heads, MLP 3072,
+// 197 tokens), RTN, GPTQ and ERQ at 4 and 8 bits with 8-bit activations (then RTN alone), over
+// 128 calibration images (32 with --quick): `gemm_fraction` and `gemm_fraction_rtn`.
+Status BenchVitbBlock(const BenchArgs& args, const std::string& dir, double peak, json* result) {
+  Note(args, "ViT-B block evaluation");
+  core::ViTConfig c = ViTBase();
+  c.depth = 1;
+  std::filesystem::create_directories(dir);
+  JobSpec spec;
+  const int64_t images = args.quick ? 32 : 128;
+  QS_RETURN_IF_ERROR(WriteRandomModel(c, 21, dir, &spec));
+  QS_RETURN_IF_ERROR(WriteRandomImages(dir + "/calib.safetensors", images, c, 22));
+  QS_RETURN_IF_ERROR(WriteRandomImages(dir + "/val.safetensors", 8, c, 23));
+  spec.calibration_source = dir + "/calib.safetensors";
+  spec.calibration_count = images;
+  spec.validation_source = dir + "/val.safetensors";
+  spec.space.weight_bits = {4, 8};
+  spec.space.activation_bits = {8};
+  for (bool rtn_only : {false, true}) {
+    spec.space.weight_methods = {WeightMethod::kRtn};
+    if (!rtn_only) {
+      spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq, WeightMethod::kErq};
+    }
+    QS_ASSIGN_OR_RETURN(EvaluationRun r, RunEvaluation(spec, 0, args.threads));
+    const double fraction = 2 * r.costs.gemm_multiply_adds / r.seconds / 1e9 / peak;
+    json block = Describe(r);
+    block["calibration_images"] = images;
+    block["evaluate_in_fp32_calibration_passes"] = r.seconds / r.fp32_calibration;
+    block["gemm_fraction"] = fraction;
+    (*result)[rtn_only ? "gemm_fraction_rtn" : "gemm_fraction"] = fraction;
+    (*result)[rtn_only ? "vitb_block_rtn" : "vitb_block"] = block;
+  }
+  return OkStatus();
+}
+
+// A whole `qsearch run` on a 12-block ViT-B in a child process: its peak resident memory.
+Status BenchVitbSearch(const BenchArgs& args, const std::string& dir, json* result) {
+  Note(args, "ViT-B search in a child process (minutes)");
+  const core::ViTConfig c = ViTBase();
+  std::filesystem::create_directories(dir);
+  JobSpec spec;
+  QS_RETURN_IF_ERROR(WriteRandomModel(c, 11, dir, &spec));
+  QS_RETURN_IF_ERROR(WriteRandomImages(dir + "/calib.safetensors", 128, c, 12));
+  QS_RETURN_IF_ERROR(WriteRandomImages(dir + "/val.safetensors", 64, c, 13));
+  const json spec_json = {
+      {"model", {{"config", "config.json"}, {"weights", "model.safetensors"}}},
+      {"calibration", {{"source", "calib.safetensors"}, {"count", 128}}},
+      {"validation", {{"source", "val.safetensors"}}},
+      {"search", {{"weight_methods", {"rtn"}}, {"weight_bits", {4, 8}}, {"activation_bits", {8}}}},
+      {"objective", {{"avg_weight_bits", 6.0}}},
+      {"accuracy", {{"max_validations", 1}, {"refine", false}}}};
+  QS_RETURN_IF_ERROR(WriteFileAtomically(dir + "/spec.json", spec_json.dump(2)));
+  QS_ASSIGN_OR_RETURN(auto child, RunChildSearch(dir + "/spec.json", dir));
+  (*result)["peak_rss_vitb_gib"] = child.first;
+  (*result)["vitb"] = {{"seconds", child.second["seconds"]},
+                       {"relative", child.second["relative"]},
+                       {"candidates", child.second["candidates"]},
+                       {"calibration_images", 128}};
+  return OkStatus();
+}
+
+Status RunBench(const BenchArgs& args, json* result) {
   const core::ThreadPlan plan = core::PlanThreads(0, core::UsableCores(), args.threads);
   core::ApplyThreadPlan(plan);
-  json result = {{"quick", args.quick},
-                 {"threads", core::DescribeThreads(plan)},
-                 {"two_worker_speedup", nullptr},
-                 {"dispatch_tasks_per_s", nullptr},
-                 {"cache_second_job_ratio", nullptr}};
-
-  // The fixture search: RTN, GPTQ and ERQ at 2-8 bits with 8-bit activations (278 candidates).
-  note("fixture search evaluation");
-  const JobSpec fixture = FixtureSpec(args.fixture, args.quick);
-  auto w4a8 = ParseUniformRecipe("w4a8:rtn");
-  if (!w4a8.ok()) return fail(w4a8.status());
-  auto one = RunEvaluation(fixture, 0, args.threads, &*w4a8);
-  if (!one.ok()) return fail(one.status());
-  result["device"] = one->device;
-  const torch::Device device(one->device);
-  note("GEMM peak");
-  const double peak = GemmPeakGflops(device, args.quick);
-  result["gemm_peak_gflops"] = peak;
-  result["gemm_fraction_fixture"] = 2 * one->costs.gemm_multiply_adds / one->seconds / 1e9 / peak;
-  result["search_fp32_pass_ratio"] = one->seconds / one->fp32_calibration;
-  result["validation_fp32_pass_ratio"] =
-      one->validate_seconds / (one->fp32_calibration + one->fp32_validation);
-  json fixture_json = Describe(*one);
-  fixture_json["validate_w4a8_rtn_seconds"] = one->validate_seconds;
-  result["fixture"] = fixture_json;
-
-  note("fixture evaluation with one worker and with two");
-  auto single = RunEvaluation(fixture, 1, args.threads);
-  if (!single.ok()) return fail(single.status());
-  auto two = plan.workers == 2 ? one : RunEvaluation(fixture, 2, args.threads);
-  if (!two.ok()) return fail(two.status());
-  result["embedded_two_worker_speedup"] =
-      (single->seconds / single->fp32_calibration) / (two->seconds / two->fp32_calibration);
-  result["fixture_one_worker"] = Describe(*single);
-
-  // The RTN sweep: a 6-block, width-96 ViT at patch 4 (50 tokens), random weights, min-max
-  // ranges for weights and activations, as a plain script sweeping the same grid would use.
-  note("RTN sweep");
+  *result = {{"quick", args.quick},
+             {"threads", core::DescribeThreads(plan)},
+             {"peak_rss_vitb_gib", nullptr},
+             // The distributed service's figures: null until the service exists.
+             {"two_worker_speedup", nullptr},
+             {"dispatch_tasks_per_s", nullptr},
+             {"cache_second_job_ratio", nullptr}};
+  QS_RETURN_IF_ERROR(BenchFixture(args, plan, result));
   TempDir dir;
-  if (dir.path().empty()) return fail(InternalError("cannot create a temporary directory"));
-  {
-    const core::ViTConfig c = ViTShape(28, 4, 1, 96, 6, 4, 2.0, 10);
-    JobSpec sweep;
-    std::filesystem::create_directories(dir.path() + "/sweep");
-    Status s = WriteRandomModel(c, 7, dir.path() + "/sweep", &sweep);
-    if (!s.ok()) return fail(s);
-    sweep.calibration_count = 256;
-    sweep.validation_limit = 1000;
-    sweep.space.weight_methods = {WeightMethod::kRtn};
-    sweep.space.weight_bits = {2, 3, 4, 6, 8};
-    sweep.space.weight_calibrators = {RangeCalibrator::kMinMax};
-    sweep.space.activation_bits = {4, 6, 8};
-    sweep.space.activation_calibrators = {RangeCalibrator::kMinMax};
-    auto r = RunEvaluation(sweep, 0, args.threads);
-    if (!r.ok()) return fail(r.status());
-    result["sweep_candidate_ratio"] = r->seconds / r->candidates / r->fp32_calibration;
-    result["sweep"] = Describe(*r);
-    // The same-machine reference: the plain PyTorch script (bench/plain_sweep.py) sweeping the
-    // same grid over the same architecture, under the same BLAS kernels.
-    result["plain_script_sweep_candidate_ratio"] = nullptr;
-    const std::string script = "bench/plain_sweep.py";
-    if (std::filesystem::exists(script) && std::filesystem::exists("/usr/bin/python3")) {
-      note("the plain PyTorch sweep (bench/plain_sweep.py)");
-      const std::string kernels = core::BlasKernels();
-      const std::string command = (kernels.empty() ? "" : "OPENBLAS_CORETYPE=" + kernels + " ") +
-                                  "/usr/bin/python3 " + script + " 2>/dev/null";
-      std::string output;
-      if (FILE* pipe = popen(command.c_str(), "r")) {
-        char buffer[4096];
-        while (size_t got = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, got);
-        if (pclose(pipe) == 0) {
-          json plain = json::parse(output, nullptr, /*allow_exceptions=*/false);
-          if (plain.is_object() && plain.contains("candidate_ratio")) {
-            result["plain_script_sweep_candidate_ratio"] = plain["candidate_ratio"];
-            result["plain_script_sweep"] = plain;
-          }
-        }
-      }
-    }
-    if (!args.quick) {
-      // The same sweep with qsearch's default OMSE activation ranges (90 clip ratios searched).
-      sweep.space.activation_calibrators = {RangeCalibrator::kOmse};
-      auto omse = RunEvaluation(sweep, 0, args.threads);
-      if (!omse.ok()) return fail(omse.status());
-      result["sweep_omse_activations_candidate_ratio"] =
-          omse->seconds / omse->candidates / omse->fp32_calibration;
-      result["sweep_omse_activations"] = Describe(*omse);
-    }
-  }
+  if (dir.path().empty()) return InternalError("cannot create a temporary directory");
+  QS_RETURN_IF_ERROR(BenchSweep(args, dir.path() + "/sweep", result));
+  QS_RETURN_IF_ERROR(BenchVitbBlock(args, dir.path() + "/vitb_block",
+                                    (*result)["gemm_peak_gflops"].get<double>(), result));
+  if (!args.quick) QS_RETURN_IF_ERROR(BenchVitbSearch(args, dir.path() + "/vitb", result));
+  return OkStatus();
+}
 
-  // Candidate evaluation at ViT-B width: one block of a ViT-B (dim 768, 12 heads, MLP 3072,
-  // 197 tokens), RTN, GPTQ and ERQ at 4 and 8 bits with 8-bit activations, over 128 calibration
-  // images (32 with --quick). Its GEMM rate against the peak is `gemm_fraction`.
-  note("ViT-B block evaluation");
-  {
-    core::ViTConfig c = ViTBase();
-    c.depth = 1;
-    const std::string block = dir.path() + "/vitb_block";
-    std::filesystem::create_directories(block);
-    JobSpec spec;
-    const int64_t images = args.quick ? 32 : 128;
-    Status s = WriteRandomModel(c, 21, block, &spec);
-    if (s.ok()) s = WriteRandomImages(block + "/calib.safetensors", images, c, 22);
-    if (s.ok()) s = WriteRandomImages(block + "/val.safetensors", 8, c, 23);
-    if (!s.ok()) return fail(s);
-    spec.calibration_source = block + "/calib.safetensors";
-    spec.calibration_count = images;
-    spec.validation_source = block + "/val.safetensors";
-    spec.space.weight_bits = {4, 8};
-    spec.space.activation_bits = {8};
-    for (bool rtn_only : {false, true}) {
-      spec.space.weight_methods = {WeightMethod::kRtn};
-      if (!rtn_only) spec.space.weight_methods = {WeightMethod::kRtn, WeightMethod::kGptq,
-                                                  WeightMethod::kErq};
-      auto r = RunEvaluation(spec, 0, args.threads);
-      if (!r.ok()) return fail(r.status());
-      const double fraction = 2 * r->costs.gemm_multiply_adds / r->seconds / 1e9 / peak;
-      json block_json = Describe(*r);
-      block_json["calibration_images"] = images;
-      block_json["evaluate_in_fp32_calibration_passes"] = r->seconds / r->fp32_calibration;
-      block_json["gemm_fraction"] = fraction;
-      result[rtn_only ? "gemm_fraction_rtn" : "gemm_fraction"] = fraction;
-      result[rtn_only ? "vitb_block_rtn" : "vitb_block"] = block_json;
-    }
-  }
+}  // namespace
 
-  result["peak_rss_vitb_gib"] = nullptr;
-  if (!args.quick) {
-    note("ViT-B search in a child process (minutes)");
-    const core::ViTConfig c = ViTBase();
-    const std::string vitb = dir.path() + "/vitb";
-    std::filesystem::create_directories(vitb);
-    JobSpec spec;
-    Status s = WriteRandomModel(c, 11, vitb, &spec);
-    if (s.ok()) s = WriteRandomImages(vitb + "/calib.safetensors", 128, c, 12);
-    if (s.ok()) s = WriteRandomImages(vitb + "/val.safetensors", 64, c, 13);
-    if (!s.ok()) return fail(s);
-    json spec_json = {
-        {"model", {{"config", "config.json"}, {"weights", "model.safetensors"}}},
-        {"calibration", {{"source", "calib.safetensors"}, {"count", 128}}},
-        {"validation", {{"source", "val.safetensors"}}},
-        {"search", {{"weight_methods", {"rtn"}}, {"weight_bits", {4, 8}}, {"activation_bits", {8}}}},
-        {"objective", {{"avg_weight_bits", 6.0}}},
-        {"accuracy", {{"max_validations", 1}, {"refine", false}}}};
-    s = WriteFileAtomically(vitb + "/spec.json", spec_json.dump(2));
-    if (!s.ok()) return fail(s);
-    auto child = RunChildSearch(vitb + "/spec.json", vitb);
-    if (!child.ok()) return fail(child.status());
-    result["peak_rss_vitb_gib"] = child->first;
-    result["vitb"] = {{"seconds", child->second["seconds"]},
-                      {"relative", child->second["relative"]},
-                      {"candidates", child->second["candidates"]},
-                      {"calibration_images", 128}};
-  }
-
+int RunBenchCommand(const BenchArgs& args) {
+  json result;
+  Status s = RunBench(args, &result);
   const std::string text = result.dump(2);
-  std::printf("%s\n", text.c_str());
-  if (!args.out.empty()) {
-    Status s = WriteFileAtomically(args.out, text + "\n");
-    if (!s.ok()) return fail(s);
+  if (s.ok() && !args.out.empty()) s = WriteFileAtomically(args.out, text + "\n");
+  if (!s.ok()) {
+    std::fprintf(stderr, "qsearch bench: %s\n", s.ToString().c_str());
+    return 1;
   }
+  std::printf("%s\n", text.c_str());
   return 0;
 }
 

@@ -99,6 +99,22 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
   return OkStatus();
 }
 
+// "compute": where the model side runs and in which precision it keeps activations.
+Status ParseCompute(const json& j, JobSpec* spec) {
+  QS_RETURN_IF_ERROR(CheckKeys(j, {"device", "capture_dtype"}, "compute"));
+  QS_RETURN_IF_ERROR(ReadField(j, "device", &spec->device));
+  QS_RETURN_IF_ERROR(ReadField(j, "capture_dtype", &spec->capture_dtype));
+  if (spec->device != "auto" && spec->device != "cpu" && spec->device != "cuda") {
+    return InvalidArgumentError("field 'device' must be \"auto\", \"cpu\" or \"cuda\", got \"" +
+                                spec->device + "\"");
+  }
+  if (spec->capture_dtype != "float32" && spec->capture_dtype != "float16") {
+    return InvalidArgumentError("field 'capture_dtype' must be \"float32\" or \"float16\", got \"" +
+                                spec->capture_dtype + "\"");
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 const char* ToString(BudgetKind v) { return EnumName(v, kBudgets); }
@@ -190,18 +206,7 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   if (!s.ok()) return fail(s, "accuracy");
 
   if (!(s = Section(j, "compute", false, &section)).ok()) return fail(s, "");
-  s = CheckKeys(*section, {"device", "capture_dtype"}, "compute");
-  if (s.ok()) s = ReadField(*section, "device", &spec.device);
-  if (s.ok()) s = ReadField(*section, "capture_dtype", &spec.capture_dtype);
-  if (s.ok() && spec.device != "auto" && spec.device != "cpu" && spec.device != "cuda") {
-    s = InvalidArgumentError("field 'device' must be \"auto\", \"cpu\" or \"cuda\", got \"" +
-                             spec.device + "\"");
-  }
-  if (s.ok() && spec.capture_dtype != "float32" && spec.capture_dtype != "float16") {
-    s = InvalidArgumentError("field 'capture_dtype' must be \"float32\" or \"float16\", got \"" +
-                             spec.capture_dtype + "\"");
-  }
-  if (!s.ok()) return fail(s, "compute");
+  if (!(s = ParseCompute(*section, &spec)).ok()) return fail(s, "compute");
   return spec;
 }
 

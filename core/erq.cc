@@ -26,6 +26,34 @@ torch::Tensor OnGrid(const torch::Tensor& scaled, const torch::Tensor& s, const 
   return (scaled + z).clamp(grid.qmin, grid.qmax).sub(z).mul(s);
 }
 
+// Wqer's rounding refinement, all rows at once with tensor ops (any device): move the coordinate
+// with the largest gradient (pointing the same way as its error) to its other grid neighbour
+// while eᵀCe decreases; a row stops at its first rejected move.
+void RefineRoundingWithTensorOps(const torch::Tensor& c, const torch::Tensor& e_floor,
+                                 const torch::Tensor& e_ceil, int iterations, torch::Tensor g,
+                                 torch::Tensor* e_out) {
+  torch::Tensor& e = *e_out;
+  auto c_diag = c.diagonal();
+  auto active = torch::ones({e.size(0)}, torch::TensorOptions().dtype(torch::kBool).device(e.device()));
+  for (int it = 0; it < iterations; ++it) {
+    auto candidates = (e * g > 0).logical_and(active.unsqueeze(1));
+    auto has = candidates.any(1);
+    if (!has.any().item<bool>()) break;
+    auto j = at::where(candidates, g.abs(), torch::full_like(g, -1)).argmax(1, true);
+    auto e_j = e.gather(1, j), g_j = g.gather(1, j);
+    auto f_j = e_floor.gather(1, j), c_j = e_ceil.gather(1, j);
+    auto target = e_j - g_j;
+    auto v = at::where((target - f_j).abs() <= (target - c_j).abs(), f_j, c_j);
+    auto delta = v - e_j;
+    auto change = delta * g_j + delta * delta * c_diag.index_select(0, j.squeeze(1)).unsqueeze(1);
+    auto accept = has.logical_and(change.squeeze(1) < 0);
+    auto step = at::where(accept.unsqueeze(1), delta, torch::zeros_like(delta));
+    e.scatter_add_(1, j, step);
+    g += 2 * step * c.index_select(0, j.squeeze(1));
+    active = accept;
+  }
+}
+
 // Wqer's rounding refinement in plain loops over CPU tensors, row by row (rows never interact):
 // while the row has a coordinate whose gradient points the same way as its error and the last
 // move was accepted, move the one with the largest |gradient| (the first on ties) to whichever
@@ -220,8 +248,7 @@ StatusOr<QuantizedWeight> ReduceWeightErrorFromGram(const LinearParams& layer,
       auto e_floor = OnGrid(scaled.floor(), s, z, grid) - ws;
       auto e_ceil = OnGrid(scaled.ceil(), s, z, grid) - ws;
 
-      // Rounding refinement, all rows at once: move the coordinate with the largest gradient
-      // (pointing the same way as its error) to its other grid neighbour while eᵀCe decreases.
+      // Rounding refinement on the proxy eᵀCe (two implementations of one rule, above).
       auto c = moment.index_select(0, si).index_select(1, si);
       auto g = e.mm(c) * 2;
       if (UseCpuKernel(e)) {
@@ -229,26 +256,7 @@ StatusOr<QuantizedWeight> ReduceWeightErrorFromGram(const LinearParams& layer,
         RefineRoundingOnCpu(c.contiguous(), e_floor.contiguous(), e_ceil.contiguous(),
                             spec.erq_wqer_iterations, g.contiguous(), &e);
       } else {
-        auto c_diag = c.diagonal();
-        auto active =
-            torch::ones({m}, torch::TensorOptions().dtype(torch::kBool).device(w.device()));
-        for (int it = 0; it < spec.erq_wqer_iterations; ++it) {
-          auto candidates = (e * g > 0).logical_and(active.unsqueeze(1));
-          auto has = candidates.any(1);
-          if (!has.any().item<bool>()) break;
-          auto j = at::where(candidates, g.abs(), torch::full_like(g, -1)).argmax(1, true);
-          auto e_j = e.gather(1, j), g_j = g.gather(1, j);
-          auto f_j = e_floor.gather(1, j), c_j = e_ceil.gather(1, j);
-          auto target = e_j - g_j;
-          auto v = at::where((target - f_j).abs() <= (target - c_j).abs(), f_j, c_j);
-          auto delta = v - e_j;
-          auto change = delta * g_j + delta * delta * c_diag.index_select(0, j.squeeze(1)).unsqueeze(1);
-          auto accept = has.logical_and(change.squeeze(1) < 0);
-          auto step = at::where(accept.unsqueeze(1), delta, torch::zeros_like(delta));
-          e.scatter_add_(1, j, step);
-          g += 2 * step * c.index_select(0, j.squeeze(1));
-          active = accept;
-        }
+        RefineRoundingWithTensorOps(c, e_floor, e_ceil, spec.erq_wqer_iterations, g, &e);
       }
 
       // Ridge compensation on the still-float columns, then commit S to the grid.

@@ -76,8 +76,8 @@ std::pair<torch::Tensor, torch::Tensor> LinearParamsOf(const ViTModel& model, co
 
 // LᵀR for row-major float32 `left` [T, a] and `right` [T, b] (the same rows): float32 GEMMs on
 // views of token chunks, accumulated in float64 across chunks. On the fixture's layers the
-// quadratic forms from such blocks differ from float64 ones by under 1e-6 relative, far below
-// any difference between candidates.
+// noise from such blocks is within 4e-7 of a float64 computation (evaluate_test asserts 1e-5),
+// far below any difference between candidates.
 torch::Tensor ChunkedProduct(const torch::Tensor& left, const torch::Tensor& right,
                              EvaluationCosts* costs) {
   torch::Tensor total;
@@ -254,7 +254,7 @@ StatusOr<QuantizedWeight> QuantizeLinearWeight(const Site& site, const WeightQua
   LinearParams layer{weight, bias};
   // ERQ leaves the patch-embedding convolution to Wqer alone, on its convolution path; with float
   // activations Aqer has nothing to absorb.
-  const bool conv = site.name == "patch_embed.proj";
+  const bool conv = IsPatchEmbedding(site);
   if (!conv && solves->quantized_activations()) {
     const double lambda = pooled ? spec.erq_aqer_lambda_pooled : spec.erq_aqer_lambda;
     QS_ASSIGN_OR_RETURN(const LinearParams* moved, solves->Aqer(layer, lambda));
@@ -265,74 +265,181 @@ StatusOr<QuantizedWeight> QuantizeLinearWeight(const Site& site, const WeightQua
                                    layer.weight.is_same(weight) ? grid : nullptr);
 }
 
+// What a linear site's candidates share: its float weight, its inputs, the Gram matrix A and the
+// float output's terms (each defined only where some candidate needs it).
+struct LinearSite {
+  torch::Tensor weight, bias;  // float32 [m, n] and [m] (bias may be undefined)
+  int64_t m = 0, n = 0;
+  bool pooled = false;         // the input is [B, n] (the head)
+  torch::Tensor x, rows;       // the input as given, and as [tokens, n] rows
+  torch::Tensor w_t, b64;      // W̃ = [W, b] and b, float64
+  torch::Tensor gram, gram32;  // A = X̃ᵀX̃, float64 and float32
+  torch::Tensor w_gram;        // W̃·A
+  double signal = 0;           // Σy² = tr(W̃·A·W̃ᵀ)
+  double tokens = 0;
+  torch::Tensor y;             // the float output, for direct measurement and MAE
+};
+
+// One activation config's quantized rows and the Gram blocks of its error E = X̄ − X (blocks
+// undefined for float activations).
+struct ActivationBlocks {
+  torch::Tensor x_hat_rows;
+  torch::Tensor cross, cross32;            // C = X̃ᵀE, float64 and float32
+  torch::Tensor error_gram, error_gram32;  // D = EᵀE
+  torch::Tensor w_cross;                   // W̃·C
+};
+
+// Loads the site's weight and inputs and computes what its candidates need in common.
+Status PrepareLinearSite(const Context& c, bool need_inputs, bool need_gram, bool need_output,
+                         LinearSite* s) {
+  std::tie(s->weight, s->bias) = LinearParamsOf(c.model, c.site);
+  s->m = s->weight.size(0);
+  s->n = s->weight.size(1);
+  const int64_t m = s->m, n = s->n;
+  const auto& inputs = c.data->inputs;
+  need_inputs = need_inputs || (need_gram && !c.data->gram.defined());
+  if (need_inputs && (inputs.size() != 1 || inputs[0].dim() < 1 || inputs[0].size(-1) != n)) {
+    return InvalidArgumentError("site " + c.site.name + " has no captured inputs");
+  }
+  return GuardTorch("site inputs", [&]() -> Status {
+    if (need_inputs) {
+      s->pooled = inputs[0].dim() == 2;
+      s->x = inputs[0].to(torch::kFloat32);
+      s->rows = s->x.reshape({-1, n});
+    }
+    const auto w64 = s->weight.to(torch::kFloat64);
+    s->b64 = s->bias.defined() ? s->bias.to(torch::kFloat64) : torch::zeros({m}, w64.options());
+    s->w_t = at::cat({w64, s->b64.unsqueeze(1)}, 1);
+    if (need_output) {
+      s->y = Gemm(c.costs, static_cast<double>(s->rows.size(0)) * n * m,
+                  [&] { return at::linear(s->rows, s->weight, s->bias); });
+    }
+    if (!need_gram) return OkStatus();
+    if (!c.data->gram.defined()) c.data->gram = AugmentedGramOf(s->rows, c.costs);
+    s->gram = c.data->gram;
+    if (s->gram.size(0) != n + 1 || s->gram.size(1) != n + 1) {
+      return InvalidArgumentError("the Gram matrix does not match the site's input width");
+    }
+    s->gram32 = s->gram.to(torch::kFloat32);
+    s->w_gram = s->w_t.mm(s->gram);
+    s->signal = (s->w_gram * s->w_t).sum().item<double>();
+    s->tokens = s->gram[n][n].item<double>();
+    if (!(s->signal > 0)) return FailedPreconditionError("the site's float output is zero");
+    return OkStatus();
+  });
+}
+
+// Fits `act` on the site's inputs, applies it, and (with `blocks`) computes C and D.
+Status FitActivation(const Context& c, const LinearSite& s, const ActivationQuant& act,
+                     bool blocks, ActivationBlocks* out) {
+  out->x_hat_rows = s.rows;
+  if (!act.quantized()) return OkStatus();
+  return GuardTorch("activation quantizer", [&]() -> Status {
+    {
+      Timed timed(&c.costs->activation_seconds);
+      QS_ASSIGN_OR_RETURN(auto state, ActivationQuantizerState::Fit(
+                                          s.x, act,
+                                          ActivationLayout(act, c.site, c.model.config().num_heads),
+                                          OperandDomain(c.site, 0)));
+      out->x_hat_rows = state.Apply(s.rows);
+    }
+    if (!blocks) return OkStatus();
+    auto error = out->x_hat_rows - s.rows;
+    // C = X̃ᵀE = [XᵀE; Σe] and D = EᵀE.
+    out->cross =
+        at::cat({ChunkedProduct(s.rows, error, c.costs), ColumnSums(error).unsqueeze(0)}, 0);
+    out->error_gram = ChunkedProduct(error, error, c.costs);
+    out->cross32 = out->cross.to(torch::kFloat32);
+    out->error_gram32 = out->error_gram.to(torch::kFloat32);
+    out->w_cross = s.w_t.mm(out->cross);
+    return OkStatus();
+  });
+}
+
+// The output error of quantized weight Ŵ (and bias b̂) from the blocks: float32 GEMMs of the same
+// shape for every candidate (a GEMM stacking several candidates would give one of them other
+// bits depending on its neighbours), the products they meet summed in float64.
+Status MeasureFromBlocks(const Context& c, const LinearSite& s, const ActivationBlocks& a,
+                         const torch::Tensor& w_hat, const torch::Tensor& b_hat, Evaluation* e) {
+  const int64_t m = s.m, n = s.n;
+  auto dot = [](const torch::Tensor& x, const torch::Tensor& y) {
+    return (x.to(torch::kFloat64) * y).sum().item<double>();
+  };
+  auto w_hat64 = w_hat.to(torch::kFloat64);
+  auto b_hat64 = b_hat.defined() ? b_hat.to(torch::kFloat64) : s.b64;
+  if (!torch::isfinite(w_hat64).all().item<bool>() ||
+      !torch::isfinite(b_hat64).all().item<bool>()) {
+    return FailedPreconditionError("quantized weights are not finite");
+  }
+  const auto v = s.w_t - at::cat({w_hat64, b_hat64.unsqueeze(1)}, 1);  // V = W̃ − Ŵ̃
+  const auto v32 = v.to(torch::kFloat32);
+  auto va = Gemm(c.costs, static_cast<double>(m) * (n + 1) * (n + 1),
+                 [&] { return v32.mm(s.gram32); });
+  double noise = dot(va, v), y_dot_error = dot(s.w_gram, v);
+  if (a.cross.defined()) {
+    auto vc = Gemm(c.costs, static_cast<double>(m) * (n + 1) * n,
+                   [&] { return v32.mm(a.cross32); });
+    auto wd = Gemm(c.costs, static_cast<double>(m) * n * n,
+                   [&] { return w_hat64.to(torch::kFloat32).mm(a.error_gram32); });
+    noise += -2 * dot(vc, w_hat64) + dot(wd, w_hat64);
+    y_dot_error -= dot(a.w_cross, w_hat64);
+  }
+  if (!std::isfinite(noise)) return FailedPreconditionError("quantized output is not finite");
+  SetFromSums(s.signal, noise, y_dot_error, s.tokens * m, e);
+  return OkStatus();
+}
+
+// Quantizes one candidate's weight and measures it, from the blocks or directly.
+Status EvaluateLinearCandidate(const Context& c, const LinearSite& s, const ActivationBlocks& a,
+                               const QuantConfig& config, GroupSolves* solves,
+                               WeightGridCache* grids, Evaluation* e) {
+  std::optional<Timed> timed(&c.costs->weight_seconds);
+  std::optional<Timed> by_method(&c.costs->method_seconds[static_cast<int>(config.weight.method)]);
+  QS_ASSIGN_OR_RETURN(QuantizedWeight q, QuantizeLinearWeight(c.site, config.weight, s.weight,
+                                                              s.bias, s.pooled, solves, grids));
+  timed.reset();
+  by_method.reset();
+  const auto& b_hat = q.bias.defined() ? q.bias : s.bias;
+  e->weight_sqnr_db = config.weight.quantized() ? SqnrDb(s.weight, q.dequantized) : kInf;
+  const bool from_gram = MeasuredFromGram(c.model, c.site, config);
+  torch::Tensor y_hat;
+  if (!from_gram || c.options.measure_mae) {
+    y_hat = Gemm(c.costs, static_cast<double>(s.rows.size(0)) * s.n * s.m,
+                 [&] { return at::linear(a.x_hat_rows, q.dequantized, b_hat); });
+  }
+  if (!from_gram) return SetFromOutputs(s.y, y_hat, /*with_mae=*/true, e);
+  if (y_hat.defined()) {
+    const ErrorSums sums = SumErrors(s.y, y_hat);
+    if (!sums.finite) return FailedPreconditionError("quantized output is not finite");
+    e->mae = sums.absolute / static_cast<double>(std::max<int64_t>(1, sums.count));
+  }
+  return MeasureFromBlocks(c, s, a, q.dequantized, b_hat, e);
+}
+
 void EvaluateLinearSite(const Context& c) {
-  const Site& site = c.site;
   auto& results = *c.results;
-  auto [weight, bias] = LinearParamsOf(c.model, site);
-  const int64_t m = weight.size(0), n = weight.size(1);
   std::vector<size_t> all;
   bool need_gram = false, need_inputs = c.options.measure_mae, need_output = c.options.measure_mae;
   for (size_t i = 0; i < c.candidates.size(); ++i) {
     const QuantConfig& config = c.candidates[i].config;
-    Status valid = ValidateQuantConfig(config, site.kind);
+    Status valid = ValidateQuantConfig(config, c.site.kind);
     if (!valid.ok()) {
       results[i].error = valid.ToString();
       continue;
     }
     all.push_back(i);
-    const bool from_gram = MeasuredFromGram(c.model, site, config);
+    const bool from_gram = MeasuredFromGram(c.model, c.site, config);
     need_gram = need_gram || from_gram;
     need_output = need_output || !from_gram;
     need_inputs = need_inputs || !from_gram || config.activation.quantized();
   }
   if (all.empty()) return;
-  const auto& inputs = c.data->inputs;
-  need_inputs = need_inputs || (need_gram && !c.data->gram.defined());
-  if (need_inputs && (inputs.size() != 1 || inputs[0].dim() < 1 || inputs[0].size(-1) != n)) {
-    FailAll(all, InvalidArgumentError("site " + site.name + " has no captured inputs"), &results);
+  LinearSite site;
+  Status prepared = PrepareLinearSite(c, need_inputs, need_gram, need_output, &site);
+  if (!prepared.ok()) {
+    FailAll(all, prepared, &results);
     return;
   }
-  const bool pooled = need_inputs && inputs[0].dim() == 2;
-  torch::Tensor x, rows, w_t, b64;
-  Status setup = GuardTorch("site inputs", [&]() -> Status {
-    if (need_inputs) {
-      x = inputs[0].to(torch::kFloat32);
-      rows = x.reshape({-1, n});
-    }
-    // The float weight with its bias column, W̃ = [W, b].
-    const auto w64 = weight.to(torch::kFloat64);
-    b64 = bias.defined() ? bias.to(torch::kFloat64) : torch::zeros({m}, w64.options());
-    w_t = at::cat({w64, b64.unsqueeze(1)}, 1);
-    if (need_gram && !c.data->gram.defined()) {
-      c.data->gram = AugmentedGramOf(rows, c.costs);
-    }
-    if (need_gram && (c.data->gram.size(0) != n + 1 || c.data->gram.size(1) != n + 1)) {
-      return InvalidArgumentError("the Gram matrix does not match the site's input width");
-    }
-    return OkStatus();
-  });
-  if (!setup.ok()) {
-    FailAll(all, setup, &results);
-    return;
-  }
-  const torch::Tensor& gram = c.data->gram;
-  // The float output where needed.
-  torch::Tensor y, w_gram, gram32;
-  double signal = 0, tokens = 0;
-  Status outputs = GuardTorch("float output", [&]() -> Status {
-    if (need_output) {
-      y = Gemm(c.costs, static_cast<double>(rows.size(0)) * n * m,
-               [&] { return at::linear(rows, weight, bias); });
-    }
-    if (need_gram) {
-      gram32 = gram.to(torch::kFloat32);
-      w_gram = w_t.mm(gram);
-      signal = (w_gram * w_t).sum().item<double>();
-      tokens = gram[n][n].item<double>();
-      if (!(signal > 0)) return FailedPreconditionError("the site's float output is zero");
-    }
-    return OkStatus();
-  });
 
   WeightGridCache local_grids;
   WeightGridCache* grids = c.options.weight_grids ? c.options.weight_grids : &local_grids;
@@ -340,124 +447,27 @@ void EvaluateLinearSite(const Context& c) {
          return q.activation;
        })) {
     const auto group_start = Clock::now();
-    const ActivationQuant& act = c.candidates[group[0]].config.activation;
-    // The activation quantizer, fitted once, and the Gram blocks of its error.
-    torch::Tensor x_hat_rows = rows, cross, error_gram, w_cross;
-    bool group_needs_blocks = false;
-    for (size_t i : group) group_needs_blocks |= MeasuredFromGram(c.model, site, c.candidates[i].config);
-    Status fitted = outputs;
-    if (fitted.ok() && act.quantized()) {
-      fitted = GuardTorch("activation quantizer", [&]() -> Status {
-        {
-          Timed timed(&c.costs->activation_seconds);
-          QS_ASSIGN_OR_RETURN(auto state,
-                              ActivationQuantizerState::Fit(
-                                  x, act, ActivationLayout(act, site, c.model.config().num_heads),
-                                  OperandDomain(site, 0)));
-          x_hat_rows = state.Apply(rows);
-        }
-        if (group_needs_blocks) {
-          auto error = x_hat_rows - rows;
-          // C = X̃ᵀE = [XᵀE; Σe] and D = EᵀE.
-          cross = at::cat({ChunkedProduct(rows, error, c.costs), ColumnSums(error).unsqueeze(0)}, 0);
-          error_gram = ChunkedProduct(error, error, c.costs);
-          w_cross = w_t.mm(cross);
-        }
-        return OkStatus();
-      });
-    }
+    bool blocks = false;
+    for (size_t i : group) blocks |= MeasuredFromGram(c.model, c.site, c.candidates[i].config);
+    ActivationBlocks activation;
+    Status fitted =
+        FitActivation(c, site, c.candidates[group[0]].config.activation, blocks, &activation);
     if (!fitted.ok()) {
       FailAll(group, fitted, &results);
       continue;
     }
     const double shared = Since(group_start) / static_cast<double>(group.size());
     std::optional<GroupSolves> solves;  // GPTQ and ERQ are always measured from the blocks
-    if (gram.defined()) solves.emplace(gram, cross, error_gram);
-
-    // Quantize each candidate's weight; direct ones are measured now, Gram ones in one batch.
-    std::vector<size_t> batch;
-    std::vector<torch::Tensor> differences, quantized;
+    if (site.gram.defined()) solves.emplace(site.gram, activation.cross, activation.error_gram);
     for (size_t i : group) {
       const auto start = Clock::now();
-      const QuantConfig& config = c.candidates[i].config;
-      Evaluation& e = results[i];
       Status s = GuardTorch("evaluate", [&]() -> Status {
-        std::optional<Timed> timed(&c.costs->weight_seconds);
-        std::optional<Timed> by_method(
-            &c.costs->method_seconds[static_cast<int>(config.weight.method)]);
-        QS_ASSIGN_OR_RETURN(QuantizedWeight q,
-                            QuantizeLinearWeight(site, config.weight, weight, bias, pooled,
-                                                 solves ? &*solves : nullptr, grids));
-        timed.reset();
-        by_method.reset();
-        const auto& b_hat = q.bias.defined() ? q.bias : bias;
-        e.weight_sqnr_db = config.weight.quantized() ? SqnrDb(weight, q.dequantized) : kInf;
-        torch::Tensor y_hat;
-        const bool from_gram = MeasuredFromGram(c.model, site, config);
-        if (!from_gram || c.options.measure_mae) {
-          y_hat = Gemm(c.costs, static_cast<double>(rows.size(0)) * n * m,
-                       [&] { return at::linear(x_hat_rows, q.dequantized, b_hat); });
-        }
-        if (!from_gram) return SetFromOutputs(y, y_hat, /*with_mae=*/true, &e);
-        if (y_hat.defined()) {
-          const ErrorSums sums = SumErrors(y, y_hat);
-          if (!sums.finite) return FailedPreconditionError("quantized output is not finite");
-          e.mae = sums.absolute / static_cast<double>(std::max<int64_t>(1, sums.count));
-        }
-        auto w_hat = q.dequantized.to(torch::kFloat64);
-        auto b_hat64 = b_hat.defined() ? b_hat.to(torch::kFloat64) : b64;
-        if (!torch::isfinite(w_hat).all().item<bool>() ||
-            !torch::isfinite(b_hat64).all().item<bool>()) {
-          return FailedPreconditionError("quantized weights are not finite");
-        }
-        differences.push_back(w_t - at::cat({w_hat, b_hat64.unsqueeze(1)}, 1));
-        quantized.push_back(w_hat);
-        batch.push_back(i);
-        return OkStatus();
+        return EvaluateLinearCandidate(c, site, activation, c.candidates[i].config,
+                                       solves ? &*solves : nullptr, grids, &results[i]);
       });
-      if (!s.ok()) e.error = s.ToString();
+      if (!s.ok()) results[i].error = s.ToString();
       (*c.own_seconds)[i] = shared + Since(start);
     }
-    if (batch.empty()) continue;
-
-    // Each candidate's quadratic forms: float32 GEMMs of the same shape for every candidate (a
-    // stacked GEMM would give a candidate other bits depending on its neighbours), the products
-    // they meet summed in float64.
-    const auto batch_start = Clock::now();
-    Status s = GuardTorch("gram metrics", [&]() -> Status {
-      auto dot = [](const torch::Tensor& a, const torch::Tensor& b) {
-        return (a.to(torch::kFloat64) * b).sum().item<double>();
-      };
-      const torch::Tensor cross32 = cross.defined() ? cross.to(torch::kFloat32) : cross;
-      const torch::Tensor error_gram32 =
-          error_gram.defined() ? error_gram.to(torch::kFloat32) : error_gram;
-      for (size_t j = 0; j < batch.size(); ++j) {
-        const torch::Tensor& v = differences[j];   // [m, n + 1], float64
-        const torch::Tensor& w_hat = quantized[j];  // [m, n], float64
-        auto v32 = v.to(torch::kFloat32);
-        auto va = Gemm(c.costs, static_cast<double>(m) * (n + 1) * (n + 1),
-                       [&] { return v32.mm(gram32); });
-        double noise = dot(va, v), y_dot_error = dot(w_gram, v);
-        if (cross.defined()) {
-          auto vc = Gemm(c.costs, static_cast<double>(m) * (n + 1) * n,
-                         [&] { return v32.mm(cross32); });
-          auto wd = Gemm(c.costs, static_cast<double>(m) * n * n,
-                         [&] { return w_hat.to(torch::kFloat32).mm(error_gram32); });
-          noise += -2 * dot(vc, w_hat) + dot(wd, w_hat);
-          y_dot_error -= dot(w_cross, w_hat);
-        }
-        Evaluation& e = results[batch[j]];
-        if (!std::isfinite(noise)) {
-          e.error = FailedPreconditionError("quantized output is not finite").ToString();
-          continue;
-        }
-        SetFromSums(signal, noise, y_dot_error, tokens * m, &e);
-      }
-      return OkStatus();
-    });
-    if (!s.ok()) FailAll(batch, s, &results);
-    const double batch_share = Since(batch_start) / static_cast<double>(batch.size());
-    for (size_t i : batch) (*c.own_seconds)[i] += batch_share;
   }
 }
 
@@ -559,7 +569,7 @@ std::vector<SiteInfo> DescribeSites(const ViTModel& model) {
     if (site.kind == SiteKind::kLinear) {
       const auto& w = model.tensor(site.weight);
       info.weight_params = w.numel();
-      const int64_t rows = site.name == "patch_embed.proj" ? c.num_patches()
+      const int64_t rows = IsPatchEmbedding(site) ? c.num_patches()
                            : site.name == "head"           ? 1
                                                            : tokens;
       info.macs = rows * w.numel();

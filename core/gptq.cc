@@ -23,6 +23,47 @@ StatusOr<std::pair<torch::Tensor, torch::Tensor>> FitColumns(const torch::Tensor
   return std::make_pair(grid->scale.reshape({-1, 1}), grid->zero_point.reshape({-1, 1}));
 }
 
+// The column grids GPTQ starts from, [m, n] on w's device: `weight_grid` (FitWeightGrid of the
+// weight) or one fitted to `w` now; with dynamic groups, space the loop fills group by group
+// (`grid` then carries only the code range).
+Status InitialGrids(const torch::Tensor& w, const WeightQuant& spec, const UniformGrid* weight_grid,
+                    UniformGrid* grid, torch::Tensor* scale, torch::Tensor* zero) {
+  const int64_t m = w.size(0), n = w.size(1);
+  const bool grouped = spec.granularity == Granularity::kPerGroup && spec.group_size < n;
+  if (!grouped || spec.gptq_static_groups) {
+    if (weight_grid != nullptr) {
+      *grid = *weight_grid;
+    } else {
+      QS_ASSIGN_OR_RETURN(*grid, FitWeightGrid(w.to(torch::kFloat32), spec));
+    }
+    *scale = grid->scale.expand({m, n}).clone().to(w.device());
+    *zero = grid->zero_point.expand({m, n}).clone().to(w.device());
+    return OkStatus();
+  }
+  *scale = torch::empty({m, n}, w.options().dtype(torch::kFloat32));
+  *zero = torch::empty({m, n}, w.options().dtype(torch::kFloat32));
+  return FitColumns(w.narrow(1, 0, 1), spec, grid).status();  // qmin/qmax
+}
+
+// One step of GPTQ's column loop with tensor ops (any device): rounds column i of the block `w1`
+// in float32 exactly as RTN does (so a diagonal H reproduces RTN bit for bit), records it in
+// q[:, i1 + i] and its scaled error in err1[:, i], and spreads that error over the block's later
+// columns through row i of U.
+void QuantizeColumnWithTensorOps(torch::Tensor& w1, const torch::Tensor& u,
+                                 const torch::Tensor& scale, const torch::Tensor& zero,
+                                 const UniformGrid& grid, int64_t i1, int64_t i, torch::Tensor* q,
+                                 torch::Tensor* err1) {
+  const int64_t count = w1.size(1), col = i1 + i;
+  auto u1 = u.narrow(0, i1, count).narrow(1, i1, count);
+  auto column = w1.select(1, i).to(torch::kFloat32);
+  auto s = scale.select(1, col), z = zero.select(1, col);
+  auto deq = ((column / s).round() + z).clamp(grid.qmin, grid.qmax).sub(z).mul(s);
+  q->select(1, col).copy_(deq);
+  auto e = (w1.select(1, i) - deq.to(torch::kFloat64)) / u1[i][i];
+  w1.narrow(1, i, count - i).sub_(e.unsqueeze(1) * u1.select(0, i).narrow(0, i, count - i));
+  err1->select(1, i).copy_(e);
+}
+
 // row[j] −= e · u[j] for j in [0, count): a multiply then a subtract, as the tensor ops round.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void
 SubtractScaled(double* row, const double* u, double e, int64_t count) {
@@ -156,22 +197,7 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight, const 
     torch::Tensor scale, zero;
     const bool grouped = spec.granularity == Granularity::kPerGroup && spec.group_size < n;
     const int64_t g = grouped ? spec.group_size : n;
-    if (!grouped || spec.gptq_static_groups) {
-      if (weight_grid != nullptr && !any_dead) {
-        grid = *weight_grid;
-      } else {
-        QS_ASSIGN_OR_RETURN(grid, FitWeightGrid(w.to(torch::kFloat32), spec));
-      }
-      scale = grid.scale.expand({m, n}).clone();
-      zero = grid.zero_point.expand({m, n}).clone();
-    } else {
-      // Filled group by group as the updated columns are reached.
-      scale = torch::empty({m, n}, torch::kFloat32);
-      zero = torch::empty({m, n}, torch::kFloat32);
-      QS_RETURN_IF_ERROR(FitColumns(w.narrow(1, 0, 1), spec, &grid).status());  // qmin/qmax
-    }
-    scale = scale.to(weight.device());
-    zero = zero.to(weight.device());
+    QS_RETURN_IF_ERROR(InitialGrids(w, spec, any_dead ? nullptr : weight_grid, &grid, &scale, &zero));
 
     torch::Tensor inverse_perm;
     if (spec.gptq_act_order) {
@@ -195,7 +221,6 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight, const 
       const int64_t count = std::min(block, n - i1), i2 = i1 + count;
       auto w1 = w.narrow(1, i1, count).clone().contiguous();
       auto err1 = torch::zeros_like(w1);
-      auto u1 = u.narrow(0, i1, count).narrow(1, i1, count);
       for (int64_t i = 0; i < count; ++i) {
         const int64_t col = i1 + i;
         if (grouped && !spec.gptq_static_groups && col % g == 0) {
@@ -215,16 +240,9 @@ StatusOr<QuantizedWeight> QuantizeWeightGptq(const torch::Tensor& weight, const 
         }
         if (on_cpu) {
           QuantizeColumnOnCpu(w1, u, scale, zero, grid, i1, i, &q, &err1);
-          continue;
+        } else {
+          QuantizeColumnWithTensorOps(w1, u, scale, zero, grid, i1, i, &q, &err1);
         }
-        // Round in float32 exactly as RTN does, so a diagonal H reproduces RTN bit for bit.
-        auto column = w1.select(1, i).to(torch::kFloat32);
-        auto s = scale.select(1, col), z = zero.select(1, col);
-        auto deq = ((column / s).round() + z).clamp(grid.qmin, grid.qmax).sub(z).mul(s);
-        q.select(1, col).copy_(deq);
-        auto e = (w1.select(1, i) - deq.to(torch::kFloat64)) / u1[i][i];
-        w1.narrow(1, i, count - i).sub_(e.unsqueeze(1) * u1.select(0, i).narrow(0, i, count - i));
-        err1.select(1, i).copy_(e);
       }
       if (i2 < n) w.narrow(1, i2, n - i2).sub_(err1.mm(u.narrow(0, i1, count).narrow(1, i2, n - i2)));
     }

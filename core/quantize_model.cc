@@ -32,7 +32,7 @@ StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& 
                                          WeightGridCache* grids) {
   // The grid of the float weight, when given a cache (ERQ's Aqer moves the weight first).
   std::shared_ptr<const UniformGrid> grid;
-  const bool conv = site.name == "patch_embed.proj";
+  const bool conv = IsPatchEmbedding(site);
   const bool dynamic_groups = spec.granularity == Granularity::kPerGroup &&
                               spec.group_size < weight.size(1) && !spec.gptq_static_groups;
   const bool grid_of_weight = spec.method == WeightMethod::kRtn ||

@@ -55,6 +55,10 @@ struct Site {
   std::string weight;       // linear sites: the weight tensor name; empty for matmul sites
 };
 
+// Whether `site` is the patch embedding, the convolution the model runs as a linear site over
+// flattened patches (ERQ treats it as a convolution; it sees patches, not tokens).
+inline bool IsPatchEmbedding(const Site& site) { return site.name == "patch_embed.proj"; }
+
 // Called by ViTModel::Forward at every site. The defaults compute the float operation.
 class SiteHandler {
  public:

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <sstream>
-#include <thread>
 
 namespace qs::scheduler {
 namespace {
@@ -30,41 +30,20 @@ std::string Percent(double v) {
   return s.str();
 }
 
-}  // namespace
 
-json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
-                 const std::vector<size_t>& which, bool measure_mae) {
-  json candidates = json::array();
-  for (size_t j : which) {
-    candidates.push_back({{"key", keys[j]},
-                          {"config", ToJson(site.candidates[j].config, site.site.kind)}});
-  }
-  return json{{"site", site.site.name}, {"candidates", candidates}, {"measure_mae", measure_mae}};
-}
+using Progress = std::function<void(const char* stage, size_t done, size_t total)>;
 
-StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
-                                 storage::EvaluationStore& store, storage::TaskQueue& queue,
-                                 const SearchOptions& options) {
-  auto progress = [&](const char* stage, size_t done, size_t total) {
-    if (options.progress) options.progress(stage, done, total);
-  };
-  using Clock = std::chrono::steady_clock;
-  auto since = [](Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
-  };
-  SearchResult r;
-  auto stage_start = Clock::now();
-  progress("prepare", 0, 1);
-  QS_ASSIGN_OR_RETURN(r.facts, backend.Prepare());
-  progress("prepare", 1, 1);
-  r.seconds.prepare = since(stage_start);
-  stage_start = Clock::now();
-  QS_ASSIGN_OR_RETURN(r.plan, MakePlan(spec, r.facts.sites));
-  QS_ASSIGN_OR_RETURN(r.budget_units, BudgetUnits(spec, r.plan));
+// Looks every candidate up in `store`, dispatches one task per site with its missing candidates
+// (the worker loads that site's inputs once), and waits until each is stored or its task is
+// dead. Fills r->evaluations (failures recorded as such), from_cache and evaluated_now; `keys`
+// gets every candidate's key, by site.
+Status CollectEvaluations(const JobSpec& spec, storage::EvaluationStore& store,
+                          storage::TaskQueue& queue, const Progress& progress, SearchResult* out,
+                          std::vector<std::vector<std::string>>* keys_out) {
+  SearchResult& r = *out;
+  auto& keys = *keys_out;
   const size_t n_sites = r.plan.sites.size();
-
-  // Keys, and what the store already has.
-  std::vector<std::vector<std::string>> keys(n_sites);
+  keys.assign(n_sites, {});
   std::vector<std::vector<size_t>> missing(n_sites);
   auto lookup = [&](const std::string& key) -> StatusOr<bool> {
     QS_ASSIGN_OR_RETURN(auto stored, store.Get(key));
@@ -86,8 +65,6 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
       }
     }
   }
-
-  // One task per site with its missing candidates: the worker loads that site's inputs once.
   const size_t total = r.plan.candidate_count();
   size_t pending = total - r.from_cache;
   for (size_t i = 0; i < n_sites; ++i) {
@@ -131,14 +108,21 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
       r.evaluations[e.key] = e;
     }
   }
+  return OkStatus();
+}
 
-  r.seconds.evaluate = since(stage_start);
-  stage_start = Clock::now();
-
-  // Selection over the candidates that evaluated cleanly.
-  progress("select", 0, 1);
-  std::vector<SelectionGroup> groups(n_sites);
-  std::vector<std::vector<size_t>> option_candidate(n_sites);
+// One selection group per site over its candidates that evaluated cleanly (`option_candidate`
+// maps an option back to its candidate); counts the failures in r->failed.
+// FAILED_PRECONDITION when every candidate of some site failed.
+Status SelectionGroups(const JobSpec& spec, const std::vector<std::vector<std::string>>& keys,
+                       SearchResult* out, std::vector<SelectionGroup>* groups_out,
+                       std::vector<std::vector<size_t>>* option_candidate_out) {
+  SearchResult& r = *out;
+  const size_t n_sites = r.plan.sites.size();
+  auto& groups = *groups_out;
+  auto& option_candidate = *option_candidate_out;
+  groups.assign(n_sites, {});
+  option_candidate.assign(n_sites, {});
   for (size_t i = 0; i < n_sites; ++i) {
     const SitePlan& sp = r.plan.sites[i];
     groups[i].site = sp.site.name;
@@ -160,6 +144,112 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
                                      r.evaluations.at(keys[i][0]).error);
     }
   }
+  return OkStatus();
+}
+
+// The chosen mix `s`, per site with its runner-up and why it lost, and the mix's sizes.
+void DescribeChoices(const JobSpec& spec, const std::vector<SelectionGroup>& groups,
+                     const std::vector<std::vector<size_t>>& option_candidate,
+                     const std::vector<std::vector<std::string>>& keys, const KnapsackSolution& s,
+                     SearchResult* out) {
+  SearchResult& r = *out;
+  const size_t n_sites = r.plan.sites.size();
+  const double total_params =
+      static_cast<double>(std::max<int64_t>(1, r.plan.total_weight_params));
+  int64_t weight_bits = 0;
+  for (size_t i = 0; i < n_sites; ++i) {
+    const SitePlan& sp = r.plan.sites[i];
+    SiteChoice choice;
+    const size_t j = option_candidate[i][s.choice[i]];
+    choice.chosen = sp.candidates[j];
+    choice.chosen_eval = r.evaluations.at(keys[i][j]);
+    choice.cost_units = groups[i].options[s.choice[i]].cost;
+    const CandidateCost cost = CostOf(sp.site, choice.chosen.config);
+    weight_bits += cost.weight_bits;
+    r.bops += cost.bops;
+    // Runner-up: the best other option by loss (then cost, then order).
+    int best_other = -1;
+    for (size_t o = 0; o < groups[i].options.size(); ++o) {
+      if (static_cast<int>(o) == s.choice[i]) continue;
+      const auto& a = groups[i].options[o];
+      if (best_other < 0 || a.loss < groups[i].options[best_other].loss ||
+          (a.loss == groups[i].options[best_other].loss &&
+           a.cost < groups[i].options[best_other].cost)) {
+        best_other = static_cast<int>(o);
+      }
+    }
+    if (best_other >= 0) {
+      const size_t rj = option_candidate[i][best_other];
+      choice.has_runner_up = true;
+      choice.runner_up = sp.candidates[rj];
+      choice.runner_up_eval = r.evaluations.at(keys[i][rj]);
+      const auto& chosen_opt = groups[i].options[s.choice[i]];
+      const auto& other = groups[i].options[best_other];
+      std::ostringstream why;
+      if (other.loss < chosen_opt.loss) {
+        why << "lower loss (" << other.loss << " vs " << chosen_opt.loss << ") at "
+            << (other.cost - chosen_opt.cost) << " more " << ToString(spec.budget_kind)
+            << " cost units; the chosen mix as a whole has the least loss the budget allows";
+      } else if (other.loss == chosen_opt.loss) {
+        why << "equal loss at a cost of " << other.cost << " vs " << chosen_opt.cost;
+      } else {
+        why << "higher loss (" << other.loss << " vs " << chosen_opt.loss << ")";
+      }
+      choice.why = why.str();
+    } else {
+      choice.why = sp.fixed                      ? "fixed by the spec (skip or pin)"
+                   : sp.candidates.size() == 1 ? "the only candidate in the search space"
+                                               : "the only candidate that evaluated cleanly";
+    }
+    r.choices.push_back(choice);
+  }
+  r.avg_weight_bits = weight_bits / total_params;
+  r.model_weight_bytes = weight_bits / 8.0;
+}
+
+}  // namespace
+
+json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
+                 const std::vector<size_t>& which, bool measure_mae) {
+  json candidates = json::array();
+  for (size_t j : which) {
+    candidates.push_back({{"key", keys[j]},
+                          {"config", ToJson(site.candidates[j].config, site.site.kind)}});
+  }
+  return json{{"site", site.site.name}, {"candidates", candidates}, {"measure_mae", measure_mae}};
+}
+
+StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
+                                 storage::EvaluationStore& store, storage::TaskQueue& queue,
+                                 const SearchOptions& options) {
+  auto progress = [&](const char* stage, size_t done, size_t total) {
+    if (options.progress) options.progress(stage, done, total);
+  };
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  SearchResult r;
+  auto stage_start = Clock::now();
+  progress("prepare", 0, 1);
+  QS_ASSIGN_OR_RETURN(r.facts, backend.Prepare());
+  progress("prepare", 1, 1);
+  r.seconds.prepare = since(stage_start);
+  stage_start = Clock::now();
+  QS_ASSIGN_OR_RETURN(r.plan, MakePlan(spec, r.facts.sites));
+  QS_ASSIGN_OR_RETURN(r.budget_units, BudgetUnits(spec, r.plan));
+  const size_t n_sites = r.plan.sites.size();
+
+  std::vector<std::vector<std::string>> keys;
+  QS_RETURN_IF_ERROR(CollectEvaluations(spec, store, queue, progress, &r, &keys));
+  r.seconds.evaluate = since(stage_start);
+  stage_start = Clock::now();
+
+  // Selection over the candidates that evaluated cleanly.
+  progress("select", 0, 1);
+  std::vector<SelectionGroup> groups;
+  std::vector<std::vector<size_t>> option_candidate;
+  QS_RETURN_IF_ERROR(SelectionGroups(spec, keys, &r, &groups, &option_candidate));
   bool exact = true;
   KnapsackOptions knapsack;
   knapsack.exact = &exact;
@@ -243,55 +333,7 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
   // The chosen mix, per site with its runner-up.
   const KnapsackSolution& s = front[best];
   r.recipe = recipe_of(s);
-  int64_t weight_bits = 0;
-  for (size_t i = 0; i < n_sites; ++i) {
-    const SitePlan& sp = r.plan.sites[i];
-    SiteChoice choice;
-    const size_t j = option_candidate[i][s.choice[i]];
-    choice.chosen = sp.candidates[j];
-    choice.chosen_eval = r.evaluations.at(keys[i][j]);
-    choice.cost_units = groups[i].options[s.choice[i]].cost;
-    const CandidateCost cost = CostOf(sp.site, choice.chosen.config);
-    weight_bits += cost.weight_bits;
-    r.bops += cost.bops;
-    // Runner-up: the best other option by loss (then cost, then order).
-    int best_other = -1;
-    for (size_t o = 0; o < groups[i].options.size(); ++o) {
-      if (static_cast<int>(o) == s.choice[i]) continue;
-      const auto& a = groups[i].options[o];
-      if (best_other < 0 || a.loss < groups[i].options[best_other].loss ||
-          (a.loss == groups[i].options[best_other].loss &&
-           a.cost < groups[i].options[best_other].cost)) {
-        best_other = static_cast<int>(o);
-      }
-    }
-    if (best_other >= 0) {
-      const size_t rj = option_candidate[i][best_other];
-      choice.has_runner_up = true;
-      choice.runner_up = sp.candidates[rj];
-      choice.runner_up_eval = r.evaluations.at(keys[i][rj]);
-      const auto& chosen_opt = groups[i].options[s.choice[i]];
-      const auto& other = groups[i].options[best_other];
-      std::ostringstream why;
-      if (other.loss < chosen_opt.loss) {
-        why << "lower loss (" << other.loss << " vs " << chosen_opt.loss << ") at "
-            << (other.cost - chosen_opt.cost) << " more " << ToString(spec.budget_kind)
-            << " cost units; the chosen mix as a whole has the least loss the budget allows";
-      } else if (other.loss == chosen_opt.loss) {
-        why << "equal loss at a cost of " << other.cost << " vs " << chosen_opt.cost;
-      } else {
-        why << "higher loss (" << other.loss << " vs " << chosen_opt.loss << ")";
-      }
-      choice.why = why.str();
-    } else {
-      choice.why = sp.fixed                      ? "fixed by the spec (skip or pin)"
-                   : sp.candidates.size() == 1 ? "the only candidate in the search space"
-                                               : "the only candidate that evaluated cleanly";
-    }
-    r.choices.push_back(choice);
-  }
-  r.avg_weight_bits = weight_bits / total_params;
-  r.model_weight_bytes = weight_bits / 8.0;
+  DescribeChoices(spec, groups, option_candidate, keys, s, &r);
   return r;
 }
 

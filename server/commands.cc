@@ -251,7 +251,8 @@ int RunCli(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads,
                  "LibTorch intra-op threads (run and bench: per worker); default 1, BLAS gets the "
-                 "cores (docs/performance.md)");
+                 "cores (docs/performance.md)")
+      ->check(CLI::Range(0, 1024));
 
   QuantizeArgs q;
   auto* quantize = app.add_subcommand(
@@ -292,7 +293,8 @@ int RunCli(int argc, char** argv) {
                   "evaluation cache directory (default $QS_CACHE_DIR, ~/.cache/qsearch)");
   run->add_option("--workers", run_args.workers,
                   "evaluation workers (0: one per usable core, at most 8)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(0, 256));
   run->add_flag("--json", run_args.json_output, "print metrics.json on stdout");
 
   bench::BenchArgs bench_args;

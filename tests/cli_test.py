@@ -132,6 +132,21 @@ class CliTest(unittest.TestCase):
             self.assertIn("blocks.99.mlp.fc1", r.stderr)
             self.assertIn("INVALID_ARGUMENT", r.stderr)
 
+            # Thread and worker counts out of range are usage errors naming the option.
+            for args in (["--threads", "-2", "eval", "--config", CONFIG, "--weights", WEIGHTS],
+                         ["run", "--spec", recipe, "--out", d, "--workers", "-1"],
+                         ["run", "--spec", recipe, "--out", d, "--workers", "100000"]):
+                r = run(*args)
+                self.assertEqual(r.returncode, 2, args)
+                self.assertIn("--threads" if "--threads" in args else "--workers", r.stderr)
+
+            # bench from outside the repository: a clear error, not a crash.
+            r = subprocess.run([os.path.abspath(QSEARCH), "bench", "--quick", "--json"], cwd=d,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               timeout=600)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("tests/data/fixture", r.stderr)
+
     def test_inspect_lists_sites(self):
         r = run("inspect", "--config", CONFIG, "--weights", WEIGHTS)
         self.assertEqual(r.returncode, 0, r.stderr)

@@ -107,6 +107,10 @@ int64_t SegmentInputBytes(const core::ViTModel& model, int64_t segment, int64_t 
 
 StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
                                                            const SessionOptions& options) {
+  if (options.capture_batch < 1 || options.activation_cache_bytes < 0) {
+    return InvalidArgumentError("session options: capture_batch must be >= 1 and the activation "
+                                "cache size >= 0");
+  }
   std::unique_ptr<ModelSession> s(new ModelSession());
   s->options_ = options;
   QS_ASSIGN_OR_RETURN(core::ViTModel model,
@@ -133,47 +137,49 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
   s->fp32_validation_seconds_ = Since(start);
   s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_.labels);
 
-  // Reference 2: one plain float pass over the calibration set, in the model's segments, keeping
-  // each segment's input: the checkpoints site inputs are captured from later. (Capturing during
-  // this pass would slow it: the kept inputs stop the allocator from reusing buffers, and the
-  // reference would flatter every ratio.)
-  QS_RETURN_IF_ERROR(s->model_.Logits(s->calibration_images_.narrow(0, 0, 0)).status());
-  const int64_t segments = s->model_.num_segments(), n = s->calibration_images_.size(0);
-  Status pass = core::GuardTorch("calibration pass", [&]() -> Status {
-    c10::InferenceMode guard;
-    std::vector<std::vector<torch::Tensor>> parts(segments);
-    double forward_seconds = 0;
-    for (int64_t b = 0; b < n; b += options.capture_batch) {
-      auto x = s->calibration_images_.narrow(0, b, std::min(options.capture_batch, n - b))
-                   .to(device, torch::kFloat32);
-      for (int64_t seg = 0; seg < segments; ++seg) {
-        // The checkpoint is kept at the capture precision, and the pass goes on from exactly
-        // that, so every later capture from it sees what this pass saw.
-        parts[seg].push_back(x.to(s->capture_dtype_));
-        if (s->capture_dtype_ != torch::kFloat32) x = parts[seg].back().to(torch::kFloat32);
-        const auto t = std::chrono::steady_clock::now();
-        x = s->model_.ForwardSegment(seg, x);
-        if (!device.is_cpu()) x.cpu();  // let the timing see the device's work
-        forward_seconds += Since(t);
-      }
-    }
-    for (auto& p : parts) s->checkpoints_.push_back(at::cat(p, 0));
-    s->fp32_calibration_seconds_ = forward_seconds;
-    return OkStatus();
-  });
-  QS_RETURN_IF_ERROR(pass);
-
+  QS_RETURN_IF_ERROR(s->CheckpointCalibration(device));
   // The first segments' site inputs, as many as the activation cache holds, captured now so the
   // evaluation starts with them.
   const int64_t element_size = s->capture_dtype_ == torch::kFloat32 ? 4 : 2;
   int64_t planned = 0;
-  for (int64_t seg = 0; seg < segments; ++seg) {
-    planned += SegmentInputBytes(s->model_, seg, n, element_size);
+  for (int64_t seg = 0; seg < s->model_.num_segments(); ++seg) {
+    planned += SegmentInputBytes(s->model_, seg, s->calibration_images(), element_size);
     if (planned > options.activation_cache_bytes) break;
     QS_RETURN_IF_ERROR(s->SegmentInputs(seg).status());
   }
   s->segment_captures_ = 0;  // count the captures the evaluation needs
   return s;
+}
+
+Status ModelSession::CheckpointCalibration(const torch::Device& device) {
+  // Reference 2: one plain float pass over the calibration set, in the model's segments, keeping
+  // each segment's input: the checkpoints site inputs are captured from later. (Capturing during
+  // this pass would slow it: the kept inputs stop the allocator from reusing buffers, and the
+  // reference would flatter every ratio.)
+  QS_RETURN_IF_ERROR(model_.Logits(calibration_images_.narrow(0, 0, 0)).status());
+  const int64_t segments = model_.num_segments(), n = calibration_images_.size(0);
+  return core::GuardTorch("calibration pass", [&]() -> Status {
+    c10::InferenceMode guard;
+    std::vector<std::vector<torch::Tensor>> parts(segments);
+    double forward_seconds = 0;
+    for (int64_t b = 0; b < n; b += options_.capture_batch) {
+      auto x = calibration_images_.narrow(0, b, std::min(options_.capture_batch, n - b))
+                   .to(device, torch::kFloat32);
+      for (int64_t seg = 0; seg < segments; ++seg) {
+        // The checkpoint is kept at the capture precision, and the pass goes on from exactly
+        // that, so every later capture from it sees what this pass saw.
+        parts[seg].push_back(x.to(capture_dtype_));
+        if (capture_dtype_ != torch::kFloat32) x = parts[seg].back().to(torch::kFloat32);
+        const auto t = std::chrono::steady_clock::now();
+        x = model_.ForwardSegment(seg, x);
+        if (!device.is_cpu()) x.cpu();  // let the timing see the device's work
+        forward_seconds += Since(t);
+      }
+    }
+    for (auto& p : parts) checkpoints_.push_back(p.size() == 1 ? p[0] : at::cat(p, 0));
+    fp32_calibration_seconds_ = forward_seconds;
+    return OkStatus();
+  });
 }
 
 std::string ModelSession::device() const { return model_.tensor("head.weight").device().str(); }
@@ -225,24 +231,12 @@ StatusOr<std::shared_ptr<const core::SiteInputs>> ModelSession::SegmentInputs(
   return inputs;
 }
 
-std::vector<Evaluation> ModelSession::EvaluateTask(
+StatusOr<std::vector<Evaluation>> ModelSession::EvaluateTask(
     const std::string& site, const std::vector<core::SiteCandidate>& candidates,
     const core::SiteEvaluationOptions& options,
     const std::function<void(const Evaluation&)>& on_result) const {
-  auto fail_all = [&](const std::string& error) {
-    std::vector<Evaluation> out;
-    for (const auto& c : candidates) {
-      Evaluation e;
-      e.key = c.key;
-      e.site = site;
-      e.error = error;
-      if (on_result) on_result(e);
-      out.push_back(e);
-    }
-    return out;
-  };
   const core::Site* s = model_.FindSite(site);
-  if (s == nullptr) return fail_all("the model has no site '" + site + "'");
+  if (s == nullptr) return NotFoundError("the model has no site '" + site + "'");
   core::SiteData data;
   {
     std::lock_guard<std::mutex> lock(gram_mu_);
@@ -250,10 +244,9 @@ std::vector<Evaluation> ModelSession::EvaluateTask(
     if (it != grams_.end()) data.gram = it->second;
   }
   if (!data.gram.defined() || !GramSuffices(model_, *s, candidates, options)) {
-    auto inputs = SegmentInputs(model_.SegmentOf(*s));
-    if (!inputs.ok()) return fail_all(inputs.status().ToString());
-    auto it = (*inputs)->find(site);
-    if (it != (*inputs)->end()) data.inputs = it->second;
+    QS_ASSIGN_OR_RETURN(auto inputs, SegmentInputs(model_.SegmentOf(*s)));
+    auto it = inputs->find(site);
+    if (it != inputs->end()) data.inputs = it->second;
   }
   core::EvaluationCosts costs;
   core::SiteEvaluationOptions with_grids = options;
@@ -363,9 +356,12 @@ void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
         todo.push_back({*config, key});
       }
       if (!todo.empty() && ok) {
-        session.EvaluateTask(site, todo, options, [&](const Evaluation& e) {
+        // A task-wide failure (no inputs: out of memory, say) is not the candidates' result:
+        // nothing is stored, and the queue retries the task.
+        auto done = session.EvaluateTask(site, todo, options, [&](const Evaluation& e) {
           ok = ok && store.Put(e.key, ToJson(e).dump()).ok();
         });
+        ok = ok && done.ok();
       }
     } catch (...) {
       ok = false;  // a malformed payload or an unexpected exception: retried, then dead-lettered

@@ -57,7 +57,8 @@ class ModelSession {
   // Loads the model (onto spec.compute.device) and both data sets, draws the calibration subset,
   // and runs the float model once over the validation set (its top-1, the reference logits) and
   // once over the calibration set (the segment checkpoints). Each pass is timed: they are the
-  // references every cost is reported against.
+  // references every cost is reported against. INVALID_ARGUMENT for options out of range;
+  // FAILED_PRECONDITION for a CUDA device LibTorch lacks; load errors as they come.
   static StatusOr<std::unique_ptr<ModelSession>> Open(const JobSpec& spec,
                                                       const SessionOptions& options = {});
 
@@ -74,9 +75,12 @@ class ModelSession {
   int64_t calibration_images() const { return calibration_images_.size(0); }
   std::string device() const;
 
-  // Measures `candidates` at `site` in one go (thread-safe; failures come back inside the
-  // Evaluations), calling `on_result` with each as soon as it exists.
-  std::vector<Evaluation> EvaluateTask(const std::string& site,
+  // Measures `candidates` at `site` in one go (thread-safe), calling `on_result` with each
+  // Evaluation as soon as it exists. A candidate's own failure comes back inside its Evaluation
+  // (and is cached like any result); a failure of the task as a whole comes back as the status,
+  // for the queue to retry: NOT_FOUND for a site the model lacks, and whatever capturing the
+  // site's inputs returned (RESOURCE_EXHAUSTED when memory ran out, say).
+  StatusOr<std::vector<Evaluation>> EvaluateTask(const std::string& site,
                                        const std::vector<core::SiteCandidate>& candidates,
                                        const core::SiteEvaluationOptions& options,
                                        const std::function<void(const Evaluation&)>& on_result = {}) const;
@@ -102,6 +106,8 @@ class ModelSession {
  private:
   ModelSession() = default;
   StatusOr<const core::QuantizedModel*> Quantized(const Recipe& recipe);
+  // The timed float pass over the calibration images that keeps the segment checkpoints.
+  Status CheckpointCalibration(const torch::Device& device);
   // The float inputs of every site of `segment` on the calibration set, captured on demand.
   StatusOr<std::shared_ptr<const core::SiteInputs>> SegmentInputs(int64_t segment) const;
 
