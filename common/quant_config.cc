@@ -308,7 +308,8 @@ StatusOr<Recipe> RecipeFromJson(const json& j, const std::map<std::string, SiteK
   return recipe;
 }
 
-StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_edges) {
+StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_edges,
+                                    const std::vector<std::string>& edge_sites) {
   auto bad = [&](const std::string& why) {
     return InvalidArgumentError("recipe shorthand '" + shorthand + "': " + why +
                                 " (expected w<bits>a<bits>[:method], e.g. w4a8:rtn)");
@@ -348,8 +349,7 @@ StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_
     edge.weight.method = *wm;
     edge.weight.bits = wbits == 0 ? 0 : 8;
     edge.activation.bits = abits == 0 ? 0 : 8;
-    recipe.sites["patch_embed.proj"] = edge;
-    recipe.sites["head"] = edge;
+    for (const std::string& site : edge_sites) recipe.sites[site] = edge;
   }
   return recipe;
 }

@@ -145,9 +145,12 @@ StatusOr<Recipe> RecipeFromJson(const nlohmann::json& j,
 
 // Parses the uniform shorthand "w<bits>a<bits>[:method]", e.g. "w4a8", "w4a4:rtn", "w8a32" (32 or
 // "f" keeps that part in float). Weights: per-channel symmetric with OMSE ranges; activations:
-// per-tensor asymmetric with OMSE ranges. The patch embedding and the head stay at W8A8, as the PTQ
-// papers keep them, unless `quantize_edges` is set.
-StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_edges = false);
+// per-tensor asymmetric with OMSE ranges. The edge sites, the patch embedding and the classifier
+// head(s) (a model's EdgeSites; ViT's by default), stay at W8A8, as the PTQ papers keep them,
+// unless `quantize_edges` is set.
+StatusOr<Recipe> ParseUniformRecipe(
+    const std::string& shorthand, bool quantize_edges = false,
+    const std::vector<std::string>& edge_sites = {"patch_embed.proj", "head"});
 
 }  // namespace qs
 

@@ -339,7 +339,7 @@ Status FitActivation(const Context& c, const LinearSite& s, const ActivationQuan
       Timed timed(&c.costs->activation_seconds);
       QS_ASSIGN_OR_RETURN(auto state, ActivationQuantizerState::Fit(
                                           s.x, act,
-                                          ActivationLayout(act, c.site, c.model.config().num_heads),
+                                          ActivationLayout(act, c.site, c.site.num_heads),
                                           OperandDomain(c.site, 0)));
       out->x_hat_rows = state.Apply(s.rows);
     }
@@ -489,7 +489,7 @@ void EvaluateMatmulSite(const Context& c) {
     FailAll(all, InvalidArgumentError("site " + site.name + " has no captured inputs"), &results);
     return;
   }
-  const int64_t heads = c.model.config().num_heads;
+  const int64_t heads = site.num_heads;
   torch::Tensor lhs, rhs, y;
   Status setup = GuardTorch("matmul inputs", [&]() -> Status {
     lhs = inputs[0].to(torch::kFloat32);
@@ -543,7 +543,7 @@ StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tenso
     c10::InferenceMode guard;
     SiteInputs inputs;
     Recorder recorder(&inputs);
-    model.Forward(images.to(model.tensor("head.weight").device(), torch::kFloat32), &recorder);
+    model.Forward(images.to(model.device(), torch::kFloat32), &recorder);
     return inputs;
   });
 }
@@ -561,22 +561,10 @@ StatusOr<torch::Tensor> CaptureSegmentInputs(const ViTModel& model, int64_t segm
 }
 
 std::vector<SiteInfo> DescribeSites(const ViTModel& model) {
-  const ViTConfig& c = model.config();
-  const int64_t tokens = c.num_patches() + (model.tensors().count("cls_token") ? 1 : 0);
   std::vector<SiteInfo> out;
   for (const auto& site : model.sites()) {
-    SiteInfo info{site.name, site.kind, 0, 0};
-    if (site.kind == SiteKind::kLinear) {
-      const auto& w = model.tensor(site.weight);
-      info.weight_params = w.numel();
-      const int64_t rows = IsPatchEmbedding(site) ? c.num_patches()
-                           : site.name == "head"           ? 1
-                                                           : tokens;
-      info.macs = rows * w.numel();
-    } else {
-      // Both attention matmuls: heads × tokens × tokens × head_dim.
-      info.macs = c.num_heads * tokens * tokens * c.head_dim();
-    }
+    SiteInfo info{site.name, site.kind, 0, site.macs};
+    if (site.kind == SiteKind::kLinear) info.weight_params = model.tensor(site.weight).numel();
     out.push_back(info);
   }
   return out;

@@ -88,7 +88,7 @@ class CalibratingHandler : public SiteHandler {
   torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
                        const torch::Tensor& bias) override {
     if (!status_.ok()) return at::linear(x, weight, bias);
-    auto r = QuantizeLinearSite(site, recipe_.Resolve(site.name, site.kind), config_.num_heads, x,
+    auto r = QuantizeLinearSite(site, recipe_.Resolve(site.name, site.kind), site.num_heads, x,
                                 weight, bias, options_);
     return Keep(site, std::move(r), [&] { return at::linear(x, weight, bias); });
   }
@@ -96,7 +96,7 @@ class CalibratingHandler : public SiteHandler {
   torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
                        const torch::Tensor& rhs) override {
     if (!status_.ok()) return at::matmul(lhs, rhs);
-    auto r = QuantizeMatmulSite(site, recipe_.Resolve(site.name, site.kind), config_.num_heads,
+    auto r = QuantizeMatmulSite(site, recipe_.Resolve(site.name, site.kind), site.num_heads,
                                 lhs, rhs, options_);
     return Keep(site, std::move(r), [&] { return at::matmul(lhs, rhs); });
   }
@@ -248,7 +248,7 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
   return GuardTorch("quantize", [&]() -> StatusOr<QuantizedModel> {
     c10::InferenceMode guard;
     CalibratingHandler handler(model.config(), recipe, options);
-    model.Forward(calib_images.to(model.tensor("head.weight").device(), torch::kFloat32), &handler);
+    model.Forward(calib_images.to(model.device(), torch::kFloat32), &handler);
     QS_RETURN_IF_ERROR(handler.status());
     QuantizedModel q;
     q.float_model_ = model;

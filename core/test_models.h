@@ -22,6 +22,45 @@ inline ViTConfig TinyConfig() {
   return c;
 }
 
+// The other families, as small: distilled DeiT, a ViT with LayerScale and register tokens (pos
+// embedding over the patches only, average pooling), and a two-stage Swin on 16×16 RGB images
+// (patch 2, window 4: stage grids 8 and 4, so stage 0 shifts its odd blocks and stage 1 attends
+// globally).
+inline ViTConfig TinyDistilledConfig() {
+  ViTConfig c = TinyConfig();
+  c.architecture = "deit";
+  c.distilled = true;
+  return c;
+}
+inline ViTConfig TinyLayerScaleRegistersConfig() {
+  ViTConfig c = TinyConfig();
+  c.init_values = 0.5;
+  c.reg_tokens = 2;
+  c.no_embed_class = true;
+  c.global_pool = "avg";
+  return c;
+}
+inline ViTConfig TinySwinConfig() {
+  ViTConfig c;
+  c.architecture = "swin";
+  c.img_size = 16;
+  c.patch_size = 2;
+  c.in_chans = 3;
+  c.embed_dim = 16;
+  c.depths = {2, 2};
+  c.stage_heads = {2, 4};
+  c.num_heads = 2;
+  c.depth = 4;
+  c.window_size = 4;
+  c.mlp_ratio = 2.0;
+  c.num_classes = 5;
+  c.global_pool = "avg";
+  c.layer_norm_eps = 1e-5;
+  c.mean = {0.485, 0.456, 0.406};
+  c.std = {0.229, 0.224, 0.225};
+  return c;
+}
+
 // Random weights with a larger spread than the training init, so activations are not tiny.
 inline std::map<std::string, torch::Tensor> TinyTensors(const ViTConfig& c, uint64_t seed) {
   auto t = InitViTTensors(c, seed);
@@ -29,6 +68,8 @@ inline std::map<std::string, torch::Tensor> TinyTensors(const ViTConfig& c, uint
   for (auto& [name, v] : t) {
     if (v.dim() >= 2 || name.find("bias") != std::string::npos) {
       v = torch::randn(v.sizes()) * (v.dim() >= 2 ? 0.2 : 0.05);
+    } else if (name.find(".gamma") != std::string::npos) {
+      v = 0.5 + torch::rand(v.sizes());
     }
   }
   return t;

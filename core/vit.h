@@ -8,7 +8,9 @@
 #ifndef QS_CORE_VIT_H_
 #define QS_CORE_VIT_H_
 
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,30 +22,62 @@
 
 namespace qs::core {
 
-// The config JSON, with exactly these keys (timm names).
+// The config JSON (timm's names; docs/checkpoints.md lists the keys). "architecture" names the
+// family: "vit" and "deit" (one forward: class, distillation and register tokens, LayerScale) or
+// "swin" (windowed attention with shifts, relative position bias, patch merging).
 struct ViTConfig {
   std::string architecture = "vit";
   int64_t img_size = 0;
   int64_t patch_size = 0;
   int64_t in_chans = 0;
-  int64_t embed_dim = 0;
-  int64_t depth = 0;
-  int64_t num_heads = 0;
+  int64_t embed_dim = 0;              // Swin: the first stage's width (doubled by every merging)
+  int64_t depth = 0;                  // ViT: blocks; Swin: blocks of all stages
+  int64_t num_heads = 0;              // ViT: heads of every block; Swin: the first stage's
   double mlp_ratio = 4.0;
   int64_t num_classes = 0;
   std::string global_pool = "token";  // "token" (class token) or "avg" (mean of patch tokens)
   bool qkv_bias = true;
   double layer_norm_eps = 1e-6;
+  // ViT/DeiT only.
+  bool distilled = false;              // dist_token and head_dist, heads averaged at inference
+  int64_t reg_tokens = 0;              // register tokens after the class (and dist) token
+  bool no_embed_class = false;         // pos_embed covers the patches only
+  std::optional<double> init_values;   // LayerScale (ls1/ls2 gammas) when set
+  // Swin only.
+  std::vector<int64_t> depths;         // blocks per stage
+  std::vector<int64_t> stage_heads;    // heads per stage (the JSON key "num_heads")
+  int64_t window_size = 0;
+  // The evaluation transform (timm's data config; timm's defaults when absent).
   std::vector<double> mean;           // per input channel
   std::vector<double> std;            // per input channel
+  double crop_pct = 0.875;
+  std::string interpolation = "bicubic";
 
-  int64_t num_patches() const { return (img_size / patch_size) * (img_size / patch_size); }
+  bool is_swin() const { return architecture == "swin"; }
+  int64_t grid() const { return img_size / patch_size; }
+  int64_t num_patches() const { return grid() * grid(); }
+  // ViT: class, distillation and register tokens before the patches.
+  int64_t num_prefix_tokens(bool has_cls_token) const {
+    return (has_cls_token ? 1 : 0) + (distilled ? 1 : 0) + reg_tokens;
+  }
   int64_t head_dim() const { return embed_dim / num_heads; }
   int64_t mlp_hidden() const { return static_cast<int64_t>(embed_dim * mlp_ratio); }
+  // Swin stages: width, token-grid side, window and the blocks' heads.
+  int64_t num_stages() const { return static_cast<int64_t>(depths.size()); }
+  int64_t stage_dim(int64_t stage) const { return embed_dim << stage; }
+  int64_t stage_resolution(int64_t stage) const { return grid() >> stage; }
+  // timm's rule: a stage no larger than the window attends globally, without shift.
+  int64_t stage_window(int64_t stage) const {
+    return std::min(window_size, stage_resolution(stage));
+  }
+  int64_t num_features() const {
+    return is_swin() ? stage_dim(num_stages() - 1) : embed_dim;
+  }
 };
 
-// Parses and validates a config: every key present with the right type, no unknown key, sizes that
-// divide (img_size by patch_size, embed_dim by num_heads), mean/std one per channel.
+// Parses and validates a config: required keys present, every key of the right type, no key unknown
+// to the family, sizes that divide (img_size by patch_size, widths by heads, Swin's stage grids by
+// 2 and by the window), mean/std one per channel (ImageNet's when absent for 3 channels).
 StatusOr<ViTConfig> ParseViTConfig(const nlohmann::json& j);
 StatusOr<ViTConfig> LoadViTConfig(const std::string& path);
 nlohmann::json ToJson(const ViTConfig& config);
@@ -53,11 +87,19 @@ struct Site {
   std::string name;         // module path, e.g. "blocks.3.mlp.fc1" or "blocks.3.attn.qk_matmul"
   SiteKind kind;
   std::string weight;       // linear sites: the weight tensor name; empty for matmul sites
+  int64_t num_heads = 1;    // heads of the attention around the site (per-head grouping)
+  int64_t macs = 0;         // multiply-adds per image
+  int64_t input_elements = 0;  // elements of the site's inputs per image (both matmul operands)
 };
 
 // Whether `site` is the patch embedding, the convolution the model runs as a linear site over
 // flattened patches (ERQ treats it as a convolution; it sees patches, not tokens).
 inline bool IsPatchEmbedding(const Site& site) { return site.name == "patch_embed.proj"; }
+
+class ViTModel;
+// The patch embedding and the classifier head(s) ("head", distilled DeiT's "head_dist", Swin's
+// "head.fc"): the sites uniform recipes keep at 8 bits.
+std::vector<std::string> EdgeSites(const ViTModel& model);
 
 // Called by ViTModel::Forward at every site. The defaults compute the float operation.
 class SiteHandler {
@@ -88,6 +130,8 @@ class ViTModel {
   // All parameters by timm name (float32, CPU or the model's device).
   const std::map<std::string, torch::Tensor>& tensors() const { return tensors_; }
   const torch::Tensor& tensor(const std::string& name) const { return tensors_.at(name); }
+  // Where the weights live.
+  torch::Device device() const { return tensors_.at("patch_embed.proj.weight").device(); }
 
   // A model sharing this one's tensors except those in `replacements`. INVALID_ARGUMENT for a
   // name the model lacks, another shape, a non-float dtype or non-finite values.
@@ -100,10 +144,11 @@ class ViTModel {
   torch::Tensor Forward(const torch::Tensor& images, SiteHandler* handler = nullptr) const;
 
   // The same pass in segments, so one block can be run (and its site inputs captured) alone:
-  // segment 0 is the patch embedding (images → tokens with class token and position embedding),
-  // segment 1 + i is block i (tokens → tokens), segment depth + 1 the head (tokens → logits).
-  // Forward(images) equals running the segments in order, bit for bit.
-  int64_t num_segments() const { return config_.depth + 2; }
+  // segment 0 is the patch embedding (images → tokens with the prefix tokens and position
+  // embedding), then one segment per block (tokens → tokens; Swin's patch mergings are segments
+  // of their own), the last the head (tokens → logits). Forward(images) equals running the
+  // segments in order, bit for bit.
+  int64_t num_segments() const { return static_cast<int64_t>(segments_.size()); }
   torch::Tensor ForwardSegment(int64_t segment, const torch::Tensor& input,
                                SiteHandler* handler = nullptr) const;
   // The segment holding `site` (its index in sites() decides), and the sites of a segment.
@@ -119,20 +164,38 @@ class ViTModel {
   std::string Digest() const;
 
  private:
+  struct Segment {
+    enum class Kind { kEmbed, kBlock, kMerge, kHead } kind;
+    std::string prefix;  // tensor-name prefix ("blocks.3.", "layers.1.blocks.0.", ...)
+    int64_t stage = 0;   // Swin
+    int64_t shift = 0;   // Swin blocks: the cyclic shift
+    size_t first_site = 0, num_sites = 0;
+  };
+  void BuildSites();
+  torch::Tensor EmbedPatches(const torch::Tensor& images, SiteHandler& h) const;
+  torch::Tensor ViTBlock(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
+  torch::Tensor SwinBlock(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
+  torch::Tensor SwinMerge(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
+  torch::Tensor Head(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
+
   ViTConfig config_;
+  std::vector<Segment> segments_;
+  std::vector<int64_t> segment_of_site_;
+  // Swin: per block, the relative position index [N·N] and (shifted blocks) the mask [nW, N, N].
+  std::map<std::string, torch::Tensor> derived_;
   std::map<std::string, torch::Tensor> tensors_;
   std::vector<Site> sites_;
   std::map<std::string, size_t> site_index_;
 };
 
 // The tensor names and shapes a model with `config` must have; `has_cls_token` and the final-norm
-// name ("norm" or "fc_norm") vary with the checkpoint.
+// name ("norm" or "fc_norm") vary with ViT checkpoints (Swin has neither choice).
 std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(const ViTConfig& config,
                                                                  bool has_cls_token,
                                                                  const std::string& final_norm);
 
-// Fresh weights for `config` (truncated-normal linear weights, std 0.02, as timm initializes),
-// drawn from `seed`. Used by training and tests.
+// Fresh weights for `config` (truncated-normal linear weights, std 0.02, as timm initializes; a
+// class token; LayerScale gammas at init_values), drawn from `seed`. Used by training and tests.
 std::map<std::string, torch::Tensor> InitViTTensors(const ViTConfig& config, uint64_t seed);
 
 }  // namespace qs::core

@@ -269,5 +269,158 @@ TEST(ViTModelTest, DigestChangesWithAnyWeight) {
   EXPECT_FALSE(a->WithTensors({{"nope", torch::zeros({5})}}).ok());
 }
 
+struct FamilyCase {
+  const char* name;
+  ViTConfig config;
+  std::vector<std::string> must_have_sites;
+  size_t sites;
+};
+
+std::vector<FamilyCase> FamilyCases() {
+  return {
+      {"distilled", testing::TinyDistilledConfig(), {"head", "head_dist"}, 1 + 6 * 2 + 2},
+      {"layerscale_registers", testing::TinyLayerScaleRegistersConfig(), {"head"}, 1 + 6 * 2 + 1},
+      {"swin",
+       testing::TinySwinConfig(),
+       {"layers.0.blocks.1.attn.qk_matmul", "layers.1.downsample.reduction", "head.fc"},
+       1 + 1 + 6 * 4 + 1},
+  };
+}
+
+TEST(ModelFamilyTest, ConfigsRoundTripAndSegmentsChainToTheForward) {
+  for (const auto& f : FamilyCases()) {
+    SCOPED_TRACE(f.name);
+    auto parsed = ParseViTConfig(ToJson(f.config));
+    ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+    EXPECT_EQ(ToJson(*parsed), ToJson(f.config));
+    auto model = ViTModel::FromTensors(*parsed, TinyTensors(*parsed, 8));
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    EXPECT_EQ(model->sites().size(), f.sites);
+    for (const auto& name : f.must_have_sites) EXPECT_NE(model->FindSite(name), nullptr) << name;
+    torch::manual_seed(9);
+    auto x = torch::randn({3, f.config.in_chans, f.config.img_size, f.config.img_size});
+    const auto full = model->Forward(x);
+    EXPECT_EQ(full.sizes().vec(), (std::vector<int64_t>{3, f.config.num_classes}));
+    EXPECT_TRUE(torch::isfinite(full).all().item<bool>());
+    size_t covered = 0;
+    for (int64_t seg = 0; seg < model->num_segments(); ++seg) {
+      for (const Site* site : model->SegmentSites(seg)) EXPECT_EQ(model->SegmentOf(*site), seg);
+      covered += model->SegmentSites(seg).size();
+      x = model->ForwardSegment(seg, x);
+    }
+    EXPECT_EQ(covered, model->sites().size());
+    EXPECT_TRUE(torch::equal(x, full));
+    const auto edges = EdgeSites(*model);
+    EXPECT_EQ(edges.front(), "patch_embed.proj");
+    for (const auto& name : edges) EXPECT_NE(model->FindSite(name), nullptr) << name;
+  }
+}
+
+TEST(ModelFamilyTest, FamilyFeaturesChangeTheOutput) {
+  // Each feature is live: dropping it (same weights otherwise) changes the logits.
+  torch::manual_seed(3);
+  const auto x = torch::randn({2, 1, 16, 16});
+  auto c = testing::TinyLayerScaleRegistersConfig();
+  auto t = TinyTensors(c, 11);
+  auto with = ViTModel::FromTensors(c, t);
+  ASSERT_TRUE(with.ok()) << with.status().ToString();
+  auto gammas = t;
+  for (auto& [name, v] : gammas) {
+    if (name.find(".gamma") != std::string::npos) v = torch::ones_like(v);
+  }
+  auto unit = with->WithTensors(gammas);
+  ASSERT_TRUE(unit.ok());
+  EXPECT_FALSE(torch::allclose(with->Forward(x), unit->Forward(x)));
+
+  auto d = testing::TinyDistilledConfig();
+  auto td = TinyTensors(d, 12);
+  auto distilled = ViTModel::FromTensors(d, td);
+  ASSERT_TRUE(distilled.ok());
+  auto same_heads = td;
+  same_heads["head_dist.weight"] = td["head.weight"];
+  same_heads["head_dist.bias"] = td["head.bias"];
+  auto averaged = distilled->WithTensors(same_heads);
+  ASSERT_TRUE(averaged.ok());
+  EXPECT_FALSE(torch::allclose(distilled->Forward(x), averaged->Forward(x)));
+}
+
+TEST(ModelFamilyTest, SwinClipsWindowsToTheGridAndIgnoresPersistedBuffers) {
+  auto c = testing::TinySwinConfig();
+  auto t = TinyTensors(c, 13);
+  auto model = ViTModel::FromTensors(c, t);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(c.stage_window(0), 4);
+  EXPECT_EQ(c.stage_window(1), 4);
+  auto wide = c;
+  wide.window_size = 8;  // stage 0 attends globally, no shift; stage 1 clips the window to 4
+  EXPECT_EQ(wide.stage_window(1), 4);
+  auto wide_tensors = TinyTensors(wide, 13);
+  EXPECT_EQ(wide_tensors.at("layers.0.blocks.0.attn.relative_position_bias_table").size(0), 225);
+  EXPECT_EQ(wide_tensors.at("layers.1.blocks.0.attn.relative_position_bias_table").size(0), 49);
+  EXPECT_TRUE(ViTModel::FromTensors(wide, wide_tensors).ok());
+  auto stale = t;
+  stale["layers.0.blocks.0.attn.relative_position_index"] = torch::zeros({16, 16}, torch::kInt64);
+  stale["layers.0.blocks.1.attn_mask"] = torch::zeros({4, 16, 16});
+  auto ignored = ViTModel::FromTensors(c, stale);
+  ASSERT_TRUE(ignored.ok()) << ignored.status().ToString();
+  EXPECT_EQ(ignored->Digest(), model->Digest());
+}
+
+TEST(ModelFamilyTest, ErrorsNameTheTensorAndTheKey) {
+  auto c = testing::TinySwinConfig();
+  auto t = TinyTensors(c, 14);
+  t.erase("layers.1.downsample.reduction.weight");
+  auto missing = ViTModel::FromTensors(c, t);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("layers.1.downsample.reduction.weight"),
+            std::string::npos);
+  EXPECT_NE(missing.status().message().find("[32, 64]"), std::string::npos);
+
+  auto expect_error = [](json j, const std::string& needle) {
+    auto parsed = ParseViTConfig(j);
+    ASSERT_FALSE(parsed.ok()) << needle;
+    EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(parsed.status().message().find(needle), std::string::npos)
+        << parsed.status().message();
+  };
+  auto swin = ToJson(c);
+  auto j = swin;
+  j["architecture"] = "convnext";
+  expect_error(j, "convnext");
+  j = swin;
+  j["window_size"] = 3;  // grid 8 is not a multiple of 3
+  expect_error(j, "window_size");
+  j = swin;
+  j["num_heads"] = {2};
+  expect_error(j, "num_heads");
+  j = swin;
+  j["depth"] = 4;  // a ViT key
+  expect_error(j, "depth");
+  j = swin;
+  j["depths"] = {2, 2, 2, 2, 2};  // grid 8 cannot merge four times
+  j["num_heads"] = {1, 1, 1, 1, 1};
+  expect_error(j, "grid");
+  auto vit = ToJson(testing::TinyDistilledConfig());
+  j = vit;
+  j["global_pool"] = "avg";
+  expect_error(j, "distilled");
+  j = ToJson(TinyConfig());
+  j["interpolation"] = "lanczos";
+  expect_error(j, "interpolation");
+  j["interpolation"] = "bilinear";
+  j["crop_pct"] = 1.5;
+  expect_error(j, "crop_pct");
+  j = ToJson(TinyConfig());
+  j.erase("mean");
+  j.erase("std");
+  expect_error(j, "mean");  // one channel: no ImageNet default
+  j["in_chans"] = 3;
+  auto defaults = ParseViTConfig(j);
+  ASSERT_TRUE(defaults.ok()) << defaults.status().ToString();
+  EXPECT_EQ(defaults->mean, (std::vector<double>{0.485, 0.456, 0.406}));
+  EXPECT_DOUBLE_EQ(defaults->crop_pct, 0.875);
+  EXPECT_EQ(defaults->interpolation, "bicubic");
+}
+
 }  // namespace
 }  // namespace qs::core

@@ -71,7 +71,9 @@ struct QuantizeArgs {
 StatusOr<Recipe> LoadRecipe(const std::string& arg, const core::ViTModel& model,
                             bool quantize_edges) {
   const bool is_file = arg.size() > 5 && arg.substr(arg.size() - 5) == ".json";
-  if (!is_file) return ParseUniformRecipe(arg, quantize_edges);
+  if (!is_file) {
+    return ParseUniformRecipe(arg, quantize_edges, core::EdgeSites(model));
+  }
   QS_ASSIGN_OR_RETURN(json j, ReadJsonFile(arg));
   auto recipe = RecipeFromJson(j, model.SiteKinds());
   if (!recipe.ok()) return recipe.status().WithContext(arg);

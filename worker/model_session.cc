@@ -86,20 +86,11 @@ core::SiteInputs Joined(BatchedInputs* parts, torch::ScalarType dtype) {
   return out;
 }
 
-// Bytes the inputs of `segment`'s sites take on `images` calibration images, from the config.
+// Bytes the inputs of `segment`'s sites take on `images` calibration images.
 int64_t SegmentInputBytes(const core::ViTModel& model, int64_t segment, int64_t images,
                           int64_t element_size) {
-  const core::ViTConfig& c = model.config();
-  const int64_t tokens = c.num_patches() + (model.tensors().count("cls_token") ? 1 : 0);
   int64_t elements = 0;
-  if (segment == 0) {
-    elements = c.num_patches() * c.in_chans * c.patch_size * c.patch_size;
-  } else if (segment == model.num_segments() - 1) {
-    elements = c.embed_dim;
-  } else {
-    // qkv, proj and fc1 inputs, q·kᵀ's and softmax·v's operands, fc2's input.
-    elements = tokens * (3 * c.embed_dim + 3 * c.embed_dim + c.num_heads * tokens + c.mlp_hidden());
-  }
+  for (const core::Site* site : model.SegmentSites(segment)) elements += site->input_elements;
   return elements * images * element_size;
 }
 
@@ -182,7 +173,7 @@ Status ModelSession::CheckpointCalibration(const torch::Device& device) {
   });
 }
 
-std::string ModelSession::device() const { return model_.tensor("head.weight").device().str(); }
+std::string ModelSession::device() const { return model_.device().str(); }
 
 StatusOr<std::shared_ptr<const core::SiteInputs>> ModelSession::SegmentInputs(
     int64_t segment) const {
