@@ -39,6 +39,16 @@ struct ValidationResult {
   double seconds = 0;         // quantization (calibration pass) plus evaluation
 };
 
+// The returned recipe on the test set, which neither calibration nor the choice saw.
+struct TestResult {
+  bool measured = false;  // false when the job names no test set
+  std::string source;     // the set, as drawn
+  int64_t images = 0;
+  double top1 = 0;        // fraction
+  double fp32_top1 = 0;   // the float model's, on the same images
+  double seconds = 0;     // the float and quantized passes
+};
+
 // JSON with +inf written as null.
 nlohmann::json ToJson(const Evaluation& e);
 StatusOr<Evaluation> EvaluationFromJson(const nlohmann::json& j);

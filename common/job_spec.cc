@@ -120,12 +120,38 @@ Status ParseCompute(const json& j, JobSpec* spec) {
 const char* ToString(BudgetKind v) { return EnumName(v, kBudgets); }
 const char* ToString(RankingMetric v) { return EnumName(v, kMetrics); }
 
+namespace {
+
+// "balanced" or "uniform", when the section names one.
+Status ReadSampling(const json& section, std::string* sampling) {
+  QS_RETURN_IF_ERROR(ReadField(section, "sampling", sampling));
+  if (*sampling != "balanced" && *sampling != "uniform") {
+    return InvalidArgumentError("'sampling' must be \"balanced\" or \"uniform\", got \"" +
+                                *sampling + "\"");
+  }
+  return OkStatus();
+}
+
+// A data source with its path made absolute against the spec's folder; named datasets
+// ("fashion-mnist:...") stay as they are, "imagefolder:"/"filelist:" keep their prefix.
+std::string ResolveSourcePath(const std::string& spec_path, const std::string& source) {
+  if (source.empty() || source.rfind("fashion-mnist:", 0) == 0) return source;
+  for (const char* prefix : {"imagefolder:", "filelist:"}) {
+    const std::string p = prefix;
+    if (source.rfind(p, 0) == 0) return p + ResolveRelativeTo(spec_path, source.substr(p.size()));
+  }
+  return ResolveRelativeTo(spec_path, source);
+}
+
+}  // namespace
+
 StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   auto fail = [](const Status& s, const char* section) {
     return s.WithContext(std::string("spec ") + section);
   };
   Status s = CheckKeys(
-      j, {"model", "calibration", "validation", "search", "objective", "accuracy", "compute"},
+      j, {"model", "calibration", "validation", "test", "search", "objective", "accuracy",
+          "compute"},
       "the spec");
   if (!s.ok()) return fail(s, "");
   JobSpec spec;
@@ -145,21 +171,32 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   spec.model_weights = ResolveRelativeTo(spec_path, spec.model_weights);
 
   if (!(s = Section(j, "calibration", false, &section)).ok()) return fail(s, "");
-  s = CheckKeys(*section, {"source", "count", "seed"}, "calibration");
+  s = CheckKeys(*section, {"source", "count", "seed", "sampling"}, "calibration");
   if (s.ok()) s = ReadField(*section, "source", &spec.calibration_source);
   if (s.ok()) s = ReadField(*section, "count", &spec.calibration_count);
   if (s.ok()) s = ReadField(*section, "seed", &spec.seed);
+  if (s.ok()) s = ReadSampling(*section, &spec.calibration_sampling);
   if (s.ok() && spec.calibration_count < 1) s = InvalidArgumentError("'count' must be >= 1");
   if (!s.ok()) return fail(s, "calibration");
 
-  if (!(s = Section(j, "validation", false, &section)).ok()) return fail(s, "");
-  s = CheckKeys(*section, {"source", "limit"}, "validation");
-  if (s.ok()) s = ReadField(*section, "source", &spec.validation_source);
-  if (s.ok()) s = ReadField(*section, "limit", &spec.validation_limit);
-  if (s.ok() && spec.validation_limit < 0) s = InvalidArgumentError("'limit' must be >= 0");
-  if (!s.ok()) return fail(s, "validation");
-  for (std::string* src : {&spec.calibration_source, &spec.validation_source}) {
-    if (src->rfind("fashion-mnist:", 0) != 0) *src = ResolveRelativeTo(spec_path, *src);
+  const std::pair<const char*, std::tuple<std::string*, int64_t*, std::string*>> held_out[] = {
+      {"validation", {&spec.validation_source, &spec.validation_limit, &spec.validation_sampling}},
+      {"test", {&spec.test_source, &spec.test_limit, &spec.test_sampling}}};
+  for (const auto& [name, fields] : held_out) {
+    auto [source, limit, sampling] = fields;
+    if (!(s = Section(j, name, false, &section)).ok()) return fail(s, "");
+    s = CheckKeys(*section, {"source", "limit", "sampling"}, name);
+    if (s.ok()) s = ReadField(*section, "source", source);
+    if (s.ok()) s = ReadField(*section, "limit", limit);
+    if (s.ok()) s = ReadSampling(*section, sampling);
+    if (s.ok() && *limit < 0) s = InvalidArgumentError("'limit' must be >= 0");
+    if (s.ok() && std::string(name) == "test" && !section->empty() && source->empty()) {
+      s = InvalidArgumentError("missing field 'source'");
+    }
+    if (!s.ok()) return fail(s, name);
+  }
+  for (std::string* src : {&spec.calibration_source, &spec.validation_source, &spec.test_source}) {
+    *src = ResolveSourcePath(spec_path, *src);
   }
 
   if (!(s = Section(j, "search", false, &section)).ok()) return fail(s, "");
@@ -233,8 +270,20 @@ json ToJson(const JobSpec& spec) {
   return json{
       {"model", {{"config", spec.model_config}, {"weights", spec.model_weights}}},
       {"calibration",
-       {{"source", spec.calibration_source}, {"count", spec.calibration_count}, {"seed", spec.seed}}},
-      {"validation", {{"source", spec.validation_source}, {"limit", spec.validation_limit}}},
+       {{"source", spec.calibration_source},
+        {"count", spec.calibration_count},
+        {"seed", spec.seed},
+        {"sampling", spec.calibration_sampling}}},
+      {"validation",
+       {{"source", spec.validation_source},
+        {"limit", spec.validation_limit},
+        {"sampling", spec.validation_sampling}}},
+      {"test",
+       spec.test_source.empty()
+           ? json::object()
+           : json{{"source", spec.test_source},
+                  {"limit", spec.test_limit},
+                  {"sampling", spec.test_sampling}}},
       {"search",
        {{"weight_methods", names(spec.space.weight_methods)},
         {"weight_bits", spec.space.weight_bits},

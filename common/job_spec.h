@@ -56,6 +56,15 @@ struct JobSpec {
   uint64_t seed = 0;
   std::string validation_source = "fashion-mnist:test";
   int64_t validation_limit = 0;  // 0: all
+  // The set the returned recipe's accuracy is reported on, disjoint from calibration and
+  // validation ("" for none: then only the validation top-1, which chose the recipe, is known).
+  std::string test_source;
+  int64_t test_limit = 0;  // 0: all
+  // How count/limit draw each subset: "balanced" (classes equally) or "uniform" (the draw
+  // qsearch made before it balanced classes), seeded by `seed`.
+  std::string calibration_sampling = "balanced";
+  std::string validation_sampling = "balanced";
+  std::string test_sampling = "balanced";
   CandidateSpace space;
   BudgetKind budget_kind = BudgetKind::kAvgWeightBits;
   double budget = 4.0;

@@ -137,25 +137,34 @@ StatusOr<Dataset> LoadDataset(const std::string& source) {
   });
 }
 
-Dataset DrawSubset(const Dataset& data, int64_t count, uint64_t seed) {
-  const int64_t n = data.size();
-  count = std::max<int64_t>(count, 0);
-  if (count >= n) return data;
-  // Partial Fisher-Yates with mt19937_64 (whose output sequence the standard fixes) and our own
-  // bounded draw, since std::uniform_int_distribution differs between library implementations.
-  std::mt19937_64 rng(seed);
-  std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  for (int64_t i = 0; i < count; ++i) {
+void ShuffleFront(std::vector<int64_t>* order, int64_t count, std::mt19937_64* rng) {
+  const int64_t n = static_cast<int64_t>(order->size());
+  for (int64_t i = 0; i < count && i < n; ++i) {
     const uint64_t range = static_cast<uint64_t>(n - i);
     const uint64_t limit = UINT64_MAX - UINT64_MAX % range;
     uint64_t r;
     do {
-      r = rng();
+      r = (*rng)();
     } while (r >= limit);
-    std::swap(order[i], order[i + static_cast<int64_t>(r % range)]);
+    std::swap((*order)[i], (*order)[i + static_cast<int64_t>(r % range)]);
   }
-  auto index = torch::tensor(std::vector<int64_t>(order.begin(), order.begin() + count));
+}
+
+std::vector<int64_t> UniformDraw(int64_t n, int64_t count, uint64_t seed) {
+  std::vector<int64_t> order(std::max<int64_t>(n, 0));
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  if (count >= n) return order;
+  std::mt19937_64 rng(seed);
+  ShuffleFront(&order, std::max<int64_t>(count, 0), &rng);
+  order.resize(std::max<int64_t>(count, 0));
+  return order;
+}
+
+Dataset DrawSubset(const Dataset& data, int64_t count, uint64_t seed) {
+  const int64_t n = data.size();
+  count = std::max<int64_t>(count, 0);
+  if (count >= n) return data;
+  auto index = torch::tensor(UniformDraw(n, count, seed));
   Dataset out;
   out.images = data.images.index_select(0, index);
   out.labels = data.labels.index_select(0, index);

@@ -10,6 +10,7 @@
 #ifndef QS_CORE_DATASET_H_
 #define QS_CORE_DATASET_H_
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,13 @@ StatusOr<Dataset> LoadDataset(const std::string& source);
 
 // Reads one IDX file (optionally gzip-compressed): unsigned-byte data with 1 or 3 dimensions.
 StatusOr<torch::Tensor> ReadIdxFile(const std::string& path);
+
+// Partial Fisher-Yates with mt19937_64 (whose output sequence the standard fixes) and a bounded
+// draw of this code's own (std::uniform_int_distribution differs between libraries): afterwards
+// the first `count` entries of `order` are a uniform draw without replacement from all of them.
+void ShuffleFront(std::vector<int64_t>* order, int64_t count, std::mt19937_64* rng);
+// The first `count` of a seeded ShuffleFront of 0..n-1 (all of them, in order, when count >= n).
+std::vector<int64_t> UniformDraw(int64_t n, int64_t count, uint64_t seed);
 
 // `count` examples drawn without replacement by a seeded generator whose sequence is fixed by this
 // code (not by the standard library), so the same seed gives the same subset everywhere. count >=

@@ -48,6 +48,7 @@ struct StageSeconds {
   double evaluate = 0;   // dispatch until every candidate is stored
   double select = 0;
   double validate = 0;
+  double test = 0;       // the returned recipe on the test set
 };
 
 class ModelBackend {
@@ -57,6 +58,12 @@ class ModelBackend {
   virtual StatusOr<ModelFacts> Prepare() = 0;
   // Quantizes the whole model with `recipe` (sequentially) and measures it on the validation set.
   virtual StatusOr<ValidationResult> Validate(const Recipe& recipe) = 0;
+  // The returned recipe's top-1 on the job's test set, with the float model's; measured = false
+  // when the job names none (the default, for backends without one).
+  virtual StatusOr<TestResult> Test(const Recipe& recipe) {
+    (void)recipe;
+    return TestResult{};
+  }
   // Writes the quantized weights of `recipe` (validated before) to `path`.
   virtual Status WriteWeights(const Recipe& recipe, const std::string& path) = 0;
 };
@@ -107,6 +114,7 @@ struct SearchResult {
   std::vector<SiteChoice> choices;  // in plan order
   Recipe recipe;
   ValidationResult validation;
+  TestResult test;            // the returned recipe on the test set, when the job names one
   double avg_weight_bits = 0;
   double model_weight_bytes = 0;
   int64_t bops = 0;

@@ -5,6 +5,8 @@
 #   scripts/recipe_table.sh w8a8 w4a4:rtn w4a4:gptq w4a4:erq
 #   EVAL_LIMIT=2000 CALIB_COUNT=256 SEED=0 scripts/recipe_table.sh w4a8
 #   EXTRA="--quantize-edges" scripts/recipe_table.sh w4a8:erq   # patch embed and head too
+# The calibration draw is SAMPLING (default uniform: the draw docs/results.md's tables were made
+# with, before qsearch balanced classes; SAMPLING=balanced is qsearch's default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${CONFIG:-tests/data/fixture/config.json}
@@ -15,6 +17,7 @@ for r in "$@"; do
   build/qsearch quantize --config "$config" --weights "$weights" \
     --calib "${CALIB:-fashion-mnist:train}" --eval "${EVAL:-fashion-mnist:test}" \
     --eval-limit "${EVAL_LIMIT:-0}" --calib-count "${CALIB_COUNT:-256}" --seed "${SEED:-0}" \
+    --sampling "${SAMPLING:-uniform}" \
     --recipe "$r" --out "$out/${r//:/_}" ${EXTRA:-} --json >"$out/${r//:/_}.json"
 done
 python3 - "$out" "$@" <<'PY'

@@ -9,7 +9,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
-  python3 python3-torch python3-numpy
+  python3 python3-torch python3-numpy python3-torchvision python3-pil
   chromium
 )
 

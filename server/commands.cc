@@ -14,6 +14,7 @@
 #include "common/json_fields.h"
 #include "common/quant_config.h"
 #include "core/dataset.h"
+#include "core/image_set.h"
 #include "core/metrics.h"
 #include "core/quantize_model.h"
 #include "core/safetensors.h"
@@ -64,6 +65,7 @@ struct QuantizeArgs {
   int64_t calib_count = 256;
   int64_t eval_limit = 0;
   uint64_t seed = 0;
+  std::string sampling = "balanced";
   bool quantize_edges = false;
   bool json_output = false;
 };
@@ -88,19 +90,19 @@ int RunQuantize(const QuantizeArgs& a) {
   if (!recipe.ok()) return Fail(recipe.status());
   if (a.calib_count < 1) return Fail(InvalidArgumentError("--calib-count must be >= 1"));
 
-  auto calib_all = core::LoadDataset(a.calib);
-  if (!calib_all.ok()) return Fail(calib_all.status());
-  core::Dataset calib = core::DrawSubset(*calib_all, a.calib_count, a.seed);
-  auto eval_all = core::LoadDataset(a.eval);
-  if (!eval_all.ok()) return Fail(eval_all.status());
-  core::Dataset eval = core::Head(*eval_all, a.eval_limit);
-  auto calib_x = core::NormalizeImages(calib, model->config());
+  const core::ViTConfig& config = model->config();
+  auto calib_set = core::OpenAndDraw(a.calib, config, a.calib_count, a.seed, a.sampling);
+  if (!calib_set.ok()) return Fail(calib_set.status().WithContext("--calib"));
+  auto calib = core::Materialize(*calib_set);
+  if (!calib.ok()) return Fail(calib.status());
+  auto eval = core::OpenAndDraw(a.eval, config, a.eval_limit, a.seed, a.sampling);
+  if (!eval.ok()) return Fail(eval.status().WithContext("--eval"));
+  auto calib_x = core::NormalizeImages(*calib, config);
   if (!calib_x.ok()) return Fail(calib_x.status());
-  auto eval_x = core::NormalizeImages(eval, model->config());
-  if (!eval_x.ok()) return Fail(eval_x.status());
 
   auto t0 = std::chrono::steady_clock::now();
-  auto fp_logits = model->Logits(*eval_x);
+  auto fp_logits = core::StreamLogits(*eval, config,
+                                      [&](const torch::Tensor& x) { return model->Logits(x); });
   if (!fp_logits.ok()) return Fail(fp_logits.status());
   const double fp_seconds = Seconds(t0);
 
@@ -110,12 +112,14 @@ int RunQuantize(const QuantizeArgs& a) {
   const double quantize_seconds = Seconds(t0);
 
   t0 = std::chrono::steady_clock::now();
-  auto q_logits = quantized->Logits(*eval_x);
+  auto q_logits = core::StreamLogits(
+      *eval, config, [&](const torch::Tensor& x) { return quantized->Logits(x); });
   if (!q_logits.ok()) return Fail(q_logits.status());
   const double q_eval_seconds = Seconds(t0);
 
-  const double fp_top1 = core::Top1(*fp_logits, eval.labels);
-  const double q_top1 = core::Top1(*q_logits, eval.labels);
+  const torch::Tensor labels = eval->labels();
+  const double fp_top1 = core::Top1(*fp_logits, labels);
+  const double q_top1 = core::Top1(*q_logits, labels);
   json per_site = json::array();
   for (const auto& r : quantized->reports()) {
     const QuantConfig& c = quantized->sites().at(r.site).config;
@@ -145,10 +149,10 @@ int RunQuantize(const QuantizeArgs& a) {
       {"top1_agreement", core::Top1Agreement(*fp_logits, *q_logits)},
       {"output_kl", core::OutputKl(*fp_logits, *q_logits)},
       {"logits_sqnr_db", Finite(core::SqnrDb(*fp_logits, *q_logits))},
-      {"eval", {{"source", eval.source}, {"images", eval.size()}}},
+      {"eval", {{"source", eval->description}, {"images", eval->size()}}},
       {"calibration",
-       {{"source", a.calib}, {"count", calib.size()}, {"seed", a.seed},
-        {"digest", core::DatasetDigest(calib)}}},
+       {{"source", a.calib}, {"count", calib->size()}, {"seed", a.seed},
+        {"sampling", a.sampling}, {"digest", core::DatasetDigest(*calib)}}},
       {"model_digest", model->Digest()},
       {"recipe", a.recipe},
       {"seconds",
@@ -170,8 +174,8 @@ int RunQuantize(const QuantizeArgs& a) {
     std::printf("%s\n", metrics.dump().c_str());
   } else {
     std::printf("recipe %s on %s (%lld images), calibrated on %lld images of %s (seed %llu)\n",
-                a.recipe.c_str(), eval.source.c_str(), static_cast<long long>(eval.size()),
-                static_cast<long long>(calib.size()), a.calib.c_str(),
+                a.recipe.c_str(), eval->description.c_str(), static_cast<long long>(eval->size()),
+                static_cast<long long>(calib->size()), a.calib.c_str(),
                 static_cast<unsigned long long>(a.seed));
     std::printf("  %-10s %8s\n", "model", "top-1");
     std::printf("  %-10s %7.2f%%\n", "fp32", 100 * fp_top1);
@@ -188,6 +192,8 @@ struct EvalArgs {
   ModelArgs model;
   std::string data = "fashion-mnist:test";
   int64_t limit = 0;
+  uint64_t seed = 0;
+  std::string sampling = "balanced";
   std::string dump_logits;
   bool json_output = false;
 };
@@ -195,28 +201,51 @@ struct EvalArgs {
 int RunEval(const EvalArgs& a) {
   auto model = core::ViTModel::Load(a.model.config, a.model.weights);
   if (!model.ok()) return Fail(model.status());
-  auto data = core::LoadDataset(a.data);
-  if (!data.ok()) return Fail(data.status());
-  core::Dataset eval = core::Head(*data, a.limit);
-  auto x = core::NormalizeImages(eval, model->config());
-  if (!x.ok()) return Fail(x.status());
+  auto eval = core::OpenAndDraw(a.data, model->config(), a.limit, a.seed, a.sampling);
+  if (!eval.ok()) return Fail(eval.status().WithContext("--data"));
   auto t0 = std::chrono::steady_clock::now();
-  auto logits = model->Logits(*x);
+  auto logits = core::StreamLogits(*eval, model->config(),
+                                   [&](const torch::Tensor& x) { return model->Logits(x); });
   if (!logits.ok()) return Fail(logits.status());
   const double secs = Seconds(t0);
-  const double top1 = core::Top1(*logits, eval.labels);
+  const double top1 = core::Top1(*logits, eval->labels());
   if (!a.dump_logits.empty()) {
     Status s = core::WriteSafetensors(a.dump_logits, {{"logits", *logits}});
     if (!s.ok()) return Fail(s);
   }
-  json out = {{"top1", top1}, {"images", eval.size()}, {"seconds", secs},
+  json out = {{"top1", top1}, {"images", eval->size()}, {"seconds", secs},
               {"model_digest", model->Digest()}};
   if (a.json_output) {
     std::printf("%s\n", out.dump().c_str());
   } else {
     std::printf("fp32 top-1 %.2f%% on %s (%lld images, %.2fs)\n", 100 * top1,
-                eval.source.c_str(), static_cast<long long>(eval.size()), secs);
+                eval->description.c_str(), static_cast<long long>(eval->size()), secs);
   }
+  return 0;
+}
+
+struct ImagesArgs {
+  std::string config;
+  std::string data;
+  int64_t limit = 0;
+  uint64_t seed = 0;
+  std::string sampling = "balanced";
+  std::string dump;
+};
+
+// The images a source yields for a model (after the evaluation transform, before mean/std), for
+// checking the data pipeline; the whole set is held in memory, so limit it.
+int RunImages(const ImagesArgs& a) {
+  auto config = core::LoadViTConfig(a.config);
+  if (!config.ok()) return Fail(config.status());
+  auto set = core::OpenAndDraw(a.data, *config, a.limit, a.seed, a.sampling);
+  if (!set.ok()) return Fail(set.status().WithContext("--data"));
+  auto data = core::Materialize(*set);
+  if (!data.ok()) return Fail(data.status());
+  Status s = core::WriteSafetensors(a.dump, {{"images", data->images}, {"labels", data->labels}});
+  if (!s.ok()) return Fail(s);
+  std::printf("%lld images of %s -> %s\n", static_cast<long long>(set->size()),
+              set->description.c_str(), a.dump.c_str());
   return 0;
 }
 
@@ -224,11 +253,11 @@ int RunInspect(const ModelArgs& a) {
   auto model = core::ViTModel::Load(a.config, a.weights);
   if (!model.ok()) return Fail(model.status());
   const auto& c = model->config();
-  std::printf("vit: img %lld, patch %lld, chans %lld, dim %lld, depth %lld, heads %lld, mlp %lld, "
+  std::printf("%s: img %lld, patch %lld, chans %lld, dim %lld, depth %lld, heads %lld, "
               "classes %lld, pool %s\n",
-              (long long)c.img_size, (long long)c.patch_size, (long long)c.in_chans,
-              (long long)c.embed_dim, (long long)c.depth, (long long)c.num_heads,
-              (long long)c.mlp_hidden(), (long long)c.num_classes, c.global_pool.c_str());
+              c.architecture.c_str(), (long long)c.img_size, (long long)c.patch_size,
+              (long long)c.in_chans, (long long)c.embed_dim, (long long)c.depth,
+              (long long)c.num_heads, (long long)c.num_classes, c.global_pool.c_str());
   std::printf("digest %s\n%zu sites:\n", model->Digest().c_str(), model->sites().size());
   for (const auto& s : model->sites()) {
     std::string shape;
@@ -269,9 +298,16 @@ int RunCli(int argc, char** argv) {
   quantize->add_option("--out", q.out, "output directory")->required();
   quantize->add_option("--calib-count", q.calib_count, "calibration images drawn")
       ->capture_default_str();
-  quantize->add_option("--eval-limit", q.eval_limit, "evaluate the first N images (0: all)")
+  quantize->add_option("--eval-limit", q.eval_limit, "evaluate N images drawn by --sampling (0: all)")
       ->capture_default_str();
-  quantize->add_option("--seed", q.seed, "seed of the calibration draw")->capture_default_str();
+  quantize->add_option("--seed", q.seed, "seed of the calibration and evaluation draws")
+      ->capture_default_str();
+  quantize
+      ->add_option("--sampling", q.sampling,
+                   "how --calib-count and --eval-limit draw: balanced (classes equally) or "
+                   "uniform")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"balanced", "uniform"}));
   quantize->add_flag("--quantize-edges", q.quantize_edges,
                      "shorthand recipes: quantize patch embedding and head too (default W8A8)");
   quantize->add_flag("--json", q.json_output, "print metrics.json on stdout");
@@ -280,7 +316,11 @@ int RunCli(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "fp32 top-1 of a model on a dataset");
   AddModelOptions(eval, &e.model);
   eval->add_option("--data", e.data, "dataset source")->capture_default_str();
-  eval->add_option("--limit", e.limit, "evaluate the first N images (0: all)");
+  eval->add_option("--limit", e.limit, "evaluate N images drawn by --sampling (0: all)");
+  eval->add_option("--seed", e.seed, "seed of the draw")->capture_default_str();
+  eval->add_option("--sampling", e.sampling, "balanced (classes equally) or uniform")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"balanced", "uniform"}));
   eval->add_option("--dump-logits", e.dump_logits, "write the logits to this safetensors file");
   eval->add_flag("--json", e.json_output, "machine-readable output");
 
@@ -308,6 +348,19 @@ int RunCli(int argc, char** argv) {
   bench->add_option("--fixture", bench_args.fixture, "the fixture model's directory")
       ->capture_default_str();
 
+  ImagesArgs im;
+  auto* images = app.add_subcommand(
+      "images", "write the images a data source yields for a model (transformed, not normalized)");
+  images->add_option("--config", im.config, "model config JSON")->required()->check(CLI::ExistingFile);
+  images->add_option("--data", im.data, "data source (docs/search.md)")->required();
+  images->add_option("--limit", im.limit, "N images drawn by --sampling (0: all)");
+  images->add_option("--seed", im.seed, "seed of the draw")->capture_default_str();
+  images->add_option("--sampling", im.sampling, "balanced or uniform")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"balanced", "uniform"}));
+  images->add_option("--dump", im.dump, "safetensors file to write (images F32, labels I64)")
+      ->required();
+
   ModelArgs i;
   auto* inspect = app.add_subcommand("inspect", "print a model's config, digest and sites");
   AddModelOptions(inspect, &i);
@@ -329,6 +382,7 @@ int RunCli(int argc, char** argv) {
   if (quantize->parsed()) return RunQuantize(q);
   if (eval->parsed()) return RunEval(e);
   if (inspect->parsed()) return RunInspect(i);
+  if (images->parsed()) return RunImages(im);
   return 2;
 }
 

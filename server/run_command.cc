@@ -77,6 +77,11 @@ class EmbeddedBackend : public scheduler::ModelBackend {
     return session_->Validate(recipe);
   }
 
+  StatusOr<TestResult> Test(const Recipe& recipe) override {
+    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
+    return session_->Test(recipe);
+  }
+
   Status WriteWeights(const Recipe& recipe, const std::string& path) override {
     core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
     return session_->WriteWeights(recipe, path);
@@ -209,6 +214,15 @@ int RunSearchCommand(const RunArgs& args) {
                 100 * result.validation.top1, result.avg_weight_bits,
                 ToString(spec->budget_kind), spec->budget);
     if (!result.goal_met) std::printf("  %s\n", result.goal_note.c_str());
+    if (result.test.measured) {
+      std::printf("  test set (%lld images of %s, not used to choose): fp32 top-1 %.2f%%, "
+                  "searched top-1 %.2f%%\n",
+                  static_cast<long long>(result.test.images), result.test.source.c_str(),
+                  100 * result.test.fp32_top1, 100 * result.test.top1);
+    } else {
+      std::printf("  no test set: the searched top-1 is on the validation images that chose the "
+                  "recipe (name a disjoint \"test\" source for an unbiased figure)\n");
+    }
     std::printf("  %zu candidates: %zu evaluated now, %zu from the cache, %zu failed; %.1fs in "
                 "all, evaluation %.2fs = %.1f fp32 passes over the %lld calibration images "
                 "(%.3fs each)\n",

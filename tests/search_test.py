@@ -192,6 +192,50 @@ class SearchTest(unittest.TestCase):
             # 2 blocks × 4 linears + patch embed + head, 9 candidates each; q·kᵀ 1, softmax·v 3.
             self.assertEqual(m["candidates"], 10 * 9 + 2 * (1 + 3))
 
+    def test_every_family_searches_and_reports_a_disjoint_test_set(self):
+        sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+        import torch
+        import vit_reference as ref
+        for name in ("deit_distilled", "vit_reg_tokens_no_embed_class_bf16",
+                     "swin_shifted_windows"):
+            with self.subTest(family=name), tempfile.TemporaryDirectory() as d:
+                config, tensors, images = ref.family_variant(name, count=96)
+                ref.write_safetensors(os.path.join(d, "model.safetensors"), tensors)
+                with open(os.path.join(d, "config.json"), "w") as f:
+                    json.dump(config, f)
+                torch.manual_seed(7)
+                labels = torch.randint(0, config["num_classes"], (96,), dtype=torch.int64)
+                ref.write_safetensors(os.path.join(d, "data.safetensors"),
+                                      {"images": images, "labels": labels})
+                common = dict(
+                    model={"config": "config.json", "weights": "model.safetensors"},
+                    calibration={"source": "data.safetensors[:48]", "count": 32, "seed": 1},
+                    validation={"source": "data.safetensors[48:72]"},
+                    search={"weight_methods": ["rtn", "gptq", "erq"], "weight_bits": [3, 4, 8],
+                            "activation_bits": [8]},
+                    objective={"avg_weight_bits": 5.0})
+                s = spec(d, "s.json", test={"source": "data.safetensors[72:]"}, **common)
+                r = run(s, os.path.join(d, "out"), os.path.join(d, "cache"))
+                m = json.loads(r.stdout)
+                self.assertEqual(m["evaluations_failed"], 0)
+                self.assertLessEqual(m["avg_weight_bits"], 5.0 + 1e-9)
+                self.assertEqual((m["validation_images"], m["test_images"]), (24, 24))
+                self.assertTrue(0 <= m["test_top1"] <= 1)
+                # The float model's test top-1 is what `qsearch eval` measures on those images.
+                e = subprocess.run([QSEARCH, "eval", "--config", os.path.join(d, "config.json"),
+                                    "--weights", os.path.join(d, "model.safetensors"),
+                                    "--data", os.path.join(d, "data.safetensors[72:]"), "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                self.assertEqual(e.returncode, 0, e.stderr)
+                self.assertEqual(json.loads(e.stdout)["top1"], m["fp32_test_top1"])
+                # A test set that shares images with validation is refused, naming both.
+                bad = spec(d, "bad.json", test={"source": "data.safetensors[60:]"}, **common)
+                r = run(bad, os.path.join(d, "out2"), os.path.join(d, "cache"), check=False)
+                self.assertEqual(r.returncode, 1)
+                self.assertIn("INVALID_ARGUMENT", r.stderr)
+                self.assertIn("share 12", r.stderr)
+                self.assertIn("validation", r.stderr)
+
     @unittest.skipUnless(CHROMIUM, "chromium is not installed (scripts/setup.sh installs it)")
     def test_report_renders_in_headless_chromium(self):
         with tempfile.TemporaryDirectory() as d:

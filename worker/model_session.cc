@@ -111,22 +111,14 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
   s->model_ = device.is_cpu() ? std::move(model) : model.To(device);
   s->capture_dtype_ = spec.capture_dtype == "float16" ? torch::kFloat16 : torch::kFloat32;
 
-  QS_ASSIGN_OR_RETURN(core::Dataset calib_all, core::LoadDataset(spec.calibration_source));
-  core::Dataset calib = core::DrawSubset(calib_all, spec.calibration_count, spec.seed);
-  s->calibration_digest_ = core::DatasetDigest(calib);
-  if (s->capture_dtype_ != torch::kFloat32) s->calibration_digest_ += ":" + spec.capture_dtype;
-  QS_ASSIGN_OR_RETURN(s->calibration_images_, core::NormalizeImages(calib, s->model_.config()));
-  QS_ASSIGN_OR_RETURN(core::Dataset val_all, core::LoadDataset(spec.validation_source));
-  s->validation_ = core::Head(val_all, spec.validation_limit);
-  QS_ASSIGN_OR_RETURN(s->validation_images_,
-                      core::NormalizeImages(s->validation_, s->model_.config()));
+  QS_RETURN_IF_ERROR(s->OpenData(spec));
 
   // Reference 1: one float pass over the validation set (its logits are every validation's
   // reference). It also warms the machine up for the timed calibration pass.
   auto start = std::chrono::steady_clock::now();
-  QS_ASSIGN_OR_RETURN(s->fp32_logits_, s->model_.Logits(s->validation_images_));
+  QS_ASSIGN_OR_RETURN(s->fp32_logits_, s->HeldOutLogits(s->validation_, s->model_));
   s->fp32_validation_seconds_ = Since(start);
-  s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_.labels);
+  s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_labels_);
 
   QS_RETURN_IF_ERROR(s->CheckpointCalibration(device));
   // The first segments' site inputs, as many as the activation cache holds, captured now so the
@@ -140,6 +132,42 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
   }
   s->segment_captures_ = 0;  // count the captures the evaluation needs
   return s;
+}
+
+Status ModelSession::OpenData(const JobSpec& spec) {
+  const core::ViTConfig& config = model_.config();
+  auto open = [&](const std::string& source, int64_t count, const std::string& sampling,
+                  const char* role) -> StatusOr<core::ImageSet> {
+    auto set = core::OpenAndDraw(source, config, count, spec.seed, sampling);
+    if (!set.ok()) return set.status().WithContext(role);
+    return set;
+  };
+  QS_ASSIGN_OR_RETURN(core::ImageSet calib_set,
+                      open(spec.calibration_source, spec.calibration_count,
+                           spec.calibration_sampling, "calibration"));
+  QS_ASSIGN_OR_RETURN(core::Dataset calib, core::Materialize(calib_set));
+  calibration_digest_ = core::DatasetDigest(calib);
+  if (capture_dtype_ != torch::kFloat32) calibration_digest_ += ":" + spec.capture_dtype;
+  QS_ASSIGN_OR_RETURN(calibration_images_, core::NormalizeImages(calib, config));
+  QS_ASSIGN_OR_RETURN(validation_, open(spec.validation_source, spec.validation_limit,
+                                        spec.validation_sampling, "validation"));
+  validation_labels_ = validation_.labels();
+  if (spec.test_source.empty()) return OkStatus();
+  QS_ASSIGN_OR_RETURN(core::ImageSet test,
+                      open(spec.test_source, spec.test_limit, spec.test_sampling, "test"));
+  // The reported accuracy is honest only on images nothing was chosen or fitted on.
+  QS_RETURN_IF_ERROR(core::CheckDisjoint(
+      {{"calibration", &calib_set}, {"validation", &validation_}, {"test", &test}}));
+  test_ = std::move(test);
+  return OkStatus();
+}
+
+StatusOr<torch::Tensor> ModelSession::HeldOutLogits(const core::ImageSet& set,
+                                                    const core::ViTModel& model,
+                                                    const core::QuantizedModel* quantized) const {
+  return core::StreamLogits(set, model.config(), [&](const torch::Tensor& x) {
+    return quantized ? quantized->Logits(x) : model.Logits(x);
+  });
 }
 
 Status ModelSession::CheckpointCalibration(const torch::Device& device) {
@@ -295,13 +323,33 @@ StatusOr<ValidationResult> ModelSession::Validate(const Recipe& recipe) {
   std::lock_guard<std::mutex> lock(mu_);
   auto start = std::chrono::steady_clock::now();
   QS_ASSIGN_OR_RETURN(const core::QuantizedModel* q, Quantized(recipe));
-  QS_ASSIGN_OR_RETURN(torch::Tensor logits, q->Logits(validation_images_));
+  QS_ASSIGN_OR_RETURN(torch::Tensor logits, HeldOutLogits(validation_, model_, q));
   ValidationResult v;
-  v.top1 = core::Top1(logits, validation_.labels);
+  v.top1 = core::Top1(logits, validation_labels_);
   v.top1_agreement = core::Top1Agreement(fp32_logits_, logits);
   v.output_kl = core::OutputKl(fp32_logits_, logits);
   v.seconds = Since(start);
   return v;
+}
+
+StatusOr<TestResult> ModelSession::Test(const Recipe& recipe) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TestResult t;
+  if (!test_) return t;
+  auto start = std::chrono::steady_clock::now();
+  const torch::Tensor labels = test_->labels();
+  if (!fp32_test_logits_.defined()) {
+    QS_ASSIGN_OR_RETURN(fp32_test_logits_, HeldOutLogits(*test_, model_));
+  }
+  QS_ASSIGN_OR_RETURN(const core::QuantizedModel* q, Quantized(recipe));
+  QS_ASSIGN_OR_RETURN(torch::Tensor logits, HeldOutLogits(*test_, model_, q));
+  t.measured = true;
+  t.source = test_->description;
+  t.images = test_->size();
+  t.top1 = core::Top1(logits, labels);
+  t.fp32_top1 = core::Top1(fp32_test_logits_, labels);
+  t.seconds = Since(start);
+  return t;
 }
 
 Status ModelSession::WriteWeights(const Recipe& recipe, const std::string& path) {

@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -36,6 +37,7 @@
 #include "common/plan.h"
 #include "common/status.h"
 #include "core/dataset.h"
+#include "core/image_set.h"
 #include "core/evaluate.h"
 #include "core/quantize_model.h"
 #include "core/threads.h"
@@ -72,6 +74,8 @@ class ModelSession {
   double fp32_validation_seconds() const { return fp32_validation_seconds_; }
   double fp32_calibration_seconds() const { return fp32_calibration_seconds_; }
   int64_t validation_images() const { return validation_.size(); }
+  // The test set's size (0 without one).
+  int64_t test_images() const { return test_ ? test_->size() : 0; }
   int64_t calibration_images() const { return calibration_images_.size(0); }
   std::string device() const;
 
@@ -92,6 +96,9 @@ class ModelSession {
   // Quantizes the whole model with `recipe` and measures it on the validation set. Keeps the
   // quantized model for WriteWeights.
   StatusOr<ValidationResult> Validate(const Recipe& recipe);
+  // The top-1 of `recipe` and of the float model on the test set (measured = false without one).
+  // The float pass runs on the first call.
+  StatusOr<TestResult> Test(const Recipe& recipe);
   // Writes the weights of `recipe` (quantizing again unless it was the last one validated).
   Status WriteWeights(const Recipe& recipe, const std::string& path);
 
@@ -106,6 +113,11 @@ class ModelSession {
  private:
   ModelSession() = default;
   StatusOr<const core::QuantizedModel*> Quantized(const Recipe& recipe);
+  // Opens the data sets, draws the subsets and checks the test set shares nothing.
+  Status OpenData(const JobSpec& spec);
+  // `set`'s logits under `model` (quantized when `quantized` is given), read in batches.
+  StatusOr<torch::Tensor> HeldOutLogits(const core::ImageSet& set, const core::ViTModel& model,
+                                        const core::QuantizedModel* quantized = nullptr) const;
   // The timed float pass over the calibration images that keeps the segment checkpoints.
   Status CheckpointCalibration(const torch::Device& device);
   // The float inputs of every site of `segment` on the calibration set, captured on demand.
@@ -114,8 +126,9 @@ class ModelSession {
   SessionOptions options_;
   core::ViTModel model_;
   std::string model_digest_, calibration_digest_;
-  core::Dataset validation_;
-  torch::Tensor calibration_images_, validation_images_, fp32_logits_;
+  core::ImageSet validation_;
+  std::optional<core::ImageSet> test_;
+  torch::Tensor calibration_images_, validation_labels_, fp32_logits_, fp32_test_logits_;
   torch::ScalarType capture_dtype_ = torch::kFloat32;
   // checkpoints_[s]: the input of segment s on the calibration images (images for s = 0).
   std::vector<torch::Tensor> checkpoints_;

@@ -481,7 +481,7 @@ class ReferenceForwardTest(LogitComparison, unittest.TestCase):
             config = json.load(f)
         tensors = read_safetensors("tests/data/fixture/model.safetensors")
         with tempfile.TemporaryDirectory() as d:
-            self.compare(config, tensors, fashion_test_images(512), "fashion-mnist:test", d, 512)
+            self.compare(config, tensors, fashion_test_images(512), "fashion-mnist:test[:512]", d, 0)
 
     def test_other_shapes_and_dtypes(self):
         variants = [
@@ -626,7 +626,7 @@ def write_data(workdir, images):
 
 
 def schema_tensor_shapes(config, class_token=True, fc_norm=False):
-    """The tensor names and shapes /tmp/shared/schema.md (docs/checkpoints.md) gives a config,
+    """The tensor names and shapes docs/checkpoints.md gives a config,
     enumerated from its text, independently of the modules above."""
     c = resolve(config)
     d, ch, p = c["embed_dim"], c["in_chans"], c["patch_size"]
