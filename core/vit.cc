@@ -657,32 +657,48 @@ torch::Tensor ViTModel::EmbedPatches(const torch::Tensor& images, SiteHandler& h
   return x + t("pos_embed");
 }
 
+torch::Tensor ViTModel::OptionalTensor(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? torch::Tensor() : it->second;
+}
+
+torch::Tensor ViTModel::Attention(const Site* sites, const std::string& b, const torch::Tensor& x,
+                                  int64_t heads, const ScoreAdjust& adjust, SiteHandler& h) const {
+  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
+  const int64_t groups = x.size(0), tokens = x.size(1), dim = x.size(2), hd = dim / heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto qkv = h.Linear(sites[0], x, t(b + "attn.qkv.weight"), OptionalTensor(b + "attn.qkv.bias"))
+                 .reshape({groups, tokens, 3, heads, hd})
+                 .permute({2, 0, 3, 1, 4});
+  auto q = qkv[0] * scale;
+  auto scores = h.Matmul(sites[1], q, qkv[1].transpose(-2, -1));
+  if (adjust) scores = adjust(scores);
+  auto ctx = h.Matmul(sites[2], scores.softmax(-1), qkv[2])
+                 .transpose(1, 2)
+                 .reshape({groups, tokens, -1});
+  return h.Linear(sites[3], ctx, t(b + "attn.proj.weight"), t(b + "attn.proj.bias"));
+}
+
+torch::Tensor ViTModel::Mlp(const Site* sites, const std::string& b, const torch::Tensor& x,
+                            SiteHandler& h) const {
+  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
+  auto y = at::gelu(h.Linear(sites[0], x, t(b + "mlp.fc1.weight"), t(b + "mlp.fc1.bias")));
+  return h.Linear(sites[1], y, t(b + "mlp.fc2.weight"), t(b + "mlp.fc2.bias"));
+}
+
 torch::Tensor ViTModel::ViTBlock(const Segment& s, const torch::Tensor& input,
                                  SiteHandler& h) const {
   const ViTConfig& c = config_;
   auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
-  auto opt = [this](const std::string& name) {
-    auto it = tensors_.find(name);
-    return it == tensors_.end() ? torch::Tensor() : it->second;
-  };
-  const Site* site = &sites_[s.first_site];
+  const Site* sites = &sites_[s.first_site];
   const std::string& b = s.prefix;
-  const int64_t batch = input.size(0), tokens = input.size(1), heads = c.num_heads,
-                hd = c.head_dim();
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd)), eps = c.layer_norm_eps;
+  const double eps = c.layer_norm_eps;
   auto x = input;
   auto y = at::layer_norm(x, {c.embed_dim}, t(b + "norm1.weight"), t(b + "norm1.bias"), eps);
-  auto qkv = h.Linear(*site++, y, t(b + "attn.qkv.weight"), opt(b + "attn.qkv.bias"))
-                 .reshape({batch, tokens, 3, heads, hd})
-                 .permute({2, 0, 3, 1, 4});
-  auto q = qkv[0] * scale;
-  auto attn = h.Matmul(*site++, q, qkv[1].transpose(-2, -1)).softmax(-1);
-  auto ctx = h.Matmul(*site++, attn, qkv[2]).transpose(1, 2).reshape({batch, tokens, -1});
-  auto out = h.Linear(*site++, ctx, t(b + "attn.proj.weight"), t(b + "attn.proj.bias"));
+  auto out = Attention(sites, b, y, c.num_heads, nullptr, h);
   x = x + (c.init_values ? out * t(b + "ls1.gamma") : out);
   y = at::layer_norm(x, {c.embed_dim}, t(b + "norm2.weight"), t(b + "norm2.bias"), eps);
-  y = at::gelu(h.Linear(*site++, y, t(b + "mlp.fc1.weight"), t(b + "mlp.fc1.bias")));
-  out = h.Linear(*site++, y, t(b + "mlp.fc2.weight"), t(b + "mlp.fc2.bias"));
+  out = Mlp(sites + 4, b, y, h);
   return x + (c.init_values ? out * t(b + "ls2.gamma") : out);
 }
 
@@ -690,45 +706,32 @@ torch::Tensor ViTModel::SwinBlock(const Segment& s, const torch::Tensor& input,
                                   SiteHandler& h) const {
   const ViTConfig& c = config_;
   auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
-  auto opt = [this](const std::string& name) {
-    auto it = tensors_.find(name);
-    return it == tensors_.end() ? torch::Tensor() : it->second;
-  };
-  const Site* site = &sites_[s.first_site];
+  const Site* sites = &sites_[s.first_site];
   const std::string& b = s.prefix;
   const std::string stage = "layers." + std::to_string(s.stage) + ".";
   const int64_t batch = input.size(0), r = input.size(1), dim = input.size(3);
-  const int64_t w = c.stage_window(s.stage), n = w * w, heads = c.stage_heads[s.stage],
-                hd = dim / heads;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd)), eps = c.layer_norm_eps;
+  const int64_t w = c.stage_window(s.stage), n = w * w, heads = c.stage_heads[s.stage];
+  const double eps = c.layer_norm_eps;
   auto y = at::layer_norm(input, {dim}, t(b + "norm1.weight"), t(b + "norm1.bias"), eps);
   if (s.shift > 0) y = at::roll(y, {-s.shift, -s.shift}, {1, 2});
-  auto windows = WindowPartition(y, w);  // [B·nW, N, C]
-  const int64_t groups = windows.size(0);
-  auto qkv = h.Linear(*site++, windows, t(b + "attn.qkv.weight"), opt(b + "attn.qkv.bias"))
-                 .reshape({groups, n, 3, heads, hd})
-                 .permute({2, 0, 3, 1, 4});
-  auto q = qkv[0] * scale;
-  auto attn = h.Matmul(*site++, q, qkv[1].transpose(-2, -1));
-  auto bias = t(b + "attn.relative_position_bias_table")
-                  .index_select(0, derived_.at(stage + "relative_position_index"))
-                  .reshape({n, n, heads})
-                  .permute({2, 0, 1});
-  attn = attn + bias.unsqueeze(0);
-  if (s.shift > 0) {
+  // Windows [B·nW, N, C] attend within themselves, with the relative position bias and, in
+  // shifted blocks, the mask that keeps regions the roll brought together apart.
+  auto adjust = [&](const torch::Tensor& scores) {
+    auto bias = t(b + "attn.relative_position_bias_table")
+                    .index_select(0, derived_.at(stage + "relative_position_index"))
+                    .reshape({n, n, heads})
+                    .permute({2, 0, 1});
+    auto out = scores + bias.unsqueeze(0);
+    if (s.shift == 0) return out;
     const auto& mask = derived_.at(stage + "attn_mask");  // [nW, N, N]
-    attn = (attn.reshape({batch, mask.size(0), heads, n, n}) + mask.unsqueeze(1).unsqueeze(0))
-               .reshape({groups, heads, n, n});
-  }
-  attn = attn.softmax(-1);
-  auto ctx = h.Matmul(*site++, attn, qkv[2]).transpose(1, 2).reshape({groups, n, dim});
-  auto out = h.Linear(*site++, ctx, t(b + "attn.proj.weight"), t(b + "attn.proj.bias"));
-  out = WindowReverse(out, w, r);
+    return (out.reshape({batch, mask.size(0), heads, n, n}) + mask.unsqueeze(1).unsqueeze(0))
+        .reshape({-1, heads, n, n});
+  };
+  auto out = WindowReverse(Attention(sites, b, WindowPartition(y, w), heads, adjust, h), w, r);
   if (s.shift > 0) out = at::roll(out, {s.shift, s.shift}, {1, 2});
   auto x = input + out;
   y = at::layer_norm(x, {dim}, t(b + "norm2.weight"), t(b + "norm2.bias"), eps);
-  y = at::gelu(h.Linear(*site++, y, t(b + "mlp.fc1.weight"), t(b + "mlp.fc1.bias")));
-  return x + h.Linear(*site++, y, t(b + "mlp.fc2.weight"), t(b + "mlp.fc2.bias"));
+  return x + Mlp(sites + 4, b, y, h);
 }
 
 torch::Tensor ViTModel::SwinMerge(const Segment& s, const torch::Tensor& input,

@@ -9,6 +9,7 @@
 #define QS_CORE_VIT_H_
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -172,6 +173,15 @@ class ViTModel {
     size_t first_site = 0, num_sites = 0;
   };
   void BuildSites();
+  torch::Tensor OptionalTensor(const std::string& name) const;  // undefined when absent
+  // A block's attention (sites[0..3]: qkv, q·kᵀ, softmax·v, proj) over token groups x [G, N, C]
+  // (G: images for ViT, windows for Swin); `adjust`, when set, changes q·kᵀ before the softmax.
+  using ScoreAdjust = std::function<torch::Tensor(const torch::Tensor&)>;
+  torch::Tensor Attention(const Site* sites, const std::string& prefix, const torch::Tensor& x,
+                          int64_t heads, const ScoreAdjust& adjust, SiteHandler& h) const;
+  // A block's MLP (sites[0..1]: fc1, fc2) with the exact GELU.
+  torch::Tensor Mlp(const Site* sites, const std::string& prefix, const torch::Tensor& x,
+                    SiteHandler& h) const;
   torch::Tensor EmbedPatches(const torch::Tensor& images, SiteHandler& h) const;
   torch::Tensor ViTBlock(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
   torch::Tensor SwinBlock(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;

@@ -191,6 +191,15 @@ std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
     << "%</td><td>" << Fixed(100 * r.validation.top1_agreement, 2) << "%</td><td>"
     << Fixed(r.validation.output_kl, 4) << "</td><td>" << Fixed(r.avg_weight_bits, 3)
     << "</td></tr></table>\n";
+  // The validation images chose the recipe; the test images, when there are any, did not.
+  if (r.test.measured) {
+    h << "<p id=\"test\">Test set (" << r.test.images << " images of " << Escape(r.test.source)
+      << ", not used to choose): fp32 " << Fixed(100 * r.test.fp32_top1, 2) << "%, searched "
+      << Fixed(100 * r.test.top1, 2) << "%.</p>\n";
+  } else {
+    h << "<p id=\"test\">No test set: the searched top-1 above was measured on the validation "
+         "images that chose it.</p>\n";
+  }
   h << "<p>Budget: " << ToString(spec.budget_kind) << " " << spec.budget << "; "
     << r.plan.candidate_count() << " candidates (" << r.evaluated_now << " evaluated now, "
     << r.from_cache << " from the cache, " << r.failed << " failed).</p>\n";

@@ -188,12 +188,25 @@ int RunQuantize(const QuantizeArgs& a) {
   return 0;
 }
 
-struct EvalArgs {
-  ModelArgs model;
-  std::string data = "fashion-mnist:test";
+// How many images of a source a command takes, and how they are drawn.
+struct DrawArgs {
   int64_t limit = 0;
   uint64_t seed = 0;
   std::string sampling = "balanced";
+};
+
+void AddDrawOptions(CLI::App* cmd, DrawArgs* d) {
+  cmd->add_option("--limit", d->limit, "N images drawn by --sampling (0: all, in order)");
+  cmd->add_option("--seed", d->seed, "seed of the draw")->capture_default_str();
+  cmd->add_option("--sampling", d->sampling, "balanced (classes equally) or uniform")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"balanced", "uniform"}));
+}
+
+struct EvalArgs {
+  ModelArgs model;
+  std::string data = "fashion-mnist:test";
+  DrawArgs draw;
   std::string dump_logits;
   bool json_output = false;
 };
@@ -201,7 +214,8 @@ struct EvalArgs {
 int RunEval(const EvalArgs& a) {
   auto model = core::ViTModel::Load(a.model.config, a.model.weights);
   if (!model.ok()) return Fail(model.status());
-  auto eval = core::OpenAndDraw(a.data, model->config(), a.limit, a.seed, a.sampling);
+  auto eval = core::OpenAndDraw(a.data, model->config(), a.draw.limit, a.draw.seed,
+                                a.draw.sampling);
   if (!eval.ok()) return Fail(eval.status().WithContext("--data"));
   auto t0 = std::chrono::steady_clock::now();
   auto logits = core::StreamLogits(*eval, model->config(),
@@ -227,9 +241,7 @@ int RunEval(const EvalArgs& a) {
 struct ImagesArgs {
   std::string config;
   std::string data;
-  int64_t limit = 0;
-  uint64_t seed = 0;
-  std::string sampling = "balanced";
+  DrawArgs draw;
   std::string dump;
 };
 
@@ -238,7 +250,7 @@ struct ImagesArgs {
 int RunImages(const ImagesArgs& a) {
   auto config = core::LoadViTConfig(a.config);
   if (!config.ok()) return Fail(config.status());
-  auto set = core::OpenAndDraw(a.data, *config, a.limit, a.seed, a.sampling);
+  auto set = core::OpenAndDraw(a.data, *config, a.draw.limit, a.draw.seed, a.draw.sampling);
   if (!set.ok()) return Fail(set.status().WithContext("--data"));
   auto data = core::Materialize(*set);
   if (!data.ok()) return Fail(data.status());
@@ -316,11 +328,7 @@ int RunCli(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "fp32 top-1 of a model on a dataset");
   AddModelOptions(eval, &e.model);
   eval->add_option("--data", e.data, "dataset source")->capture_default_str();
-  eval->add_option("--limit", e.limit, "evaluate N images drawn by --sampling (0: all)");
-  eval->add_option("--seed", e.seed, "seed of the draw")->capture_default_str();
-  eval->add_option("--sampling", e.sampling, "balanced (classes equally) or uniform")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"balanced", "uniform"}));
+  AddDrawOptions(eval, &e.draw);
   eval->add_option("--dump-logits", e.dump_logits, "write the logits to this safetensors file");
   eval->add_flag("--json", e.json_output, "machine-readable output");
 
@@ -342,7 +350,7 @@ int RunCli(int argc, char** argv) {
   bench::BenchArgs bench_args;
   auto* bench = app.add_subcommand(
       "bench", "measure the evaluation engine against references taken in the same run (JSON)");
-  bench->add_flag("--quick", bench_args.quick, "skip the ViT-B memory run, shorter references");
+  bench->add_flag("--quick", bench_args.quick, "skip the DeiT-S and ViT-B runs, shorter references");
   bench->add_flag("--json", bench_args.json_output, "print only the JSON object on stdout");
   bench->add_option("--out", bench_args.out, "also write the JSON to this file");
   bench->add_option("--fixture", bench_args.fixture, "the fixture model's directory")
@@ -351,13 +359,11 @@ int RunCli(int argc, char** argv) {
   ImagesArgs im;
   auto* images = app.add_subcommand(
       "images", "write the images a data source yields for a model (transformed, not normalized)");
-  images->add_option("--config", im.config, "model config JSON")->required()->check(CLI::ExistingFile);
+  images->add_option("--config", im.config, "model config JSON")
+      ->required()
+      ->check(CLI::ExistingFile);
   images->add_option("--data", im.data, "data source (docs/search.md)")->required();
-  images->add_option("--limit", im.limit, "N images drawn by --sampling (0: all)");
-  images->add_option("--seed", im.seed, "seed of the draw")->capture_default_str();
-  images->add_option("--sampling", im.sampling, "balanced or uniform")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"balanced", "uniform"}));
+  AddDrawOptions(images, &im.draw);
   images->add_option("--dump", im.dump, "safetensors file to write (images F32, labels I64)")
       ->required();
 
