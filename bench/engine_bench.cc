@@ -21,6 +21,7 @@
 #include "common/job_spec.h"
 #include "common/json_fields.h"
 #include "common/plan.h"
+#include "core/image_io.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
 #include "core/vit.h"
@@ -377,29 +378,68 @@ Status BenchVitbBlock(const BenchArgs& args, const std::string& dir, double peak
   return OkStatus();
 }
 
-// A whole `qsearch run` on a 12-block ViT-B in a child process: its peak resident memory.
-Status BenchVitbSearch(const BenchArgs& args, const std::string& dir, json* result) {
-  Note(args, "ViT-B search in a child process (minutes)");
-  const core::ViTConfig c = ViTBase();
+// An ImageNet-style folder of generated JPEGs: `classes` class folders of `per_class` images of
+// random sizes (smooth colour fields with noise, so the codec has work), as a user would bring.
+Status WriteJpegFolder(const std::string& dir, int classes, int per_class, uint64_t seed) {
+  torch::manual_seed(seed);
+  for (int k = 0; k < classes; ++k) {
+    const std::string class_dir = dir + "/class_" + std::to_string(k);
+    std::filesystem::create_directories(class_dir);
+    for (int i = 0; i < per_class; ++i) {
+      const int64_t h = torch::randint(240, 480, {1}).item<int64_t>();
+      const int64_t w = torch::randint(240, 480, {1}).item<int64_t>();
+      auto field = at::upsample_bilinear2d(torch::rand({1, 3, 6, 6}), {h, w}, false);
+      auto pixels = (field * 200 + torch::rand({1, 3, h, w}) * 55)
+                        .clamp(0, 255)
+                        .to(torch::kUInt8)[0]
+                        .permute({1, 2, 0})
+                        .contiguous();
+      QS_ASSIGN_OR_RETURN(std::string jpeg, core::EncodeJpeg(pixels, 90));
+      QS_RETURN_IF_ERROR(WriteFileAtomically(
+          class_dir + "/" + std::to_string(i) + ".jpg", jpeg));
+    }
+  }
+  return OkStatus();
+}
+
+// A whole `qsearch run` on a random model in the timm layout with image folders of generated
+// JPEGs (calibration, validation and test apart), in a child process: its peak resident memory
+// and its wall time in float passes over the calibration images.
+Status BenchTimmSearch(const BenchArgs& args, const std::string& name, const core::ViTConfig& c,
+                       const std::string& dir, json* result) {
+  Note(args, name + " search on JPEG folders in a child process (minutes)");
   std::filesystem::create_directories(dir);
   JobSpec spec;
   QS_RETURN_IF_ERROR(WriteRandomModel(c, 11, dir, &spec));
-  QS_RETURN_IF_ERROR(WriteRandomImages(dir + "/calib.safetensors", 128, c, 12));
-  QS_RETURN_IF_ERROR(WriteRandomImages(dir + "/val.safetensors", 64, c, 13));
+  QS_RETURN_IF_ERROR(WriteJpegFolder(dir + "/calib", 16, 8, 12));
+  QS_RETURN_IF_ERROR(WriteJpegFolder(dir + "/val", 16, 4, 13));
+  QS_RETURN_IF_ERROR(WriteJpegFolder(dir + "/test", 16, 4, 14));
   const json spec_json = {
       {"model", {{"config", "config.json"}, {"weights", "model.safetensors"}}},
-      {"calibration", {{"source", "calib.safetensors"}, {"count", 128}}},
-      {"validation", {{"source", "val.safetensors"}}},
+      {"calibration", {{"source", "imagefolder:calib"}, {"count", 128}}},
+      {"validation", {{"source", "imagefolder:val"}}},
+      {"test", {{"source", "imagefolder:test"}}},
       {"search", {{"weight_methods", {"rtn"}}, {"weight_bits", {4, 8}}, {"activation_bits", {8}}}},
       {"objective", {{"avg_weight_bits", 6.0}}},
       {"accuracy", {{"max_validations", 1}, {"refine", false}}}};
   QS_RETURN_IF_ERROR(WriteFileAtomically(dir + "/spec.json", spec_json.dump(2)));
   QS_ASSIGN_OR_RETURN(auto child, RunChildSearch(dir + "/spec.json", dir));
-  (*result)["peak_rss_vitb_gib"] = child.first;
-  (*result)["vitb"] = {{"seconds", child.second["seconds"]},
-                       {"relative", child.second["relative"]},
-                       {"candidates", child.second["candidates"]},
-                       {"calibration_images", 128}};
+  const json& seconds = child.second["seconds"];
+  const double calib_pass = seconds["fp32_calibration_pass"].get<double>();
+  (*result)["peak_rss_" + name + "_gib"] = child.first;
+  (*result)[name] = {
+      {"model", {{"architecture", c.architecture}, {"embed_dim", c.embed_dim},
+                 {"depth", c.depth}, {"num_heads", c.num_heads}, {"img_size", c.img_size}}},
+      {"data", "imagefolder of generated JPEGs (240-479 px sides): calibration 128 of 128, "
+               "validation 64, test 64"},
+      {"wall_in_fp32_calibration_passes", calib_pass > 0 ? json(seconds["wall"].get<double>() /
+                                                                 calib_pass)
+                                                         : json(nullptr)},
+      {"seconds", seconds},
+      {"relative", child.second["relative"]},
+      {"candidates", child.second["candidates"]},
+      {"test_top1", child.second["test_top1"]},
+      {"calibration_images", child.second["calibration_images"]}};
   return OkStatus();
 }
 
@@ -409,6 +449,7 @@ Status RunBench(const BenchArgs& args, json* result) {
   *result = {{"quick", args.quick},
              {"threads", core::DescribeThreads(plan)},
              {"peak_rss_vitb_gib", nullptr},
+             {"peak_rss_deits_gib", nullptr},
              // The distributed service's figures: null until the service exists.
              {"two_worker_speedup", nullptr},
              {"dispatch_tasks_per_s", nullptr},
@@ -419,7 +460,13 @@ Status RunBench(const BenchArgs& args, json* result) {
   QS_RETURN_IF_ERROR(BenchSweep(args, dir.path() + "/sweep", result));
   QS_RETURN_IF_ERROR(BenchVitbBlock(args, dir.path() + "/vitb_block",
                                     (*result)["gemm_peak_gflops"].get<double>(), result));
-  if (!args.quick) QS_RETURN_IF_ERROR(BenchVitbSearch(args, dir.path() + "/vitb", result));
+  if (!args.quick) {
+    // DeiT-S (timm's deit_small_patch16_224 shape) and ViT-B, as users bring them.
+    auto deit_small = ViTShape(224, 16, 3, 384, 12, 6, 4.0, 1000);
+    deit_small.architecture = "deit";
+    QS_RETURN_IF_ERROR(BenchTimmSearch(args, "deits", deit_small, dir.path() + "/deits", result));
+    QS_RETURN_IF_ERROR(BenchTimmSearch(args, "vitb", ViTBase(), dir.path() + "/vitb", result));
+  }
   return OkStatus();
 }
 

@@ -16,8 +16,11 @@
 //   bench/plain_sweep.py (Debian's python3-torch), measured in the same run;
 // - validation_fp32_pass_ratio: validating a uniform RTN recipe, in float passes over the
 //   calibration plus validation images;
-// - peak_rss_vitb_gib (not with --quick): a whole search on a ViT-B-shaped model (random weights,
-//   128 calibration images of 224×224×3) in a child process, its peak resident memory;
+// - peak_rss_deits_gib, peak_rss_vitb_gib and deits/vitb (not with --quick): a whole `qsearch run`
+//   on a DeiT-S- and a ViT-B-shaped random model in the timm layout, with image folders of
+//   generated JPEGs (128 calibration, 64 validation and 64 test images through the timm
+//   evaluation transform), in a child process: its peak resident memory, and its wall time in
+//   float passes over the calibration images (wall_in_fp32_calibration_passes);
 // - embedded_two_worker_speedup: the fixture evaluation with one worker against two;
 // - two_worker_speedup, dispatch_tasks_per_s, cache_second_job_ratio: the distributed service's
 //   figures, null until the service exists.
@@ -29,7 +32,7 @@
 namespace qs::bench {
 
 struct BenchArgs {
-  bool quick = false;         // skip the ViT-B run and shorten the rest
+  bool quick = false;         // skip the DeiT-S and ViT-B runs and shorten the rest
   bool json_output = false;   // the JSON object alone on stdout
   std::string out;            // also write the JSON here
   std::string fixture = "tests/data/fixture";
