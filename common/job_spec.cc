@@ -143,33 +143,14 @@ std::string ResolveSourcePath(const std::string& spec_path, const std::string& s
   return ResolveRelativeTo(spec_path, source);
 }
 
-}  // namespace
-
-StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
+// The calibration, validation and test sections, sources resolved against the spec's folder.
+Status ParseDataSections(const json& j, const std::string& spec_path, JobSpec* out) {
   auto fail = [](const Status& s, const char* section) {
     return s.WithContext(std::string("spec ") + section);
   };
-  Status s = CheckKeys(
-      j, {"model", "calibration", "validation", "test", "search", "objective", "accuracy",
-          "compute"},
-      "the spec");
-  if (!s.ok()) return fail(s, "");
-  JobSpec spec;
-  spec.spec_path = spec_path;
+  JobSpec& spec = *out;
   const json* section = nullptr;
-
-  if (!(s = Section(j, "model", true, &section)).ok()) return fail(s, "");
-  if (!(s = CheckKeys(*section, {"config", "weights"}, "model")).ok()) return fail(s, "model");
-  for (const char* key : {"config", "weights"}) {
-    if (!section->contains(key)) {
-      return InvalidArgumentError(std::string("spec model: missing field '") + key + "'");
-    }
-  }
-  if (!(s = ReadField(*section, "config", &spec.model_config)).ok()) return fail(s, "model");
-  if (!(s = ReadField(*section, "weights", &spec.model_weights)).ok()) return fail(s, "model");
-  spec.model_config = ResolveRelativeTo(spec_path, spec.model_config);
-  spec.model_weights = ResolveRelativeTo(spec_path, spec.model_weights);
-
+  Status s;
   if (!(s = Section(j, "calibration", false, &section)).ok()) return fail(s, "");
   s = CheckKeys(*section, {"source", "count", "seed", "sampling"}, "calibration");
   if (s.ok()) s = ReadField(*section, "source", &spec.calibration_source);
@@ -198,6 +179,37 @@ StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
   for (std::string* src : {&spec.calibration_source, &spec.validation_source, &spec.test_source}) {
     *src = ResolveSourcePath(spec_path, *src);
   }
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<JobSpec> ParseJobSpec(const json& j, const std::string& spec_path) {
+  auto fail = [](const Status& s, const char* section) {
+    return s.WithContext(std::string("spec ") + section);
+  };
+  Status s = CheckKeys(
+      j, {"model", "calibration", "validation", "test", "search", "objective", "accuracy",
+          "compute"},
+      "the spec");
+  if (!s.ok()) return fail(s, "");
+  JobSpec spec;
+  spec.spec_path = spec_path;
+  const json* section = nullptr;
+
+  if (!(s = Section(j, "model", true, &section)).ok()) return fail(s, "");
+  if (!(s = CheckKeys(*section, {"config", "weights"}, "model")).ok()) return fail(s, "model");
+  for (const char* key : {"config", "weights"}) {
+    if (!section->contains(key)) {
+      return InvalidArgumentError(std::string("spec model: missing field '") + key + "'");
+    }
+  }
+  if (!(s = ReadField(*section, "config", &spec.model_config)).ok()) return fail(s, "model");
+  if (!(s = ReadField(*section, "weights", &spec.model_weights)).ok()) return fail(s, "model");
+  spec.model_config = ResolveRelativeTo(spec_path, spec.model_config);
+  spec.model_weights = ResolveRelativeTo(spec_path, spec.model_weights);
+
+  if (!(s = ParseDataSections(j, spec_path, &spec)).ok()) return s;
 
   if (!(s = Section(j, "search", false, &section)).ok()) return fail(s, "");
   if (!(s = ParseSearch(*section, &spec.space)).ok()) return fail(s, "search");

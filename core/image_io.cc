@@ -13,6 +13,7 @@
 #include <csetjmp>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <vector>
 
@@ -23,7 +24,10 @@ namespace qs::core {
 namespace {
 
 constexpr int64_t kMaxSide = 65535;
-constexpr int64_t kMaxPixels = int64_t{1} << 28;
+// PIL refuses images over twice its MAX_IMAGE_PIXELS (a decompression bomb); so does qsearch.
+constexpr int64_t kMaxPixels = 178956970;
+// No JPEG or PNG an image folder holds is near this; a larger file is not read at all.
+constexpr uintmax_t kMaxFileBytes = uintmax_t{1} << 30;
 
 Status CheckSize(const std::string& name, int64_t width, int64_t height) {
   if (width < 1 || height < 1) {
@@ -33,7 +37,7 @@ Status CheckSize(const std::string& name, int64_t width, int64_t height) {
   if (width > kMaxSide || height > kMaxSide || width * height > kMaxPixels) {
     return InvalidArgumentError(name + ": image of " + std::to_string(width) + "x" +
                                 std::to_string(height) +
-                                " pixels is over the bound (2^28 pixels, 65535 a side)");
+                                " pixels is over the bound (178956970 pixels as PIL's, 65535 a side)");
   }
   return OkStatus();
 }
@@ -674,6 +678,12 @@ StatusOr<torch::Tensor> DecodeImage(const std::string& bytes, int64_t channels,
 }
 
 StatusOr<torch::Tensor> DecodeImageFile(const std::string& path, int64_t channels) {
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && size > kMaxFileBytes) {
+    return InvalidArgumentError(path + ": a " + std::to_string(size) +
+                                "-byte file is over the 1 GiB bound for an image");
+  }
   QS_ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(path));
   return DecodeImage(bytes, channels, path);
 }

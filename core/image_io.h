@@ -61,8 +61,9 @@ Status CheckEvalTransform(const EvalTransform& transform);
 //  - RGB to gray is PIL's ITU-R 601-2 luma, (R*19595 + G*38470 + B*7471 + 0x8000) >> 16; gray to
 //    RGB replicates.
 // Errors, each naming the file: NOT_FOUND (no such file); INVALID_ARGUMENT (channels not 1 or 3,
-// neither JPEG nor PNG, an unsupported variant such as 12-bit JPEG, more than 2^28 pixels or a side
-// over 65535); DATA_LOSS (empty, damaged or truncated data). A bad file never aborts the process.
+// neither JPEG nor PNG, an unsupported variant such as 12-bit JPEG, a file over 1 GiB, more than
+// 178956970 pixels as PIL refuses, or a side over 65535); DATA_LOSS (empty, damaged or truncated
+// data). A bad file never aborts the process.
 StatusOr<torch::Tensor> DecodeImageFile(const std::string& path, int64_t channels);
 // The same for bytes already in memory; `name` stands for the file in messages.
 StatusOr<torch::Tensor> DecodeImage(const std::string& bytes, int64_t channels,

@@ -7,6 +7,9 @@
 #include <map>
 #include <sstream>
 #include <unordered_map>
+#include <set>
+
+#include <sys/stat.h>
 
 #include "core/image_io.h"
 #include "core/torch_status.h"
@@ -83,14 +86,63 @@ bool IsOtherImage(const std::string& ext) {
          ext == ".webp";
 }
 
+// A file's canonical path (symlinks resolved), for overlap checks; the path itself if that fails.
+std::string CanonicalPath(const fs::path& path) {
+  std::error_code ec;
+  fs::path canonical = fs::weakly_canonical(path, ec);
+  return ec ? path.string() : canonical.string();
+}
+
+// The JPEG and PNG files under `class_dir` (following symlinked folders, refusing a loop) as
+// (folder, file name) pairs in torchvision's order: sorted(os.walk(...)), names sorted.
+StatusOr<std::vector<std::pair<std::string, std::string>>> ListClassFiles(
+    const std::string& name, const fs::path& class_dir) {
+  std::vector<std::pair<std::string, std::string>> files;
+  std::set<std::pair<dev_t, ino_t>> folders;
+  auto visit = [&](const fs::path& folder) -> Status {
+    struct stat st {};
+    if (::stat(folder.c_str(), &st) != 0) return OkStatus();  // a dangling link: nothing below
+    if (!folders.insert({st.st_dev, st.st_ino}).second) {
+      return InvalidArgumentError(name + ": " + folder.string() +
+                                  " leads back to a folder already listed (a symlink loop)");
+    }
+    return OkStatus();
+  };
+  QS_RETURN_IF_ERROR(visit(class_dir));
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(
+           class_dir, fs::directory_options::follow_directory_symlink, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    std::error_code entry_ec;
+    if (it->is_directory(entry_ec)) {
+      QS_RETURN_IF_ERROR(visit(it->path()));
+      continue;
+    }
+    if (!it->is_regular_file(entry_ec)) continue;
+    const std::string ext = Lower(it->path().extension().string());
+    if (IsOtherImage(ext)) {
+      return InvalidArgumentError(name + ": " + it->path().string() +
+                                  ": only JPEG and PNG images are read");
+    }
+    if (IsReadableImage(ext)) {
+      files.emplace_back(it->path().parent_path().string(), it->path().filename().string());
+    }
+  }
+  if (ec) return DataLossError(name + ": cannot list " + class_dir.string() + ": " + ec.message());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 StatusOr<std::unique_ptr<ImageSource>> OpenImageFolder(const std::string& dir,
                                                        const EvalTransform& transform) {
   const std::string name = "imagefolder:" + dir;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return NotFoundError(name + ": no such directory");
   std::vector<std::string> classes;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.is_directory(ec)) classes.push_back(entry.path().filename().string());
+  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    std::error_code entry_ec;
+    if (it->is_directory(entry_ec)) classes.push_back(it->path().filename().string());
   }
   if (ec) return DataLossError(name + ": cannot list: " + ec.message());
   if (classes.empty()) return InvalidArgumentError(name + ": holds no class subfolders");
@@ -98,29 +150,13 @@ StatusOr<std::unique_ptr<ImageSource>> OpenImageFolder(const std::string& dir,
   std::vector<std::string> paths;
   std::vector<int64_t> labels;
   for (size_t label = 0; label < classes.size(); ++label) {
-    // torchvision's order: sorted(os.walk(class_dir)), then sorted file names in each folder.
-    std::vector<std::pair<std::string, std::string>> files;
-    const fs::path class_dir = fs::path(dir) / classes[label];
-    for (auto it = fs::recursive_directory_iterator(
-             class_dir, fs::directory_options::follow_directory_symlink, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (!it->is_regular_file(ec)) continue;
-      const std::string ext = Lower(it->path().extension().string());
-      if (IsOtherImage(ext)) {
-        return InvalidArgumentError(name + ": " + it->path().string() +
-                                    ": only JPEG and PNG images are read");
-      }
-      if (!IsReadableImage(ext)) continue;
-      files.emplace_back(it->path().parent_path().string(), it->path().filename().string());
-    }
-    if (ec) return DataLossError(name + ": cannot list " + class_dir.string() + ": " + ec.message());
+    QS_ASSIGN_OR_RETURN(auto files, ListClassFiles(name, fs::path(dir) / classes[label]));
     if (files.empty()) {
       return InvalidArgumentError(name + ": class folder '" + classes[label] +
                                   "' holds no JPEG or PNG file");
     }
-    std::sort(files.begin(), files.end());
     for (const auto& [folder, file] : files) {
-      paths.push_back(fs::weakly_canonical(fs::path(folder) / file).string());
+      paths.push_back(CanonicalPath(fs::path(folder) / file));
       labels.push_back(static_cast<int64_t>(label));
     }
   }
@@ -138,10 +174,13 @@ StatusOr<std::unique_ptr<ImageSource>> OpenFileList(const std::string& list,
   const fs::path base = fs::path(list).parent_path();
   std::vector<std::string> paths;
   std::vector<int64_t> labels;
-  std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
+  constexpr std::streamsize kMaxLine = 4096;
+  std::vector<char> buffer(kMaxLine + 1);
+  for (int64_t number = 1; in.getline(buffer.data(), kMaxLine + 1) || in.gcount() > 0; ++number) {
     const std::string where = name + ":" + std::to_string(number) + ": ";
-    if (line.size() > 4096) return InvalidArgumentError(where + "line longer than 4096 bytes");
+    // getline stops a line that does not fit with the failbit, before reading the rest.
+    if (in.fail() && !in.eof()) return InvalidArgumentError(where + "line longer than 4096 bytes");
+    std::string line(buffer.data());
     while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
     size_t start = line.find_first_not_of(" \t");
     if (start == std::string::npos || line[start] == '#') continue;
@@ -163,7 +202,7 @@ StatusOr<std::unique_ptr<ImageSource>> OpenFileList(const std::string& list,
     label = std::stoll(label_text);
     fs::path file = fs::path(path).is_absolute() ? fs::path(path) : base / path;
     if (!fs::is_regular_file(file, ec)) return NotFoundError(where + file.string() + ": no such file");
-    paths.push_back(fs::weakly_canonical(file).string());
+    paths.push_back(CanonicalPath(file));
     labels.push_back(label);
   }
   if (in.bad()) return DataLossError(name + ": read error");
@@ -200,7 +239,7 @@ StatusOr<std::unique_ptr<ImageSource>> OpenSource(const std::string& base,
         std::to_string(config.img_size) + ", " + std::to_string(config.img_size) + "]");
   }
   std::string key = base;
-  if (base.rfind("fashion-mnist:", 0) != 0) key = fs::weakly_canonical(base).string();
+  if (base.rfind("fashion-mnist:", 0) != 0) key = CanonicalPath(base);
   return std::unique_ptr<ImageSource>(new TensorSource(std::move(data), key));
 }
 
@@ -369,7 +408,16 @@ Status CheckDisjoint(const std::vector<std::pair<std::string, const ImageSet*>>&
   return OkStatus();
 }
 
-StatusOr<Dataset> Materialize(const ImageSet& set) {
+StatusOr<Dataset> Materialize(const ImageSet& set, int64_t max_bytes) {
+  if (set.size() == 0) return InvalidArgumentError(set.description + ": no image to read");
+  QS_ASSIGN_OR_RETURN(torch::Tensor first, set.source->Read({set.indices.front()}));
+  const int64_t bytes = first.numel() * static_cast<int64_t>(sizeof(float)) * set.size();
+  if (bytes > max_bytes) {
+    return ResourceExhaustedError(
+        set.description + ": " + std::to_string(set.size()) + " images would take " +
+        std::to_string(bytes >> 20) + " MiB in memory, over the " +
+        std::to_string(max_bytes >> 20) + " MiB bound; draw fewer (count or limit)");
+  }
   Dataset out;
   QS_ASSIGN_OR_RETURN(out.images, set.source->Read(set.indices));
   out.labels = set.labels();
@@ -402,12 +450,20 @@ void BatchReader::Run() {
     }
     const int64_t end = std::min(set_.size(), start + batch_size_);
     std::vector<int64_t> indices(set_.indices.begin() + start, set_.indices.begin() + end);
+    // Nothing may escape this thread (an exception would end the process): every failure
+    // becomes the batch's status.
     StatusOr<Batch> batch = [&]() -> StatusOr<Batch> {
-      QS_ASSIGN_OR_RETURN(torch::Tensor images, set_.source->Read(indices));
-      return GuardTorch(set_.description, [&]() -> StatusOr<Batch> {
-        return Batch{images, set_.source->labels().index_select(
-                                 0, torch::tensor(indices, torch::kInt64))};
-      });
+      try {
+        QS_ASSIGN_OR_RETURN(torch::Tensor images, set_.source->Read(indices));
+        return GuardTorch(set_.description, [&]() -> StatusOr<Batch> {
+          return Batch{images, set_.source->labels().index_select(
+                                   0, torch::tensor(indices, torch::kInt64))};
+        });
+      } catch (const std::bad_alloc&) {
+        return ResourceExhaustedError(set_.description + ": out of memory reading a batch");
+      } catch (const std::exception& e) {
+        return InternalError(set_.description + ": " + e.what());
+      }
     }();
     const bool failed = !batch.ok();
     {
@@ -426,10 +482,12 @@ void BatchReader::Run() {
 
 StatusOr<std::optional<BatchReader::Batch>> BatchReader::Next() {
   std::unique_lock<std::mutex> lock(mu_);
+  if (!error_.ok()) return error_;
   cv_.wait(lock, [&] { return !ready_.empty() || done_; });
   if (ready_.empty()) return std::optional<Batch>();
   StatusOr<Batch> batch = std::move(ready_.front());
   ready_.pop_front();
+  if (!batch.ok()) error_ = batch.status();  // the reading stopped there: every later call says so
   lock.unlock();
   cv_.notify_all();
   if (!batch.ok()) return batch.status();

@@ -97,7 +97,8 @@ StatusOr<ImageSet> OpenAndDraw(const std::string& text, const ViTConfig& config,
 Status CheckDisjoint(const std::vector<std::pair<std::string, const ImageSet*>>& sets);
 
 // Reads the whole set into memory (for calibration sets, which the engine keeps anyway).
-StatusOr<Dataset> Materialize(const ImageSet& set);
+// RESOURCE_EXHAUSTED, before reading, when the float images would take more than `max_bytes`.
+StatusOr<Dataset> Materialize(const ImageSet& set, int64_t max_bytes = int64_t{8} << 30);
 
 // Reads a set in batches on a thread of its own, `prefetch` batches ahead of the consumer.
 class BatchReader {
@@ -110,7 +111,8 @@ class BatchReader {
   ~BatchReader();
   BatchReader(const BatchReader&) = delete;
   BatchReader& operator=(const BatchReader&) = delete;
-  // The next batch, nullopt after the last, or the error that stopped the reading.
+  // The next batch, nullopt after the last, or the error that stopped the reading (on this and
+  // every later call).
   StatusOr<std::optional<Batch>> Next();
 
  private:
@@ -123,6 +125,7 @@ class BatchReader {
   std::condition_variable cv_;
   std::deque<StatusOr<Batch>> ready_;
   bool done_ = false, stop_ = false;
+  Status error_;  // the error a batch ended the reading with, once Next returned it
   std::thread thread_;
 };
 

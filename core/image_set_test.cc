@@ -203,6 +203,19 @@ TEST(ImageSetTest, BadFoldersAndListsAreNamed) {
   auto torn = reader.Next();
   EXPECT_FALSE(torn.ok());
   EXPECT_NE(torn.status().message().find("torn.jpg"), std::string::npos);
+  EXPECT_FALSE(reader.Next().ok());  // the error stays: not mistaken for the end of the set
+  // Materializing more than the bound is refused before anything else is read.
+  auto too_big = Materialize(*set, 1000);
+  EXPECT_EQ(too_big.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(too_big.status().message().find("draw fewer"), std::string::npos);
+
+  // A folder that links back to its parent is a loop, refused by name rather than walked.
+  const std::string loop = TestDir("loop");
+  WriteFile(loop + "/c/a.jpg", SolidJpeg(3));
+  fs::create_directory_symlink("..", loop + "/c/back");
+  auto looped = OpenImageSet("imagefolder:" + loop, config);
+  EXPECT_EQ(looped.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(looped.status().message().find("symlink loop"), std::string::npos);
 
   const std::string list = TestDir("list");
   WriteFile(list + "/img/one.jpg", SolidJpeg(7));
@@ -220,6 +233,14 @@ TEST(ImageSetTest, BadFoldersAndListsAreNamed) {
   WriteFile(list + "/range.txt", "img/one.jpg 3\n");
   EXPECT_EQ(OpenImageSet("filelist:" + list + "/range.txt", config).status().code(),
             StatusCode::kInvalidArgument);
+  WriteFile(list + "/long.txt", "img/one.jpg 0\n" + std::string(100000, 'x') + " 1\n");
+  auto long_line = OpenImageSet("filelist:" + list + "/long.txt", config);
+  EXPECT_EQ(long_line.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(long_line.status().message().find("long.txt:2"), std::string::npos);
+  WriteFile(list + "/last.txt", "img/one.jpg 0\nimg/one.jpg 1");  // no final newline
+  auto last = OpenImageSet("filelist:" + list + "/last.txt", config);
+  ASSERT_TRUE(last.ok()) << last.status().ToString();
+  EXPECT_EQ(last->size(), 2);
 }
 
 }  // namespace

@@ -342,6 +342,19 @@ TEST(ModelFamilyTest, FamilyFeaturesChangeTheOutput) {
   auto averaged = distilled->WithTensors(same_heads);
   ASSERT_TRUE(averaged.ok());
   EXPECT_FALSE(torch::allclose(distilled->Forward(x), averaged->Forward(x)));
+  // The logits are the mean of the two heads' outputs, as timm's at inference.
+  struct Heads : SiteHandler {
+    std::map<std::string, torch::Tensor> out;
+    torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
+                         const torch::Tensor& b) override {
+      auto y = SiteHandler::Linear(s, x, w, b);
+      out[s.name] = y;
+      return y;
+    }
+  } heads;
+  const auto logits = distilled->Forward(x, &heads);
+  EXPECT_TRUE(torch::allclose(logits, (heads.out.at("head") + heads.out.at("head_dist")) / 2));
+  EXPECT_FALSE(torch::allclose(heads.out.at("head"), heads.out.at("head_dist")));
 }
 
 TEST(ModelFamilyTest, SwinClipsWindowsToTheGridAndIgnoresPersistedBuffers) {

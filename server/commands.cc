@@ -196,7 +196,8 @@ struct DrawArgs {
 };
 
 void AddDrawOptions(CLI::App* cmd, DrawArgs* d) {
-  cmd->add_option("--limit", d->limit, "N images drawn by --sampling (0: all, in order)");
+  cmd->add_option("--limit", d->limit, "N images drawn by --sampling (0: all, in order)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", d->seed, "seed of the draw")->capture_default_str();
   cmd->add_option("--sampling", d->sampling, "balanced (classes equally) or uniform")
       ->capture_default_str()
@@ -310,7 +311,10 @@ int RunCli(int argc, char** argv) {
   quantize->add_option("--out", q.out, "output directory")->required();
   quantize->add_option("--calib-count", q.calib_count, "calibration images drawn")
       ->capture_default_str();
-  quantize->add_option("--eval-limit", q.eval_limit, "evaluate N images drawn by --sampling (0: all)")
+  quantize
+      ->add_option("--eval-limit", q.eval_limit,
+                   "evaluate N images drawn by --sampling (0: all)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   quantize->add_option("--seed", q.seed, "seed of the calibration and evaluation draws")
       ->capture_default_str();

@@ -155,9 +155,11 @@ Status ModelSession::OpenData(const JobSpec& spec) {
   if (spec.test_source.empty()) return OkStatus();
   QS_ASSIGN_OR_RETURN(core::ImageSet test,
                       open(spec.test_source, spec.test_limit, spec.test_sampling, "test"));
-  // The reported accuracy is honest only on images nothing was chosen or fitted on.
-  QS_RETURN_IF_ERROR(core::CheckDisjoint(
-      {{"calibration", &calib_set}, {"validation", &validation_}, {"test", &test}}));
+  // The reported accuracy is honest only on images nothing was chosen or fitted on. (Calibration
+  // and validation may share images: that is the user's call, and it flatters no reported number
+  // once a test set exists.)
+  QS_RETURN_IF_ERROR(core::CheckDisjoint({{"calibration", &calib_set}, {"test", &test}}));
+  QS_RETURN_IF_ERROR(core::CheckDisjoint({{"validation", &validation_}, {"test", &test}}));
   test_ = std::move(test);
   return OkStatus();
 }
