@@ -495,16 +495,20 @@ StatusOr<std::optional<BatchReader::Batch>> BatchReader::Next() {
 }
 
 StatusOr<torch::Tensor> StreamLogits(const ImageSet& set, const ViTConfig& config,
-                                     const ForwardFn& forward, int64_t batch_size) {
+                                     const ForwardFn& forward, int64_t batch_size,
+                                     const std::function<void(int64_t)>& on_batch) {
   BatchReader reader(set, batch_size);
   std::vector<torch::Tensor> logits;
+  int64_t done = 0;
   while (true) {
     QS_ASSIGN_OR_RETURN(std::optional<BatchReader::Batch> batch, reader.Next());
     if (!batch) break;
     Dataset part{batch->images, batch->labels, set.description};
     QS_ASSIGN_OR_RETURN(torch::Tensor x, NormalizeImages(part, config));
     QS_ASSIGN_OR_RETURN(torch::Tensor y, forward(x));
+    done += y.size(0);
     logits.push_back(std::move(y));
+    if (on_batch) on_batch(done);
   }
   return GuardTorch("logits", [&]() -> StatusOr<torch::Tensor> {
     if (logits.empty()) return torch::empty({0, config.num_classes});

@@ -132,8 +132,10 @@ class BatchReader {
 // Logits of every image of `set`: `forward` runs on each batch (normalized with the config's
 // mean/std) while a BatchReader reads the next. CPU float [size, num_classes].
 using ForwardFn = std::function<StatusOr<torch::Tensor>(const torch::Tensor& images)>;
+// `on_batch`, when set, hears the images done after each batch.
 StatusOr<torch::Tensor> StreamLogits(const ImageSet& set, const ViTConfig& config,
-                                     const ForwardFn& forward, int64_t batch_size = 256);
+                                     const ForwardFn& forward, int64_t batch_size = 256,
+                                     const std::function<void(int64_t)>& on_batch = {});
 
 }  // namespace qs::core
 

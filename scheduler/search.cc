@@ -336,7 +336,10 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
   DescribeChoices(spec, groups, option_candidate, keys, s, &r);
   // Reported apart from the choice: the test images chose nothing.
   const auto test_start = Clock::now();
+  const bool has_test = !spec.test_source.empty();
+  if (has_test) progress("test", 0, 1);
   QS_ASSIGN_OR_RETURN(r.test, backend.Test(r.recipe));
+  if (has_test) progress("test", 1, 1);
   r.seconds.test = since(test_start);
   return r;
 }

@@ -68,8 +68,8 @@ class ModelBackend {
   virtual Status WriteWeights(const Recipe& recipe, const std::string& path) = 0;
 };
 
-// Progress: `stage` is "prepare", "evaluate", "select", "validate" or "artifacts"; `done` of
-// `total` units of that stage.
+// Progress: `stage` is "prepare", "evaluate", "select", "validate" or "test"; `done` of `total`
+// units of that stage (a backend may report "prepare" in its own units, such as images).
 using ProgressFn = std::function<void(const std::string& stage, size_t done, size_t total)>;
 
 struct SearchOptions {

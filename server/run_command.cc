@@ -48,9 +48,14 @@ namespace {
 // The model side in this process: a ModelSession, and worker threads serving the queue from it.
 class EmbeddedBackend : public scheduler::ModelBackend {
  public:
+  // `progress`, when set, hears the preparation's float passes as stage "prepare".
   EmbeddedBackend(const JobSpec& spec, storage::EvaluationStore& store, storage::TaskQueue& queue,
-                  const core::ThreadPlan& threads)
-      : spec_(spec), store_(store), queue_(queue), threads_plan_(threads) {}
+                  const core::ThreadPlan& threads, scheduler::ProgressFn progress = {})
+      : spec_(spec),
+        store_(store),
+        queue_(queue),
+        threads_plan_(threads),
+        progress_(std::move(progress)) {}
 
   ~EmbeddedBackend() override {
     stop_ = true;
@@ -60,7 +65,13 @@ class EmbeddedBackend : public scheduler::ModelBackend {
 
   StatusOr<scheduler::ModelFacts> Prepare() override {
     core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
-    QS_ASSIGN_OR_RETURN(session_, worker::ModelSession::Open(spec_));
+    worker::SessionOptions options;
+    if (progress_) {
+      options.open_progress = [this](int64_t done, int64_t total) {
+        progress_("prepare", static_cast<size_t>(done), static_cast<size_t>(total));
+      };
+    }
+    QS_ASSIGN_OR_RETURN(session_, worker::ModelSession::Open(spec_, options));
     // The evaluation stage follows: the workers' plan until validation.
     core::ApplyThreadPlan(threads_plan_);
     for (int i = 0; i < threads_plan_.workers; ++i) {
@@ -92,6 +103,7 @@ class EmbeddedBackend : public scheduler::ModelBackend {
   storage::EvaluationStore& store_;
   storage::TaskQueue& queue_;
   const core::ThreadPlan threads_plan_;
+  const scheduler::ProgressFn progress_;
   std::unique_ptr<worker::ModelSession> session_;
   std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
@@ -105,7 +117,8 @@ class ProgressPrinter {
   void Update(const std::string& stage, size_t done, size_t total) {
     auto now = std::chrono::steady_clock::now();
     if (stage != stage_) {
-      if (tty_ && !stage_.empty()) std::fprintf(stderr, "\n");
+      if (tty_ && line_open_) std::fprintf(stderr, "\n");
+      line_open_ = false;
       stage_ = stage;
       stage_start_ = now;
       first_done_ = done;
@@ -125,7 +138,12 @@ class ProgressPrinter {
                    total, 100 * frac,
                    eta >= 0 ? ("ETA " + std::to_string(static_cast<int>(eta + 0.5)) + "s").c_str()
                             : "");
-      if (done >= total && stage == "validate") std::fprintf(stderr, "\n");
+      line_open_ = true;
+      // The last stages end their line, so the summary on stdout starts on its own.
+      if (done >= total && (stage == "validate" || stage == "test")) {
+        std::fprintf(stderr, "\n");
+        line_open_ = false;
+      }
     } else {
       const int decile = static_cast<int>(frac * 10);
       if (decile != last_decile_) {
@@ -139,6 +157,7 @@ class ProgressPrinter {
  private:
   const bool tty_;
   std::string stage_;
+  bool line_open_ = false;  // a bar is on the terminal's current line
   std::chrono::steady_clock::time_point stage_start_;
   size_t first_done_ = 0;
   int last_decile_ = -1;
@@ -177,12 +196,12 @@ int RunSearchCommand(const RunArgs& args) {
   scheduler::SearchResult result;
   double artifacts_seconds = 0;
   {
-    EmbeddedBackend backend(*spec, **store, *queue, threads);
     ProgressPrinter printer;
     scheduler::SearchOptions options;
     options.progress = [&](const std::string& stage, size_t done, size_t total) {
       printer.Update(stage, done, total);
     };
+    EmbeddedBackend backend(*spec, **store, *queue, threads, options.progress);
     auto r = scheduler::RunSearch(*spec, backend, **store, *queue, options);
     if (!r.ok()) return Fail(r.status());
     result = std::move(*r);

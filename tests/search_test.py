@@ -221,6 +221,9 @@ class SearchTest(unittest.TestCase):
                 self.assertEqual(m["evaluations_failed"], 0)
                 self.assertLessEqual(m["avg_weight_bits"], 5.0 + 1e-9)
                 self.assertEqual((m["validation_images"], m["test_images"]), (48, 24))
+                # Progress names the float passes' images while preparing (48 + 32), then the test.
+                self.assertIn("prepare: 80/80 (100%)", r.stderr)
+                self.assertIn("test: 1/1 (100%)", r.stderr)
                 self.assertTrue(0 <= m["test_top1"] <= 1)
                 # The float model's test top-1 is what `qsearch eval` measures on those images.
                 e = subprocess.run([QSEARCH, "eval", "--config", os.path.join(d, "config.json"),

@@ -116,7 +116,9 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
   // Reference 1: one float pass over the validation set (its logits are every validation's
   // reference). It also warms the machine up for the timed calibration pass.
   auto start = std::chrono::steady_clock::now();
-  QS_ASSIGN_OR_RETURN(s->fp32_logits_, s->HeldOutLogits(s->validation_, s->model_));
+  QS_ASSIGN_OR_RETURN(s->fp32_logits_,
+                      s->HeldOutLogits(s->validation_, s->model_, nullptr,
+                                       [&](int64_t done) { s->ReportOpenProgress(done); }));
   s->fp32_validation_seconds_ = Since(start);
   s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_labels_);
 
@@ -164,12 +166,19 @@ Status ModelSession::OpenData(const JobSpec& spec) {
   return OkStatus();
 }
 
-StatusOr<torch::Tensor> ModelSession::HeldOutLogits(const core::ImageSet& set,
-                                                    const core::ViTModel& model,
-                                                    const core::QuantizedModel* quantized) const {
-  return core::StreamLogits(set, model.config(), [&](const torch::Tensor& x) {
-    return quantized ? quantized->Logits(x) : model.Logits(x);
-  });
+StatusOr<torch::Tensor> ModelSession::HeldOutLogits(
+    const core::ImageSet& set, const core::ViTModel& model, const core::QuantizedModel* quantized,
+    const std::function<void(int64_t)>& on_batch) const {
+  return core::StreamLogits(
+      set, model.config(),
+      [&](const torch::Tensor& x) { return quantized ? quantized->Logits(x) : model.Logits(x); },
+      256, on_batch);
+}
+
+void ModelSession::ReportOpenProgress(int64_t done) const {
+  if (options_.open_progress) {
+    options_.open_progress(done, validation_.size() + calibration_images_.size(0));
+  }
 }
 
 Status ModelSession::CheckpointCalibration(const torch::Device& device) {
@@ -196,6 +205,7 @@ Status ModelSession::CheckpointCalibration(const torch::Device& device) {
         if (!device.is_cpu()) x.cpu();  // let the timing see the device's work
         forward_seconds += Since(t);
       }
+      ReportOpenProgress(validation_.size() + std::min(n, b + options_.capture_batch));
     }
     for (auto& p : parts) checkpoints_.push_back(p.size() == 1 ? p[0] : at::cat(p, 0));
     fp32_calibration_seconds_ = forward_seconds;

@@ -52,6 +52,9 @@ struct SessionOptions {
   int64_t activation_cache_bytes = int64_t{2} << 30;
   // Calibration images per forward batch when checkpointing and capturing.
   int64_t capture_batch = 64;
+  // Hears Open's progress: images through its two float passes (validation, then calibration)
+  // out of the total. May be empty.
+  std::function<void(int64_t done, int64_t total)> open_progress;
 };
 
 class ModelSession {
@@ -117,7 +120,10 @@ class ModelSession {
   Status OpenData(const JobSpec& spec);
   // `set`'s logits under `model` (quantized when `quantized` is given), read in batches.
   StatusOr<torch::Tensor> HeldOutLogits(const core::ImageSet& set, const core::ViTModel& model,
-                                        const core::QuantizedModel* quantized = nullptr) const;
+                                        const core::QuantizedModel* quantized = nullptr,
+                                        const std::function<void(int64_t)>& on_batch = {}) const;
+  // Calls options_.open_progress with `done` images of Open's two passes.
+  void ReportOpenProgress(int64_t done) const;
   // The timed float pass over the calibration images that keeps the segment checkpoints.
   Status CheckpointCalibration(const torch::Device& device);
   // The float inputs of every site of `segment` on the calibration set, captured on demand.
