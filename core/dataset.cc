@@ -182,18 +182,23 @@ Dataset Head(const Dataset& data, int64_t limit) {
   return out;
 }
 
+Status CheckImagesFit(const torch::Tensor& x, const std::string& source, const ViTConfig& config) {
+  if (x.dim() == 4 && x.size(1) == config.in_chans && x.size(2) == config.img_size &&
+      x.size(3) == config.img_size) {
+    return OkStatus();
+  }
+  return InvalidArgumentError(
+      "dataset " + source + " has images of shape [" +
+      (x.dim() == 4 ? std::to_string(x.size(1)) + ", " + std::to_string(x.size(2)) + ", " +
+                          std::to_string(x.size(3))
+                    : std::string("?")) +
+      "] but the model expects [" + std::to_string(config.in_chans) + ", " +
+      std::to_string(config.img_size) + ", " + std::to_string(config.img_size) + "]");
+}
+
 StatusOr<torch::Tensor> NormalizeImages(const Dataset& data, const ViTConfig& config) {
   const auto& x = data.images;
-  if (x.dim() != 4 || x.size(1) != config.in_chans || x.size(2) != config.img_size ||
-      x.size(3) != config.img_size) {
-    return InvalidArgumentError(
-        "dataset " + data.source + " has images of shape [" +
-        (x.dim() == 4 ? std::to_string(x.size(1)) + ", " + std::to_string(x.size(2)) + ", " +
-                            std::to_string(x.size(3))
-                      : std::string("?")) +
-        "] but the model expects [" + std::to_string(config.in_chans) + ", " +
-        std::to_string(config.img_size) + ", " + std::to_string(config.img_size) + "]");
-  }
+  QS_RETURN_IF_ERROR(CheckImagesFit(x, data.source, config));
   return GuardTorch("normalize", [&]() -> StatusOr<torch::Tensor> {
     auto mean = torch::tensor(config.mean, torch::kFloat64).to(torch::kFloat32).view({1, -1, 1, 1});
     auto std = torch::tensor(config.std, torch::kFloat64).to(torch::kFloat32).view({1, -1, 1, 1});

@@ -51,6 +51,11 @@ Dataset DrawSubset(const Dataset& data, int64_t count, uint64_t seed);
 // The first `limit` examples (all when limit <= 0 or limit >= size).
 Dataset Head(const Dataset& data, int64_t limit);
 
+// INVALID_ARGUMENT naming `source` and both shapes unless `images` is [N, in_chans, img_size,
+// img_size] for `config`.
+Status CheckImagesFit(const torch::Tensor& images, const std::string& source,
+                      const ViTConfig& config);
+
 // Checks the dataset fits the model (channels and image size) and returns the normalized images.
 StatusOr<torch::Tensor> NormalizeImages(const Dataset& data, const ViTConfig& config);
 

@@ -37,7 +37,8 @@ Status CheckSize(const std::string& name, int64_t width, int64_t height) {
   if (width > kMaxSide || height > kMaxSide || width * height > kMaxPixels) {
     return InvalidArgumentError(name + ": image of " + std::to_string(width) + "x" +
                                 std::to_string(height) +
-                                " pixels is over the bound (178956970 pixels as PIL's, 65535 a side)");
+                                " pixels is over the bound (178956970 pixels as PIL's, "
+                                "65535 a side)");
   }
   return OkStatus();
 }

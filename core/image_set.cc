@@ -5,9 +5,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
-#include <unordered_map>
 #include <set>
+#include <unordered_map>
 
 #include <sys/stat.h>
 
@@ -192,16 +191,17 @@ StatusOr<std::unique_ptr<ImageSource>> OpenFileList(const std::string& list,
     const std::string label_text = line.substr(split + 1);
     std::string path = line.substr(start, split - start);
     while (!path.empty() && std::isspace(static_cast<unsigned char>(path.back()))) path.pop_back();
-    int64_t label = -1;
     if (label_text.empty() || label_text.size() > 7 ||
         !std::all_of(label_text.begin(), label_text.end(),
                      [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
       return InvalidArgumentError(where + "label '" + label_text +
                                   "' is not a non-negative integer below 10^7");
     }
-    label = std::stoll(label_text);
+    const int64_t label = std::stoll(label_text);
     fs::path file = fs::path(path).is_absolute() ? fs::path(path) : base / path;
-    if (!fs::is_regular_file(file, ec)) return NotFoundError(where + file.string() + ": no such file");
+    if (!fs::is_regular_file(file, ec)) {
+      return NotFoundError(where + file.string() + ": no such file");
+    }
     paths.push_back(CanonicalPath(file));
     labels.push_back(label);
   }
@@ -229,15 +229,7 @@ StatusOr<std::unique_ptr<ImageSource>> OpenSource(const std::string& base,
     return base[0] == 'i' ? OpenImageFolder(path, transform) : OpenFileList(path, transform);
   }
   QS_ASSIGN_OR_RETURN(Dataset data, LoadDataset(base));
-  const auto& x = data.images;
-  if (x.size(1) != config.in_chans || x.size(2) != config.img_size ||
-      x.size(3) != config.img_size) {
-    return InvalidArgumentError(
-        "dataset " + base + " has images of shape [" + std::to_string(x.size(1)) + ", " +
-        std::to_string(x.size(2)) + ", " + std::to_string(x.size(3)) +
-        "] but the model expects [" + std::to_string(config.in_chans) + ", " +
-        std::to_string(config.img_size) + ", " + std::to_string(config.img_size) + "]");
-  }
+  QS_RETURN_IF_ERROR(CheckImagesFit(data.images, base, config));
   std::string key = base;
   if (base.rfind("fashion-mnist:", 0) != 0) key = CanonicalPath(base);
   return std::unique_ptr<ImageSource>(new TensorSource(std::move(data), key));

@@ -26,7 +26,8 @@ const std::set<std::string> kViTKeys = {"depth",      "num_heads",      "distill
                                         "reg_tokens", "no_embed_class", "init_values"};
 const std::set<std::string> kSwinKeys = {"depths", "num_heads", "window_size"};
 
-// Reads `key` into `out`; absent keys are an error unless `optional` (then `out` keeps its default).
+// Reads `key` into `out`; absent keys are an error unless `optional` (`out` then keeps its
+// default).
 template <typename T>
 Status Read(const json& j, const char* key, T* out, bool optional = false) {
   if (!j.contains(key)) {
@@ -625,18 +626,18 @@ torch::Tensor ViTModel::ForwardSegment(int64_t segment, const torch::Tensor& inp
 
 torch::Tensor ViTModel::EmbedPatches(const torch::Tensor& images, SiteHandler& h) const {
   const ViTConfig& c = config_;
-  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
   const int64_t batch = images.size(0), p = c.patch_size, g = c.grid();
   // The patch embedding as a linear layer over flattened patches, in the conv weight's (C, p, p)
   // order; tokens in row-major patch order.
   auto patches = images.reshape({batch, c.in_chans, g, p, g, p})
                      .permute({0, 2, 4, 1, 3, 5})
                      .reshape({batch, g * g, c.in_chans * p * p});
-  auto x = h.Linear(sites_.front(), patches, t("patch_embed.proj.weight").reshape({c.embed_dim, -1}),
-                    t("patch_embed.proj.bias"));
+  auto x = h.Linear(sites_.front(), patches,
+                    tensor("patch_embed.proj.weight").reshape({c.embed_dim, -1}),
+                    tensor("patch_embed.proj.bias"));
   if (c.is_swin()) {
-    x = at::layer_norm(x, {c.embed_dim}, t("patch_embed.norm.weight"), t("patch_embed.norm.bias"),
-                       c.layer_norm_eps);
+    x = at::layer_norm(x, {c.embed_dim}, tensor("patch_embed.norm.weight"),
+                       tensor("patch_embed.norm.bias"), c.layer_norm_eps);
     return x.reshape({batch, g, g, c.embed_dim});
   }
   // timm's order: class token, distillation token, registers, then the patches.
@@ -646,7 +647,7 @@ torch::Tensor ViTModel::EmbedPatches(const torch::Tensor& images, SiteHandler& h
     if (it != tensors_.end()) prefix.push_back(it->second.expand({batch, -1, c.embed_dim}));
   }
   if (c.no_embed_class) {
-    x = x + t("pos_embed");
+    x = x + tensor("pos_embed");
     prefix.push_back(x);
     return prefix.size() == 1 ? x : at::cat(prefix, 1);
   }
@@ -654,7 +655,7 @@ torch::Tensor ViTModel::EmbedPatches(const torch::Tensor& images, SiteHandler& h
     prefix.push_back(x);
     x = at::cat(prefix, 1);
   }
-  return x + t("pos_embed");
+  return x + tensor("pos_embed");
 }
 
 torch::Tensor ViTModel::OptionalTensor(const std::string& name) const {
@@ -664,10 +665,10 @@ torch::Tensor ViTModel::OptionalTensor(const std::string& name) const {
 
 torch::Tensor ViTModel::Attention(const Site* sites, const std::string& b, const torch::Tensor& x,
                                   int64_t heads, const ScoreAdjust& adjust, SiteHandler& h) const {
-  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
   const int64_t groups = x.size(0), tokens = x.size(1), dim = x.size(2), hd = dim / heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  auto qkv = h.Linear(sites[0], x, t(b + "attn.qkv.weight"), OptionalTensor(b + "attn.qkv.bias"))
+  auto qkv = h.Linear(sites[0], x, tensor(b + "attn.qkv.weight"),
+                      OptionalTensor(b + "attn.qkv.bias"))
                  .reshape({groups, tokens, 3, heads, hd})
                  .permute({2, 0, 3, 1, 4});
   auto q = qkv[0] * scale;
@@ -676,48 +677,47 @@ torch::Tensor ViTModel::Attention(const Site* sites, const std::string& b, const
   auto ctx = h.Matmul(sites[2], scores.softmax(-1), qkv[2])
                  .transpose(1, 2)
                  .reshape({groups, tokens, -1});
-  return h.Linear(sites[3], ctx, t(b + "attn.proj.weight"), t(b + "attn.proj.bias"));
+  return h.Linear(sites[3], ctx, tensor(b + "attn.proj.weight"), tensor(b + "attn.proj.bias"));
 }
 
 torch::Tensor ViTModel::Mlp(const Site* sites, const std::string& b, const torch::Tensor& x,
                             SiteHandler& h) const {
-  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
-  auto y = at::gelu(h.Linear(sites[0], x, t(b + "mlp.fc1.weight"), t(b + "mlp.fc1.bias")));
-  return h.Linear(sites[1], y, t(b + "mlp.fc2.weight"), t(b + "mlp.fc2.bias"));
+  auto y = at::gelu(h.Linear(sites[0], x, tensor(b + "mlp.fc1.weight"),
+                             tensor(b + "mlp.fc1.bias")));
+  return h.Linear(sites[1], y, tensor(b + "mlp.fc2.weight"), tensor(b + "mlp.fc2.bias"));
 }
 
 torch::Tensor ViTModel::ViTBlock(const Segment& s, const torch::Tensor& input,
                                  SiteHandler& h) const {
   const ViTConfig& c = config_;
-  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
   const Site* sites = &sites_[s.first_site];
   const std::string& b = s.prefix;
   const double eps = c.layer_norm_eps;
   auto x = input;
-  auto y = at::layer_norm(x, {c.embed_dim}, t(b + "norm1.weight"), t(b + "norm1.bias"), eps);
+  auto y = at::layer_norm(x, {c.embed_dim}, tensor(b + "norm1.weight"),
+                          tensor(b + "norm1.bias"), eps);
   auto out = Attention(sites, b, y, c.num_heads, nullptr, h);
-  x = x + (c.init_values ? out * t(b + "ls1.gamma") : out);
-  y = at::layer_norm(x, {c.embed_dim}, t(b + "norm2.weight"), t(b + "norm2.bias"), eps);
+  x = x + (c.init_values ? out * tensor(b + "ls1.gamma") : out);
+  y = at::layer_norm(x, {c.embed_dim}, tensor(b + "norm2.weight"), tensor(b + "norm2.bias"), eps);
   out = Mlp(sites + 4, b, y, h);
-  return x + (c.init_values ? out * t(b + "ls2.gamma") : out);
+  return x + (c.init_values ? out * tensor(b + "ls2.gamma") : out);
 }
 
 torch::Tensor ViTModel::SwinBlock(const Segment& s, const torch::Tensor& input,
                                   SiteHandler& h) const {
   const ViTConfig& c = config_;
-  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
   const Site* sites = &sites_[s.first_site];
   const std::string& b = s.prefix;
   const std::string stage = "layers." + std::to_string(s.stage) + ".";
   const int64_t batch = input.size(0), r = input.size(1), dim = input.size(3);
   const int64_t w = c.stage_window(s.stage), n = w * w, heads = c.stage_heads[s.stage];
   const double eps = c.layer_norm_eps;
-  auto y = at::layer_norm(input, {dim}, t(b + "norm1.weight"), t(b + "norm1.bias"), eps);
+  auto y = at::layer_norm(input, {dim}, tensor(b + "norm1.weight"), tensor(b + "norm1.bias"), eps);
   if (s.shift > 0) y = at::roll(y, {-s.shift, -s.shift}, {1, 2});
   // Windows [B·nW, N, C] attend within themselves, with the relative position bias and, in
   // shifted blocks, the mask that keeps regions the roll brought together apart.
   auto adjust = [&](const torch::Tensor& scores) {
-    auto bias = t(b + "attn.relative_position_bias_table")
+    auto bias = tensor(b + "attn.relative_position_bias_table")
                     .index_select(0, derived_.at(stage + "relative_position_index"))
                     .reshape({n, n, heads})
                     .permute({2, 0, 1});
@@ -730,36 +730,35 @@ torch::Tensor ViTModel::SwinBlock(const Segment& s, const torch::Tensor& input,
   auto out = WindowReverse(Attention(sites, b, WindowPartition(y, w), heads, adjust, h), w, r);
   if (s.shift > 0) out = at::roll(out, {s.shift, s.shift}, {1, 2});
   auto x = input + out;
-  y = at::layer_norm(x, {dim}, t(b + "norm2.weight"), t(b + "norm2.bias"), eps);
+  y = at::layer_norm(x, {dim}, tensor(b + "norm2.weight"), tensor(b + "norm2.bias"), eps);
   return x + Mlp(sites + 4, b, y, h);
 }
 
 torch::Tensor ViTModel::SwinMerge(const Segment& s, const torch::Tensor& input,
                                   SiteHandler& h) const {
-  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
   const int64_t batch = input.size(0), r = input.size(1), dim = input.size(3);
   // timm's order of the 2×2 neighbours: (0,0), (1,0), (0,1), (1,1) as (row, column).
   auto x = input.reshape({batch, r / 2, 2, r / 2, 2, dim})
                .permute({0, 1, 3, 4, 2, 5})
                .reshape({batch, r / 2, r / 2, 4 * dim});
-  x = at::layer_norm(x, {4 * dim}, t(s.prefix + "norm.weight"), t(s.prefix + "norm.bias"),
+  x = at::layer_norm(x, {4 * dim}, tensor(s.prefix + "norm.weight"), tensor(s.prefix + "norm.bias"),
                      config_.layer_norm_eps);
-  return h.Linear(sites_[s.first_site], x, t(s.prefix + "reduction.weight"), torch::Tensor());
+  return h.Linear(sites_[s.first_site], x, tensor(s.prefix + "reduction.weight"), torch::Tensor());
 }
 
 torch::Tensor ViTModel::Head(const Segment& s, const torch::Tensor& input, SiteHandler& h) const {
   const ViTConfig& c = config_;
-  auto t = [this](const std::string& name) -> const torch::Tensor& { return tensors_.at(name); };
   const double eps = c.layer_norm_eps;
   const Site& head = sites_[s.first_site];
   if (c.is_swin()) {
-    auto x = at::layer_norm(input, {c.num_features()}, t("norm.weight"), t("norm.bias"), eps);
-    return h.Linear(head, x.mean({1, 2}), t("head.fc.weight"), t("head.fc.bias"));
+    auto x = at::layer_norm(input, {c.num_features()}, tensor("norm.weight"),
+                            tensor("norm.bias"), eps);
+    return h.Linear(head, x.mean({1, 2}), tensor("head.fc.weight"), tensor("head.fc.bias"));
   }
   auto x = input;
   const int64_t tokens = x.size(1), prefix = c.num_prefix_tokens(tensors_.count("cls_token") > 0);
   if (tensors_.count("norm.weight")) {
-    x = at::layer_norm(x, {c.embed_dim}, t("norm.weight"), t("norm.bias"), eps);
+    x = at::layer_norm(x, {c.embed_dim}, tensor("norm.weight"), tensor("norm.bias"), eps);
   }
   torch::Tensor pooled;
   if (c.global_pool == "token") {
@@ -768,13 +767,14 @@ torch::Tensor ViTModel::Head(const Segment& s, const torch::Tensor& input, SiteH
     pooled = x.narrow(1, prefix, tokens - prefix).mean(1);
   }
   if (tensors_.count("fc_norm.weight")) {
-    pooled = at::layer_norm(pooled, {c.embed_dim}, t("fc_norm.weight"), t("fc_norm.bias"), eps);
+    pooled = at::layer_norm(pooled, {c.embed_dim}, tensor("fc_norm.weight"),
+                            tensor("fc_norm.bias"), eps);
   }
-  auto logits = h.Linear(head, pooled, t("head.weight"), t("head.bias"));
+  auto logits = h.Linear(head, pooled, tensor("head.weight"), tensor("head.bias"));
   if (!c.distilled) return logits;
   // timm's distilled models average the class and distillation heads at inference.
-  auto dist = h.Linear(sites_[s.first_site + 1], x.select(1, 1), t("head_dist.weight"),
-                       t("head_dist.bias"));
+  auto dist = h.Linear(sites_[s.first_site + 1], x.select(1, 1), tensor("head_dist.weight"),
+                       tensor("head_dist.bias"));
   return (logits + dist) / 2;
 }
 

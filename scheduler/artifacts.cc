@@ -170,19 +170,10 @@ json ParetoDocument(const JobSpec& spec, const SearchResult& r) {
               {"points", points}};
 }
 
-std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
-  std::ostringstream h;
-  h << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-       "<title>qsearch report</title><style>"
-       "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
-       "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right;"
-       "white-space:nowrap}"
-       "th{background:#f3f3f3}td.site{text-align:left;font-family:monospace}"
-       ".cell{width:18px;height:16px;padding:0;border:1px solid #fff}"
-       ".chosen{outline:2px solid #000;outline-offset:-2px}</style></head><body>\n";
-  h << "<h1>qsearch report</h1>\n";
-  h << "<p id=\"goal\">" << (r.goal_met ? "Goal met." : "Goal missed: " + Escape(r.goal_note))
-    << "</p>\n";
+namespace {
+
+// The report's accuracy table, and the test set's line (or that there was none).
+void AccuracyHtml(const SearchResult& r, std::ostream& h) {
   h << "<h2>Accuracy</h2>\n<table id=\"accuracy\"><tr><th>model</th><th>top-1</th>"
        "<th>agreement</th><th>output KL</th><th>avg weight bits</th></tr>\n";
   h << "<tr><td class=\"site\">fp32</td><td>" << Fixed(100 * r.facts.fp32_top1, 2)
@@ -200,6 +191,56 @@ std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
     h << "<p id=\"test\">No test set: the searched top-1 above was measured on the validation "
          "images that chose it.</p>\n";
   }
+}
+
+// Heatmap: rows are sites, columns the site's candidates in plan order; colour is SQNR.
+void HeatmapHtml(const SearchResult& r, std::ostream& h) {
+  h << "<h2>Per-site sensitivity (site-output SQNR, dB)</h2>\n<table id=\"heatmap\">\n";
+  size_t widest = 1;
+  for (const auto& sp : r.plan.sites) widest = std::max(widest, sp.candidates.size());
+  for (size_t i = 0; i < r.plan.sites.size(); ++i) {
+    const SitePlan& sp = r.plan.sites[i];
+    h << "<tr><td class=\"site\">" << Escape(sp.site.name) << "</td>";
+    for (const auto& c : sp.candidates) {
+      const std::string key = CandidateKey(r.facts.model_digest, r.facts.calibration_digest, c);
+      auto it = r.evaluations.find(key);
+      const bool chosen = ToJson(c.config, c.kind) == ToJson(r.choices[i].chosen.config, c.kind);
+      std::string title = ConfigLabel(c.config, c.kind);
+      std::string color = "#999";
+      if (it != r.evaluations.end() && it->second.ok()) {
+        color = HeatColor(it->second.sqnr_db);
+        title += ": " + (std::isfinite(it->second.sqnr_db) ? Fixed(it->second.sqnr_db, 1) + " dB"
+                                                           : std::string("lossless"));
+      } else if (it != r.evaluations.end()) {
+        title += ": failed: " + it->second.error;
+      }
+      h << "<td class=\"cell" << (chosen ? " chosen" : "") << "\" style=\"background:" << color
+        << "\" title=\"" << Escape(title) << "\"></td>";
+    }
+    // Sites with fewer candidates pad their row, so the chosen-config labels line up.
+    h << "<td class=\"site\" colspan=\"" << (widest - sp.candidates.size() + 1) << "\">"
+      << Escape(ConfigLabel(r.choices[i].chosen.config, r.choices[i].chosen.kind))
+      << "</td></tr>\n";
+  }
+  h << "</table>\n<p>Outlined: the chosen candidate. Hover a cell for its config and SQNR.</p>\n";
+}
+
+}  // namespace
+
+std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
+  std::ostringstream h;
+  h << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+       "<title>qsearch report</title><style>"
+       "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
+       "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right;"
+       "white-space:nowrap}"
+       "th{background:#f3f3f3}td.site{text-align:left;font-family:monospace}"
+       ".cell{width:18px;height:16px;padding:0;border:1px solid #fff}"
+       ".chosen{outline:2px solid #000;outline-offset:-2px}</style></head><body>\n";
+  h << "<h1>qsearch report</h1>\n";
+  h << "<p id=\"goal\">" << (r.goal_met ? "Goal met." : "Goal missed: " + Escape(r.goal_note))
+    << "</p>\n";
+  AccuracyHtml(r, h);
   h << "<p>Budget: " << ToString(spec.budget_kind) << " " << spec.budget << "; "
     << r.plan.candidate_count() << " candidates (" << r.evaluated_now << " evaluated now, "
     << r.from_cache << " from the cache, " << r.failed << " failed).</p>\n";
@@ -244,34 +285,7 @@ std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
     << Fixed(xmin, 2) << "</text><text x=\"" << w - pad << "\" y=\"" << ht - pad + 16
     << "\" font-size=\"11\" text-anchor=\"end\">" << Fixed(xmax, 2) << "</text></svg>\n";
 
-  // Heatmap: rows are sites, columns the site's candidates in plan order; colour is SQNR.
-  h << "<h2>Per-site sensitivity (site-output SQNR, dB)</h2>\n<table id=\"heatmap\">\n";
-  size_t widest = 1;
-  for (const auto& sp : r.plan.sites) widest = std::max(widest, sp.candidates.size());
-  for (size_t i = 0; i < r.plan.sites.size(); ++i) {
-    const SitePlan& sp = r.plan.sites[i];
-    h << "<tr><td class=\"site\">" << Escape(sp.site.name) << "</td>";
-    for (const auto& c : sp.candidates) {
-      const std::string key = CandidateKey(r.facts.model_digest, r.facts.calibration_digest, c);
-      auto it = r.evaluations.find(key);
-      const bool chosen = ToJson(c.config, c.kind) == ToJson(r.choices[i].chosen.config, c.kind);
-      std::string title = ConfigLabel(c.config, c.kind);
-      std::string color = "#999";
-      if (it != r.evaluations.end() && it->second.ok()) {
-        color = HeatColor(it->second.sqnr_db);
-        title += ": " + (std::isfinite(it->second.sqnr_db) ? Fixed(it->second.sqnr_db, 1) + " dB"
-                                                           : std::string("lossless"));
-      } else if (it != r.evaluations.end()) {
-        title += ": failed: " + it->second.error;
-      }
-      h << "<td class=\"cell" << (chosen ? " chosen" : "") << "\" style=\"background:" << color
-        << "\" title=\"" << Escape(title) << "\"></td>";
-    }
-    // Sites with fewer candidates pad their row, so the chosen-config labels line up.
-    h << "<td class=\"site\" colspan=\"" << (widest - sp.candidates.size() + 1) << "\">"
-      << Escape(ConfigLabel(r.choices[i].chosen.config, r.choices[i].chosen.kind)) << "</td></tr>\n";
-  }
-  h << "</table>\n<p>Outlined: the chosen candidate. Hover a cell for its config and SQNR.</p>\n";
+  HeatmapHtml(r, h);
   h << "</body></html>\n";
   return h.str();
 }

@@ -219,6 +219,97 @@ json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
   return json{{"site", site.site.name}, {"candidates", candidates}, {"measure_mae", measure_mae}};
 }
 
+namespace {
+
+// The selection stage's outcome: the groups, each option's candidate, the Pareto front and the
+// point the budget picks.
+struct FrontChoice {
+  std::vector<SelectionGroup> groups;
+  std::vector<std::vector<size_t>> option_candidate;
+  std::vector<KnapsackSolution> front;
+  size_t chosen = 0;       // the costliest point within the budget (the cheapest if none is)
+  bool budget_ok = true;   // false when even the cheapest point is over the budget
+};
+
+// Selects over the candidates that evaluated cleanly: the Pareto front (r->pareto), the point
+// within the budget, and the notes on a budget below the space or rounded costs.
+StatusOr<FrontChoice> SelectFront(const JobSpec& spec,
+                                  const std::vector<std::vector<std::string>>& keys,
+                                  SearchResult* out) {
+  SearchResult& r = *out;
+  FrontChoice c;
+  const size_t n_sites = r.plan.sites.size();
+  QS_RETURN_IF_ERROR(SelectionGroups(spec, keys, &r, &c.groups, &c.option_candidate));
+  bool exact = true;
+  KnapsackOptions knapsack;
+  knapsack.exact = &exact;
+  QS_ASSIGN_OR_RETURN(c.front, ParetoFront(c.groups, knapsack));
+  r.selection_exact = exact;
+  const double total_params =
+      static_cast<double>(std::max<int64_t>(1, r.plan.total_weight_params));
+  auto weight_bits_of = [&](const KnapsackSolution& s) {
+    int64_t bits = 0;
+    for (size_t i = 0; i < n_sites; ++i) {
+      const SitePlan& sp = r.plan.sites[i];
+      bits += CostOf(sp.site, sp.candidates[c.option_candidate[i][s.choice[i]]].config).weight_bits;
+    }
+    return bits;
+  };
+  for (const auto& p : c.front) {
+    r.pareto.push_back({p.cost, weight_bits_of(p) / total_params, p.loss, false, 0});
+  }
+  for (size_t k = 0; k < c.front.size(); ++k) {
+    if (c.front[k].cost <= r.budget_units) c.chosen = k;
+  }
+  if (c.front[0].cost > r.budget_units) {
+    c.budget_ok = false;
+    r.goal_note = "the budget is below the cheapest mix in the search space; returning that mix";
+  }
+  if (!exact) {
+    r.selection_note =
+        "the search space needed more budget cells than the selection allows, so costs were "
+        "rounded up to a coarser unit: the mix fits the budget but may not be the optimum";
+  }
+  return c;
+}
+
+// Validation, tiered: the optimum (front[chosen]) first, then the next cheaper Pareto points (the
+// close alternatives) while the accuracy goal is missed or measured quality disagrees with the
+// prediction (a cheaper point measuring better than every point before it), at most
+// max_validations in all. The best measured point wins (its index is returned, its result left
+// in r->validation); ties keep the costlier one, which the prediction prefers.
+StatusOr<size_t> ValidateTiered(const JobSpec& spec, ModelBackend& backend,
+                                const std::vector<KnapsackSolution>& front, size_t chosen,
+                                const std::function<Recipe(const KnapsackSolution&)>& recipe_of,
+                                const Progress& progress, SearchResult* out, bool* criterion_ok) {
+  SearchResult& r = *out;
+  const size_t tries = std::min<size_t>(spec.max_validations, chosen + 1);
+  size_t best = chosen;
+  size_t validated = 0;
+  *criterion_ok = false;
+  for (size_t t = 0; t < tries; ++t) {
+    const size_t k = chosen - t;
+    progress("validate", t, tries);
+    QS_ASSIGN_OR_RETURN(ValidationResult v, backend.Validate(recipe_of(front[k])));
+    r.pareto[k].validated = true;
+    ++validated;
+    r.pareto[k].top1 = v.top1;
+    const bool improved = t == 0 || v.top1 > r.validation.top1;
+    if (improved) {
+      r.validation = v;
+      best = k;
+    }
+    // The criterion only asks for enough top-1, so once the best so far meets it, it stays met.
+    *criterion_ok = CriterionMet(spec, r.facts.fp32_top1, r.validation.top1);
+    const bool disagreement = t > 0 && improved;
+    if (*criterion_ok && (!spec.refine_validation || (t > 0 && !disagreement))) break;
+  }
+  progress("validate", validated, validated);
+  return best;
+}
+
+}  // namespace
+
 StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
                                  storage::EvaluationStore& store, storage::TaskQueue& queue,
                                  const SearchOptions& options) {
@@ -247,40 +338,8 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
 
   // Selection over the candidates that evaluated cleanly.
   progress("select", 0, 1);
-  std::vector<SelectionGroup> groups;
-  std::vector<std::vector<size_t>> option_candidate;
-  QS_RETURN_IF_ERROR(SelectionGroups(spec, keys, &r, &groups, &option_candidate));
-  bool exact = true;
-  KnapsackOptions knapsack;
-  knapsack.exact = &exact;
-  QS_ASSIGN_OR_RETURN(std::vector<KnapsackSolution> front, ParetoFront(groups, knapsack));
-  r.selection_exact = exact;
-  double total_params = static_cast<double>(std::max<int64_t>(1, r.plan.total_weight_params));
-  auto weight_bits_of = [&](const KnapsackSolution& s) {
-    int64_t bits = 0;
-    for (size_t i = 0; i < n_sites; ++i) {
-      const SitePlan& sp = r.plan.sites[i];
-      bits += CostOf(sp.site, sp.candidates[option_candidate[i][s.choice[i]]].config).weight_bits;
-    }
-    return bits;
-  };
-  for (const auto& p : front) {
-    r.pareto.push_back({p.cost, weight_bits_of(p) / total_params, p.loss, false, 0});
-  }
-  bool budget_ok = true;
-  size_t chosen = 0;
-  for (size_t k = 0; k < front.size(); ++k) {
-    if (front[k].cost <= r.budget_units) chosen = k;
-  }
-  if (front[0].cost > r.budget_units) {
-    budget_ok = false;
-    r.goal_note = "the budget is below the cheapest mix in the search space; returning that mix";
-  }
-  if (!exact) {
-    r.selection_note =
-        "the search space needed more budget cells than the selection allows, so costs were "
-        "rounded up to a coarser unit: the mix fits the budget but may not be the optimum";
-  }
+  QS_ASSIGN_OR_RETURN(FrontChoice sel, SelectFront(spec, keys, &r));
+  const std::vector<std::vector<size_t>>& option_candidate = sel.option_candidate;
   progress("select", 1, 1);
   r.seconds.select = since(stage_start);
   stage_start = Clock::now();
@@ -294,46 +353,22 @@ StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
     return recipe;
   };
 
-  // Validation, tiered: the optimum first, then the next cheaper Pareto points (the close
-  // alternatives) while the accuracy goal is missed or measured quality disagrees with the
-  // prediction (a cheaper point measuring better than every point before it), at most
-  // max_validations in all. The best measured point wins; ties keep the costlier one, which the
-  // prediction prefers.
-  const size_t tries = std::min<size_t>(spec.max_validations, chosen + 1);
-  size_t best = chosen;
   bool criterion_ok = false;
-  size_t validated = 0;
-  for (size_t t = 0; t < tries; ++t) {
-    const size_t k = chosen - t;
-    progress("validate", t, tries);
-    QS_ASSIGN_OR_RETURN(ValidationResult v, backend.Validate(recipe_of(front[k])));
-    r.pareto[k].validated = true;
-    ++validated;
-    r.pareto[k].top1 = v.top1;
-    const bool improved = t == 0 || v.top1 > r.validation.top1;
-    if (improved) {
-      r.validation = v;
-      best = k;
-    }
-    // The criterion only asks for enough top-1, so once the best so far meets it, it stays met.
-    criterion_ok = CriterionMet(spec, r.facts.fp32_top1, r.validation.top1);
-    const bool disagreement = t > 0 && improved;
-    if (criterion_ok && (!spec.refine_validation || (t > 0 && !disagreement))) break;
-  }
-  progress("validate", validated, validated);
+  QS_ASSIGN_OR_RETURN(const size_t best, ValidateTiered(spec, backend, sel.front, sel.chosen,
+                                                        recipe_of, progress, &r, &criterion_ok));
   r.seconds.validate = since(stage_start);
   r.chosen_point = best;
-  r.goal_met = budget_ok && criterion_ok;
-  if (budget_ok && !criterion_ok) {
+  r.goal_met = sel.budget_ok && criterion_ok;
+  if (sel.budget_ok && !criterion_ok) {
     r.goal_note = "no validated mix met the accuracy criterion (best top-1 " +
                   Percent(r.validation.top1) + " vs fp32 " + Percent(r.facts.fp32_top1) +
                   "); returning the best found";
   }
 
   // The chosen mix, per site with its runner-up.
-  const KnapsackSolution& s = front[best];
+  const KnapsackSolution& s = sel.front[best];
   r.recipe = recipe_of(s);
-  DescribeChoices(spec, groups, option_candidate, keys, s, &r);
+  DescribeChoices(spec, sel.groups, option_candidate, keys, s, &r);
   // Reported apart from the choice: the test images chose nothing.
   const auto test_start = Clock::now();
   const bool has_test = !spec.test_source.empty();

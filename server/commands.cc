@@ -354,7 +354,8 @@ int RunCli(int argc, char** argv) {
   bench::BenchArgs bench_args;
   auto* bench = app.add_subcommand(
       "bench", "measure the evaluation engine against references taken in the same run (JSON)");
-  bench->add_flag("--quick", bench_args.quick, "skip the DeiT-S and ViT-B runs, shorter references");
+  bench->add_flag("--quick", bench_args.quick,
+                  "skip the DeiT-S and ViT-B runs, shorter references");
   bench->add_flag("--json", bench_args.json_output, "print only the JSON object on stdout");
   bench->add_option("--out", bench_args.out, "also write the JSON to this file");
   bench->add_option("--fixture", bench_args.fixture, "the fixture model's directory")

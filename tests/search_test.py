@@ -224,7 +224,18 @@ class SearchTest(unittest.TestCase):
                 # Progress names the float passes' images while preparing (48 + 32), then the test.
                 self.assertIn("prepare: 80/80 (100%)", r.stderr)
                 self.assertIn("test: 1/1 (100%)", r.stderr)
-                self.assertTrue(0 <= m["test_top1"] <= 1)
+                # The recipe's test top-1 is what replaying it with `qsearch quantize` measures
+                # on the test slice, with the same calibration draw.
+                q = subprocess.run([QSEARCH, "quantize", "--config", os.path.join(d, "config.json"),
+                                    "--weights", os.path.join(d, "model.safetensors"),
+                                    "--recipe", os.path.join(d, "out", "recipe.json"),
+                                    "--calib", os.path.join(d, "data.safetensors[:48]"),
+                                    "--calib-count", "32", "--seed", "1",
+                                    "--eval", os.path.join(d, "data.safetensors[72:]"),
+                                    "--out", os.path.join(d, "replay"), "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                self.assertEqual(q.returncode, 0, q.stderr)
+                self.assertEqual(json.loads(q.stdout)["quant_top1"], m["test_top1"])
                 # The float model's test top-1 is what `qsearch eval` measures on those images.
                 e = subprocess.run([QSEARCH, "eval", "--config", os.path.join(d, "config.json"),
                                     "--weights", os.path.join(d, "model.safetensors"),
