@@ -21,14 +21,16 @@
 #include "common/job_spec.h"
 #include "common/json_fields.h"
 #include "common/plan.h"
+#include "common/tasks.h"
 #include "core/image_io.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
 #include "core/vit.h"
 #include "scheduler/search.h"
-#include "storage/evaluation_store.h"
+#include "storage/document_store.h"
 #include "storage/task_queue.h"
 #include "worker/model_session.h"
+#include "worker/task_server.h"
 
 namespace qs::bench {
 namespace {
@@ -114,9 +116,10 @@ StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intr
                                       const Recipe* validate = nullptr) {
   const core::ThreadPlan threads = core::PlanThreads(workers, core::UsableCores(), intra_op_threads);
   core::ApplyThreadPlan(core::SingleStreamPlan(threads));
-  QS_ASSIGN_OR_RETURN(auto session, worker::ModelSession::Open(spec));
+  QS_ASSIGN_OR_RETURN(std::shared_ptr<worker::ModelSession> session,
+                      worker::ModelSession::Open(spec));
   QS_ASSIGN_OR_RETURN(Plan plan, MakePlan(spec, session->sites()));
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   auto queue = storage::NewInProcessTaskQueue();
   EvaluationRun run;
   run.workers = threads.workers;
@@ -132,17 +135,25 @@ StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intr
           CandidateKey(session->model_digest(), session->calibration_digest(), site.candidates[j]));
       all.push_back(j);
     }
-    QS_RETURN_IF_ERROR(queue->Push(
-        {"eval:" + site.site.name, scheduler::TaskPayload(site, keys, all).dump()}));
+    const nlohmann::json payload = EvaluateRequest(spec, site, keys, all, /*measure_mae=*/false);
+    QS_RETURN_IF_ERROR(queue->Push({"bench", TaskIdFor(payload), payload.dump()}));
   }
+  worker::SessionCache sessions;
+  sessions.Adopt(SessionDigest(spec), session);
+  worker::ServeOptions serve;
+  serve.threads = &threads;
   core::ApplyThreadPlan(threads);
   std::atomic<bool> stop{false};
   const auto start = Clock::now();
   std::vector<std::thread> pool;
   for (int w = 0; w < threads.workers; ++w) {
-    pool.emplace_back([&] { worker::ServeTasks(*session, *store, *queue, stop, &threads); });
+    pool.emplace_back([&] { worker::ServeTasks(sessions, *store, *queue, stop, serve); });
   }
-  queue->WaitIdle();
+  while (true) {
+    QS_ASSIGN_OR_RETURN(auto outcomes, queue->Outcomes("bench"));
+    if (outcomes.size() == plan.sites.size()) break;
+    queue->WaitForOutcome("bench", std::chrono::milliseconds(100));
+  }
   run.seconds = Since(start);
   stop = true;
   queue->Close();

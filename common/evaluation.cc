@@ -34,14 +34,15 @@ json ToJson(const Evaluation& e) {
               {"noise_ratio", e.noise_ratio},
               {"weight_sqnr_db", Number(e.weight_sqnr_db)},
               {"seconds", e.seconds},
-              {"error", e.error}};
+              {"error", e.error},
+              {"error_code", e.ok() ? "" : StatusCodeName(e.error_code)}};
 }
 
 StatusOr<Evaluation> EvaluationFromJson(const json& j) {
   Evaluation e;
   QS_RETURN_IF_ERROR(CheckKeys(j,
                                {"key", "site", "sqnr_db", "mse", "mae", "cosine", "noise_ratio",
-                                "weight_sqnr_db", "seconds", "error"},
+                                "weight_sqnr_db", "seconds", "error", "error_code"},
                                "evaluation"));
   QS_RETURN_IF_ERROR(ReadField(j, "key", &e.key));
   QS_RETURN_IF_ERROR(ReadField(j, "site", &e.site));
@@ -57,6 +58,13 @@ StatusOr<Evaluation> EvaluationFromJson(const json& j) {
   QS_RETURN_IF_ERROR(ReadNumber(j, "weight_sqnr_db", &e.weight_sqnr_db));
   QS_RETURN_IF_ERROR(ReadNumber(j, "seconds", &e.seconds));
   QS_RETURN_IF_ERROR(ReadField(j, "error", &e.error));
+  if (!e.error.empty()) {
+    // Entries written before codes were stored carry the code at the head of the message.
+    std::string name = e.error.substr(0, e.error.find(':'));
+    if (j.contains("error_code")) QS_RETURN_IF_ERROR(ReadField(j, "error_code", &name));
+    const auto code = StatusCodeFromName(name);
+    e.error_code = code && *code != StatusCode::kOk ? *code : StatusCode::kUnknown;
+  }
   if (e.key.empty()) return InvalidArgumentError("evaluation: empty key");
   return e;
 }
@@ -66,6 +74,7 @@ std::optional<Evaluation> ParseStoredEvaluation(const std::string& stored, const
   if (j.is_discarded()) return std::nullopt;
   auto e = EvaluationFromJson(j);
   if (!e.ok() || e->key != key) return std::nullopt;
+  if (!e->ok() && IsTransient(e->error_code)) return std::nullopt;
   return *e;
 }
 

@@ -27,8 +27,14 @@ struct Evaluation {
   double weight_sqnr_db = 0; // +inf for float weights and matmul sites
   double seconds = 0;        // wall time of this evaluation
   std::string error;         // non-empty: the candidate failed and why
+  StatusCode error_code = StatusCode::kOk;  // with `error`: transient failures are never stored
 
   bool ok() const { return error.empty(); }
+  // Records `s` (not OK) as the failure.
+  void SetError(const Status& s) {
+    error = s.ToString();
+    error_code = s.code();
+  }
 };
 
 // A whole quantized model measured on the validation set.
@@ -54,7 +60,7 @@ nlohmann::json ToJson(const Evaluation& e);
 StatusOr<Evaluation> EvaluationFromJson(const nlohmann::json& j);
 
 // The evaluation stored under `key`, or nullopt when `stored` is damaged (not JSON, not an
-// evaluation, or another key's): such an entry is evaluated again.
+// evaluation, or another key's) or holds a transient failure: such an entry is evaluated again.
 std::optional<Evaluation> ParseStoredEvaluation(const std::string& stored, const std::string& key);
 
 // The additive per-site loss the selection minimizes under `metric`.

@@ -24,6 +24,26 @@ const char* StatusCodeName(StatusCode code) {
   return "UNKNOWN";
 }
 
+std::optional<StatusCode> StatusCodeFromName(const std::string& name) {
+  for (int c = 0; c <= static_cast<int>(StatusCode::kDataLoss); ++c) {
+    if (name == StatusCodeName(static_cast<StatusCode>(c))) return static_cast<StatusCode>(c);
+  }
+  return std::nullopt;
+}
+
+bool IsTransient(StatusCode code) {
+  switch (code) {
+    case StatusCode::kCancelled:          // a worker shut down mid-task
+    case StatusCode::kDeadlineExceeded:
+    case StatusCode::kResourceExhausted:  // out of memory
+    case StatusCode::kAborted:
+    case StatusCode::kUnavailable:
+      return true;
+    default:
+      return false;
+  }
+}
+
 std::string Status::ToString() const {
   if (ok()) return "OK";
   return std::string(StatusCodeName(code_)) + ": " + message_;

@@ -36,6 +36,12 @@ enum class StatusCode : int {
 
 // Returns the canonical upper-case name, e.g. "INVALID_ARGUMENT".
 const char* StatusCodeName(StatusCode code);
+// The code named `name` ("INVALID_ARGUMENT"), or nullopt for a name that is none.
+std::optional<StatusCode> StatusCodeFromName(const std::string& name);
+// Whether a failure with `code` may pass on its own (a lost worker, memory, an unreachable or
+// slow dependency): such a task is retried and its result never cached. The other codes are
+// permanent: the same input fails the same way, so retrying wastes a worker.
+bool IsTransient(StatusCode code);
 
 class [[nodiscard]] Status {
  public:

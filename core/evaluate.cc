@@ -166,7 +166,7 @@ std::vector<std::vector<size_t>> GroupBy(const std::vector<SiteCandidate>& candi
 
 void FailAll(const std::vector<size_t>& which, const Status& s, std::vector<Evaluation>* results) {
   for (size_t i : which) {
-    if ((*results)[i].error.empty()) (*results)[i].error = s.ToString();
+    if ((*results)[i].error.empty()) (*results)[i].SetError(s);
   }
 }
 
@@ -424,7 +424,7 @@ void EvaluateLinearSite(const Context& c) {
     const QuantConfig& config = c.candidates[i].config;
     Status valid = ValidateQuantConfig(config, c.site.kind);
     if (!valid.ok()) {
-      results[i].error = valid.ToString();
+      results[i].SetError(valid);
       continue;
     }
     all.push_back(i);
@@ -465,7 +465,7 @@ void EvaluateLinearSite(const Context& c) {
         return EvaluateLinearCandidate(c, site, activation, c.candidates[i].config,
                                        solves ? &*solves : nullptr, grids, &results[i]);
       });
-      if (!s.ok()) results[i].error = s.ToString();
+      if (!s.ok()) results[i].SetError(s);
       (*c.own_seconds)[i] = shared + Since(start);
     }
   }
@@ -480,7 +480,7 @@ void EvaluateMatmulSite(const Context& c) {
     if (valid.ok()) {
       all.push_back(i);
     } else {
-      results[i].error = valid.ToString();
+      results[i].SetError(valid);
     }
   }
   if (all.empty()) return;
@@ -530,7 +530,7 @@ void EvaluateMatmulSite(const Context& c) {
       auto out = Gemm(c.costs, macs, [&] { return at::matmul(a, b); });
       return SetFromOutputs(y, out, /*with_mae=*/true, &results[i]);
     });
-    if (!s.ok()) results[i].error = s.ToString();
+    if (!s.ok()) results[i].SetError(s);
     (*c.own_seconds)[i] = Since(start);
   }
 }

@@ -5,6 +5,7 @@
 #define QS_CORE_TORCH_STATUS_H_
 
 #include <exception>
+#include <new>
 #include <string>
 
 #include <c10/util/Exception.h>
@@ -13,8 +14,10 @@
 
 namespace qs::core {
 
-// Runs `fn` and maps any exception to a Status prefixed with `what`: c10 out-of-memory to
-// RESOURCE_EXHAUSTED, other c10 errors (shape, dtype) to INVALID_ARGUMENT, anything else to INTERNAL.
+// Runs `fn` and maps any exception to a Status prefixed with `what`: running out of memory (a
+// CUDA c10::OutOfMemoryError, the CPU allocator's c10::Error, std::bad_alloc) to
+// RESOURCE_EXHAUSTED, which is transient, other c10 errors (shape, dtype) to INVALID_ARGUMENT,
+// anything else to INTERNAL.
 template <typename Fn>
 auto GuardTorch(const std::string& what, Fn&& fn) -> decltype(fn()) {
   try {
@@ -22,7 +25,14 @@ auto GuardTorch(const std::string& what, Fn&& fn) -> decltype(fn()) {
   } catch (const c10::OutOfMemoryError& e) {
     return ResourceExhaustedError(what + ": out of memory: " + e.what_without_backtrace());
   } catch (const c10::Error& e) {
-    return InvalidArgumentError(what + ": " + e.what_without_backtrace());
+    const std::string message = e.what_without_backtrace();
+    // LibTorch's CPU allocator reports failure as a plain c10::Error.
+    if (message.find("DefaultCPUAllocator") != std::string::npos) {
+      return ResourceExhaustedError(what + ": out of memory: " + message);
+    }
+    return InvalidArgumentError(what + ": " + message);
+  } catch (const std::bad_alloc& e) {
+    return ResourceExhaustedError(what + ": out of memory: " + e.what());
   } catch (const std::exception& e) {
     return InternalError(what + ": " + e.what());
   }

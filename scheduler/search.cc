@@ -11,7 +11,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr auto kPollInterval = std::chrono::milliseconds(100);
 
 bool CriterionMet(const JobSpec& spec, double fp32_top1, double top1) {
   const double drop = fp32_top1 - top1;
@@ -32,84 +31,6 @@ std::string Percent(double v) {
 
 
 using Progress = std::function<void(const char* stage, size_t done, size_t total)>;
-
-// Looks every candidate up in `store`, dispatches one task per site with its missing candidates
-// (the worker loads that site's inputs once), and waits until each is stored or its task is
-// dead. Fills r->evaluations (failures recorded as such), from_cache and evaluated_now; `keys`
-// gets every candidate's key, by site.
-Status CollectEvaluations(const JobSpec& spec, storage::EvaluationStore& store,
-                          storage::TaskQueue& queue, const Progress& progress, SearchResult* out,
-                          std::vector<std::vector<std::string>>* keys_out) {
-  SearchResult& r = *out;
-  auto& keys = *keys_out;
-  const size_t n_sites = r.plan.sites.size();
-  keys.assign(n_sites, {});
-  std::vector<std::vector<size_t>> missing(n_sites);
-  auto lookup = [&](const std::string& key) -> StatusOr<bool> {
-    QS_ASSIGN_OR_RETURN(auto stored, store.Get(key));
-    if (!stored) return false;
-    // A damaged entry, or one without the metric this job ranks by, is evaluated again.
-    auto e = ParseStoredEvaluation(*stored, key);
-    if (!e || !HasMetric(*e, spec.metric)) return false;
-    r.evaluations[key] = *e;
-    return true;
-  };
-  for (size_t i = 0; i < n_sites; ++i) {
-    for (const auto& c : r.plan.sites[i].candidates) {
-      keys[i].push_back(CandidateKey(r.facts.model_digest, r.facts.calibration_digest, c));
-      QS_ASSIGN_OR_RETURN(bool have, lookup(keys[i].back()));
-      if (have) {
-        ++r.from_cache;
-      } else {
-        missing[i].push_back(keys[i].size() - 1);
-      }
-    }
-  }
-  const size_t total = r.plan.candidate_count();
-  size_t pending = total - r.from_cache;
-  for (size_t i = 0; i < n_sites; ++i) {
-    if (missing[i].empty()) continue;
-    storage::Task task;
-    task.id = "eval:" + r.facts.model_digest.substr(0, 16) + ":" +
-              r.facts.calibration_digest.substr(0, 16) + ":" + r.plan.sites[i].site.name;
-    task.payload =
-        TaskPayload(r.plan.sites[i], keys[i], missing[i], spec.metric == RankingMetric::kMae)
-            .dump();
-    Status pushed = queue.Push(task);
-    if (!pushed.ok() && pushed.code() != StatusCode::kAlreadyExists) return pushed;
-  }
-  progress("evaluate", r.from_cache, total);
-  while (pending > 0) {
-    const bool idle = queue.Idle();  // read before the store, so a final write is not missed
-    for (size_t i = 0; i < n_sites; ++i) {
-      auto& m = missing[i];
-      for (auto it = m.begin(); it != m.end();) {
-        QS_ASSIGN_OR_RETURN(bool have, lookup(keys[i][*it]));
-        if (have) {
-          ++r.evaluated_now;
-          --pending;
-          it = m.erase(it);
-        } else {
-          ++it;
-        }
-      }
-    }
-    progress("evaluate", total - pending, total);
-    if (pending == 0 || idle) break;
-    (void)queue.WaitIdleFor(kPollInterval);  // wakes as soon as the last task is done
-  }
-  // Whatever is still missing was dead-lettered: record it as failed, not lost.
-  for (size_t i = 0; i < n_sites; ++i) {
-    for (size_t j : missing[i]) {
-      Evaluation e;
-      e.key = keys[i][j];
-      e.site = r.plan.sites[i].site.name;
-      e.error = "evaluation task failed on every attempt";
-      r.evaluations[e.key] = e;
-    }
-  }
-  return OkStatus();
-}
 
 // One selection group per site over its candidates that evaluated cleanly (`option_candidate`
 // maps an option back to its candidate); counts the failures in r->failed.
@@ -207,20 +128,6 @@ void DescribeChoices(const JobSpec& spec, const std::vector<SelectionGroup>& gro
   r.model_weight_bytes = weight_bits / 8.0;
 }
 
-}  // namespace
-
-json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
-                 const std::vector<size_t>& which, bool measure_mae) {
-  json candidates = json::array();
-  for (size_t j : which) {
-    candidates.push_back({{"key", keys[j]},
-                          {"config", ToJson(site.candidates[j].config, site.site.kind)}});
-  }
-  return json{{"site", site.site.name}, {"candidates", candidates}, {"measure_mae", measure_mae}};
-}
-
-namespace {
-
 // The selection stage's outcome: the groups, each option's candidate, the Pareto front and the
 // point the budget picks.
 struct FrontChoice {
@@ -278,10 +185,10 @@ StatusOr<FrontChoice> SelectFront(const JobSpec& spec,
 // prediction (a cheaper point measuring better than every point before it), at most
 // max_validations in all. The best measured point wins (its index is returned, its result left
 // in r->validation); ties keep the costlier one, which the prediction prefers.
-StatusOr<size_t> ValidateTiered(const JobSpec& spec, ModelBackend& backend,
-                                const std::vector<KnapsackSolution>& front, size_t chosen,
-                                const std::function<Recipe(const KnapsackSolution&)>& recipe_of,
-                                const Progress& progress, SearchResult* out, bool* criterion_ok) {
+StatusOr<size_t> ValidateTiered(
+    const JobSpec& spec, size_t chosen,
+    const std::function<StatusOr<ValidationResult>(size_t point)>& validate,
+    const Progress& progress, SearchResult* out, bool* criterion_ok) {
   SearchResult& r = *out;
   const size_t tries = std::min<size_t>(spec.max_validations, chosen + 1);
   size_t best = chosen;
@@ -290,7 +197,7 @@ StatusOr<size_t> ValidateTiered(const JobSpec& spec, ModelBackend& backend,
   for (size_t t = 0; t < tries; ++t) {
     const size_t k = chosen - t;
     progress("validate", t, tries);
-    QS_ASSIGN_OR_RETURN(ValidationResult v, backend.Validate(recipe_of(front[k])));
+    QS_ASSIGN_OR_RETURN(ValidationResult v, validate(k));
     r.pareto[k].validated = true;
     ++validated;
     r.pareto[k].top1 = v.top1;
@@ -310,73 +217,397 @@ StatusOr<size_t> ValidateTiered(const JobSpec& spec, ModelBackend& backend,
 
 }  // namespace
 
-StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
-                                 storage::EvaluationStore& store, storage::TaskQueue& queue,
-                                 const SearchOptions& options) {
-  auto progress = [&](const char* stage, size_t done, size_t total) {
-    if (options.progress) options.progress(stage, done, total);
-  };
-  using Clock = std::chrono::steady_clock;
-  auto since = [](Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
-  };
-  SearchResult r;
-  auto stage_start = Clock::now();
-  progress("prepare", 0, 1);
-  QS_ASSIGN_OR_RETURN(r.facts, backend.Prepare());
-  progress("prepare", 1, 1);
-  r.seconds.prepare = since(stage_start);
-  stage_start = Clock::now();
-  QS_ASSIGN_OR_RETURN(r.plan, MakePlan(spec, r.facts.sites));
-  QS_ASSIGN_OR_RETURN(r.budget_units, BudgetUnits(spec, r.plan));
-  const size_t n_sites = r.plan.sites.size();
+json ToJson(const JobState& state) {
+  json failures = json::array();
+  for (const auto& [key, e] : state.failures) failures.push_back(ToJson(e));
+  json validated = json::array();
+  for (const auto& [point, v] : state.validated) {
+    validated.push_back({{"point", point}, {"cost_units", v.cost_units}, {"result", ToJson(v.result)}});
+  }
+  const StageSeconds& t = state.seconds;
+  return {{"stage", state.stage},
+          {"facts", state.prepared ? ToJson(state.facts) : json(nullptr)},
+          {"evaluated", state.evaluated},
+          {"failures", failures},
+          {"validated", validated},
+          {"test", state.tested ? ToJson(state.test) : json(nullptr)},
+          {"seconds",
+           {{"prepare", t.prepare},
+            {"evaluate", t.evaluate},
+            {"select", t.select},
+            {"validate", t.validate},
+            {"test", t.test}}}};
+}
 
-  std::vector<std::vector<std::string>> keys;
-  QS_RETURN_IF_ERROR(CollectEvaluations(spec, store, queue, progress, &r, &keys));
-  r.seconds.evaluate = since(stage_start);
-  stage_start = Clock::now();
+StatusOr<JobState> JobStateFromJson(const json& j) {
+  JobState s;
+  try {
+    s.stage = j.at("stage").get<std::string>();
+    if (!j.at("facts").is_null()) {
+      QS_ASSIGN_OR_RETURN(s.facts, ModelFactsFromJson(j.at("facts")));
+      s.prepared = true;
+    }
+    s.evaluated = j.at("evaluated").get<bool>();
+    for (const auto& f : j.at("failures")) {
+      QS_ASSIGN_OR_RETURN(Evaluation e, EvaluationFromJson(f));
+      s.failures[e.key] = e;
+    }
+    for (const auto& v : j.at("validated")) {
+      JobState::Validated point;
+      point.cost_units = v.at("cost_units").get<int64_t>();
+      QS_ASSIGN_OR_RETURN(point.result, ValidationResultFromJson(v.at("result")));
+      s.validated[v.at("point").get<size_t>()] = point;
+    }
+    if (!j.at("test").is_null()) {
+      QS_ASSIGN_OR_RETURN(s.test, TestResultFromJson(j.at("test")));
+      s.tested = true;
+    }
+    const json& t = j.at("seconds");
+    s.seconds = {t.at("prepare").get<double>(), t.at("evaluate").get<double>(),
+                 t.at("select").get<double>(), t.at("validate").get<double>(),
+                 t.at("test").get<double>()};
+  } catch (const json::exception& e) {
+    return InvalidArgumentError(std::string("job state: ") + e.what());
+  }
+  return s;
+}
 
-  // Selection over the candidates that evaluated cleanly.
-  progress("select", 0, 1);
-  QS_ASSIGN_OR_RETURN(FrontChoice sel, SelectFront(spec, keys, &r));
-  const std::vector<std::vector<size_t>>& option_candidate = sel.option_candidate;
-  progress("select", 1, 1);
-  r.seconds.select = since(stage_start);
-  stage_start = Clock::now();
+namespace {
 
-  auto recipe_of = [&](const KnapsackSolution& s) {
-    Recipe recipe;
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// OK while the job may go on; CANCELLED or DEADLINE_EXCEEDED (its queued tasks cancelled) not.
+Status CheckLive(storage::TaskQueue& queue, const std::string& job, const SearchOptions& options) {
+  Status stop;
+  if (options.cancelled && options.cancelled()) {
+    stop = Status(StatusCode::kCancelled, "job " + job + " was cancelled");
+  } else if (Clock::now() >= options.deadline) {
+    stop = Status(StatusCode::kDeadlineExceeded, "job " + job + " ran past its deadline");
+  }
+  if (!stop.ok()) (void)queue.CancelJob(job);
+  return stop;
+}
+
+// One run of a job's stages over its saved state.
+class JobRun {
+ public:
+  JobRun(const std::string& job, const JobSpec& spec, storage::DocumentStore& evaluations,
+         storage::DocumentStore& jobs, storage::TaskQueue& queue, const SearchOptions& options)
+      : job_(job),
+        spec_(spec),
+        evaluations_(evaluations),
+        jobs_(jobs),
+        queue_(queue),
+        options_(options) {}
+
+  StatusOr<SearchResult> Run() {
+    QS_RETURN_IF_ERROR(Load());
+    QS_RETURN_IF_ERROR(Prepare());
+    QS_ASSIGN_OR_RETURN(r_.plan, MakePlan(spec_, r_.facts.sites));
+    QS_ASSIGN_OR_RETURN(r_.budget_units, BudgetUnits(spec_, r_.plan));
+    QS_RETURN_IF_ERROR(Evaluate());
+    QS_ASSIGN_OR_RETURN(FrontChoice selection, Select());
+    QS_RETURN_IF_ERROR(Validate(selection));
+    QS_RETURN_IF_ERROR(Test());
+    state_.stage = "done";
+    QS_RETURN_IF_ERROR(Save());
+    r_.seconds = state_.seconds;
+    return std::move(r_);
+  }
+
+ private:
+  void Report(const char* stage, size_t done, size_t total) {
+    if (options_.progress) options_.progress(stage, done, total);
+  }
+
+  Status Load() {
+    if (!storage::IsValidStoreKey(job_)) {
+      return InvalidArgumentError("job id '" + job_ + "' is not 1-128 characters of [0-9a-zA-Z_-]");
+    }
+    QS_ASSIGN_OR_RETURN(auto saved, jobs_.Get(job_));
+    if (!saved) return OkStatus();
+    const json j = json::parse(*saved, nullptr, /*allow_exceptions=*/false);
+    auto state = JobStateFromJson(j);
+    // A damaged state costs the steps it recorded, nothing more: evaluations are in their store.
+    if (state.ok()) state_ = std::move(*state);
+    return OkStatus();
+  }
+
+  Status Save() { return jobs_.Put(job_, ToJson(state_).dump()); }
+
+  // Runs one step and adds its wall time to `seconds`.
+  template <typename Fn>
+  Status Timed(double* seconds, Fn&& fn) {
+    const auto start = Clock::now();
+    Status s = fn();
+    *seconds += Since(start);
+    return s;
+  }
+
+  Status Prepare() {
+    if (!state_.prepared) {
+      state_.stage = "prepare";
+      QS_RETURN_IF_ERROR(Timed(&state_.seconds.prepare, [&]() -> Status {
+        Report("prepare", 0, 1);
+        QS_ASSIGN_OR_RETURN(std::string result, RunTask(queue_, job_, PrepareRequest(spec_), options_));
+        const json j = json::parse(result, nullptr, /*allow_exceptions=*/false);
+        QS_ASSIGN_OR_RETURN(state_.facts, ModelFactsFromJson(j));
+        Report("prepare", 1, 1);
+        return OkStatus();
+      }));
+      state_.prepared = true;
+      QS_RETURN_IF_ERROR(Save());
+    }
+    r_.facts = state_.facts;
+    return OkStatus();
+  }
+
+  // The stored evaluation of `key`, if it is there, readable and has this job's metric.
+  StatusOr<std::optional<Evaluation>> Lookup(const std::string& key) {
+    QS_ASSIGN_OR_RETURN(auto stored, evaluations_.Get(key));
+    if (!stored) return std::optional<Evaluation>();
+    auto e = ParseStoredEvaluation(*stored, key);
+    if (!e || !HasMetric(*e, spec_.metric)) return std::optional<Evaluation>();
+    return e;
+  }
+
+  Status Evaluate() {
+    state_.stage = "evaluate";
+    return Timed(&state_.seconds.evaluate, [&] { return CollectEvaluations(); });
+  }
+
+  // Looks every candidate up, dispatches one task per site with the ones missing (the worker
+  // loads that site's inputs once), and collects each task's outcome: its candidates stored, or
+  // failed with the status the task died with (not stored: a transient cause may pass).
+  Status CollectEvaluations() {
+    const size_t n_sites = r_.plan.sites.size();
+    keys_.assign(n_sites, {});
+    std::vector<std::vector<size_t>> missing(n_sites);
+    size_t present = 0;
     for (size_t i = 0; i < n_sites; ++i) {
-      const Candidate& c = r.plan.sites[i].candidates[option_candidate[i][s.choice[i]]];
+      for (const auto& c : r_.plan.sites[i].candidates) {
+        keys_[i].push_back(CandidateKey(r_.facts.model_digest, r_.facts.calibration_digest, c));
+        const std::string& key = keys_[i].back();
+        if (auto f = state_.failures.find(key); f != state_.failures.end()) {
+          r_.evaluations[key] = f->second;
+          continue;
+        }
+        QS_ASSIGN_OR_RETURN(auto e, Lookup(key));
+        if (e) {
+          r_.evaluations[key] = *e;
+          ++present;
+        } else {
+          missing[i].push_back(keys_[i].size() - 1);
+        }
+      }
+    }
+    r_.from_cache = present;
+    const size_t total = r_.plan.candidate_count();
+    size_t resolved = total;
+    std::vector<std::pair<std::string, size_t>> to_push;  // (task id, site)
+    std::map<std::string, json> payloads;
+    for (size_t i = 0; i < n_sites; ++i) {
+      if (missing[i].empty()) continue;
+      resolved -= missing[i].size();
+      json payload = EvaluateRequest(spec_, r_.plan.sites[i], keys_[i], missing[i],
+                                     spec_.metric == RankingMetric::kMae);
+      const std::string id = TaskIdFor(payload);
+      to_push.emplace_back(id, i);
+      payloads[id] = std::move(payload);
+    }
+    Report("evaluate", resolved, total);
+    std::map<std::string, size_t> outstanding;  // task id -> site
+    size_t next = 0;
+    const size_t window = options_.dispatch_window ? options_.dispatch_window : to_push.size();
+    while (next < to_push.size() || !outstanding.empty()) {
+      std::vector<storage::Task> batch;
+      for (; next < to_push.size() && outstanding.size() < window; ++next) {
+        batch.push_back({job_, to_push[next].first, payloads[to_push[next].first].dump()});
+        outstanding[to_push[next].first] = to_push[next].second;
+      }
+      if (!batch.empty()) QS_RETURN_IF_ERROR(queue_.PushAll(batch));
+      QS_ASSIGN_OR_RETURN(auto outcomes, queue_.Outcomes(job_));
+      for (auto it = outstanding.begin(); it != outstanding.end();) {
+        auto o = outcomes.find(it->first);
+        if (o == outcomes.end()) {
+          ++it;
+          continue;
+        }
+        if (o->second.state == storage::TaskState::kCancelled) {
+          return Status(StatusCode::kCancelled, "job " + job_ + " was cancelled");
+        }
+        QS_RETURN_IF_ERROR(Resolve(it->second, missing[it->second], o->second));
+        resolved += missing[it->second].size();
+        it = outstanding.erase(it);
+      }
+      Report("evaluate", resolved, total);
+      if (next >= to_push.size() && outstanding.empty()) break;
+      QS_RETURN_IF_ERROR(CheckLive(queue_, job_, options_));
+      queue_.WaitForOutcome(job_, options_.poll);
+    }
+    // Whatever is stored now and was not at the first look, this run had evaluated.
+    size_t stored = 0;
+    for (const auto& [key, e] : r_.evaluations) stored += !state_.failures.count(key);
+    r_.evaluated_now = stored - r_.from_cache;
+    state_.evaluated = true;
+    return Save();
+  }
+
+  // Reads back the candidates of `site` a finished task covered.
+  Status Resolve(size_t site, const std::vector<size_t>& which, const storage::TaskOutcome& outcome) {
+    for (size_t j : which) {
+      const std::string& key = keys_[site][j];
+      QS_ASSIGN_OR_RETURN(auto e, Lookup(key));
+      if (e) {
+        r_.evaluations[key] = *e;
+        continue;
+      }
+      Evaluation failed;
+      failed.key = key;
+      failed.site = r_.plan.sites[site].site.name;
+      if (outcome.state == storage::TaskState::kDone) {
+        failed.SetError(InternalError("the task completed without storing this candidate"));
+      } else {
+        failed.SetError(outcome.error.WithContext("evaluation task failed after " +
+                                                  std::to_string(outcome.attempts) + " attempt(s)"));
+      }
+      state_.failures[key] = failed;
+      r_.evaluations[key] = failed;
+    }
+    return OkStatus();
+  }
+
+  StatusOr<FrontChoice> Select() {
+    state_.stage = "select";
+    const auto start = Clock::now();
+    Report("select", 0, 1);
+    QS_ASSIGN_OR_RETURN(FrontChoice selection, SelectFront(spec_, keys_, &r_));
+    Report("select", 1, 1);
+    state_.seconds.select += Since(start);
+    return selection;
+  }
+
+  Recipe RecipeOf(const FrontChoice& selection, const KnapsackSolution& s) const {
+    Recipe recipe;
+    for (size_t i = 0; i < r_.plan.sites.size(); ++i) {
+      const Candidate& c = r_.plan.sites[i].candidates[selection.option_candidate[i][s.choice[i]]];
       recipe.sites[c.site] = c.config;
     }
     return recipe;
-  };
-
-  bool criterion_ok = false;
-  QS_ASSIGN_OR_RETURN(const size_t best, ValidateTiered(spec, backend, sel.front, sel.chosen,
-                                                        recipe_of, progress, &r, &criterion_ok));
-  r.seconds.validate = since(stage_start);
-  r.chosen_point = best;
-  r.goal_met = sel.budget_ok && criterion_ok;
-  if (sel.budget_ok && !criterion_ok) {
-    r.goal_note = "no validated mix met the accuracy criterion (best top-1 " +
-                  Percent(r.validation.top1) + " vs fp32 " + Percent(r.facts.fp32_top1) +
-                  "); returning the best found";
   }
 
-  // The chosen mix, per site with its runner-up.
-  const KnapsackSolution& s = sel.front[best];
-  r.recipe = recipe_of(s);
-  DescribeChoices(spec, sel.groups, option_candidate, keys, s, &r);
-  // Reported apart from the choice: the test images chose nothing.
-  const auto test_start = Clock::now();
-  const bool has_test = !spec.test_source.empty();
-  if (has_test) progress("test", 0, 1);
-  QS_ASSIGN_OR_RETURN(r.test, backend.Test(r.recipe));
-  if (has_test) progress("test", 1, 1);
-  r.seconds.test = since(test_start);
-  return r;
+  // Tiered validation; each point validated is saved, so a resumed job does not redo it.
+  Status Validate(const FrontChoice& selection) {
+    state_.stage = "validate";
+    auto validate = [&](size_t k) -> StatusOr<ValidationResult> {
+      auto saved = state_.validated.find(k);
+      if (saved != state_.validated.end() && saved->second.cost_units == selection.front[k].cost) {
+        return saved->second.result;
+      }
+      const auto start = Clock::now();
+      QS_ASSIGN_OR_RETURN(
+          std::string text,
+          RunTask(queue_, job_,
+                  RecipeRequest(TaskKind::kValidate, spec_, RecipeOf(selection, selection.front[k]),
+                                r_.facts.sites),
+                  options_));
+      const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+      QS_ASSIGN_OR_RETURN(ValidationResult v, ValidationResultFromJson(j));
+      state_.seconds.validate += Since(start);
+      state_.validated[k] = {selection.front[k].cost, v};
+      QS_RETURN_IF_ERROR(Save());
+      return v;
+    };
+    bool criterion_ok = false;
+    QS_ASSIGN_OR_RETURN(const size_t best,
+                        ValidateTiered(spec_, selection.chosen, validate,
+                                       [&](const char* stage, size_t done, size_t total) {
+                                         Report(stage, done, total);
+                                       },
+                                       &r_, &criterion_ok));
+    r_.chosen_point = best;
+    r_.goal_met = selection.budget_ok && criterion_ok;
+    if (selection.budget_ok && !criterion_ok) {
+      r_.goal_note = "no validated mix met the accuracy criterion (best top-1 " +
+                     Percent(r_.validation.top1) + " vs fp32 " + Percent(r_.facts.fp32_top1) +
+                     "); returning the best found";
+    }
+    // The chosen mix, per site with its runner-up.
+    const KnapsackSolution& s = selection.front[best];
+    r_.recipe = RecipeOf(selection, s);
+    DescribeChoices(spec_, selection.groups, selection.option_candidate, keys_, s, &r_);
+    return OkStatus();
+  }
+
+  // The returned recipe on the test set, reported apart from the choice: the test images chose
+  // nothing.
+  Status Test() {
+    if (spec_.test_source.empty()) {
+      r_.test = TestResult{};
+      return OkStatus();
+    }
+    state_.stage = "test";
+    if (!state_.tested) {
+      QS_RETURN_IF_ERROR(Timed(&state_.seconds.test, [&]() -> Status {
+        Report("test", 0, 1);
+        QS_ASSIGN_OR_RETURN(
+            std::string text,
+            RunTask(queue_, job_,
+                    RecipeRequest(TaskKind::kTest, spec_, r_.recipe, r_.facts.sites), options_));
+        const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+        QS_ASSIGN_OR_RETURN(state_.test, TestResultFromJson(j));
+        Report("test", 1, 1);
+        return OkStatus();
+      }));
+      state_.tested = true;
+      QS_RETURN_IF_ERROR(Save());
+    }
+    r_.test = state_.test;
+    return OkStatus();
+  }
+
+  const std::string job_;
+  const JobSpec& spec_;
+  storage::DocumentStore& evaluations_;
+  storage::DocumentStore& jobs_;
+  storage::TaskQueue& queue_;
+  const SearchOptions& options_;
+  JobState state_;
+  SearchResult r_;
+  std::vector<std::vector<std::string>> keys_;  // every candidate's key, by site
+};
+
+}  // namespace
+
+StatusOr<std::string> RunTask(storage::TaskQueue& queue, const std::string& job,
+                              const json& payload, const SearchOptions& options) {
+  QS_RETURN_IF_ERROR(CheckLive(queue, job, options));
+  const std::string id = TaskIdFor(payload);
+  QS_RETURN_IF_ERROR(queue.Push({job, id, payload.dump()}));
+  while (true) {
+    QS_ASSIGN_OR_RETURN(auto outcomes, queue.Outcomes(job));
+    auto it = outcomes.find(id);
+    if (it != outcomes.end()) {
+      const storage::TaskOutcome& o = it->second;
+      if (o.state == storage::TaskState::kDone) return o.result;
+      if (o.state == storage::TaskState::kCancelled) {
+        return Status(StatusCode::kCancelled, "job " + job + " was cancelled");
+      }
+      return o.error.WithContext(std::string(payload.value("kind", "task")) + " task failed after " +
+                                 std::to_string(o.attempts) + " attempt(s)");
+    }
+    QS_RETURN_IF_ERROR(CheckLive(queue, job, options));
+    queue.WaitForOutcome(job, options.poll);
+  }
+}
+
+StatusOr<SearchResult> RunSearch(const std::string& job, const JobSpec& spec,
+                                 storage::DocumentStore& evaluations, storage::DocumentStore& jobs,
+                                 storage::TaskQueue& queue, const SearchOptions& options) {
+  JobRun run(job, spec, evaluations, jobs, queue, options);
+  return run.Run();
 }
 
 }  // namespace qs::scheduler

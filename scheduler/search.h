@@ -1,16 +1,19 @@
-// The search job, from spec to selection: plan the candidates, dispatch the ones the store lacks
-// as one task per site, wait for the workers, select the least-loss mix under the budget, and
-// validate it on the whole model together with its close Pareto alternatives (further while the
-// accuracy goal is missed or measurement disagrees with prediction), returning the best measured.
+// The search job as named stages, from spec to selection: prepare (a worker loads the model and
+// data), evaluate (one task per site with the candidates the store lacks), select (the
+// least-loss mix under the budget), validate (the whole model with that mix and its close Pareto
+// alternatives, further while the accuracy goal is missed or measurement disagrees with
+// prediction) and test, returning the best measured mix.
 //
-// The scheduler never touches tensors: the model side (loading, validation, weights) is behind
-// ModelBackend, and evaluations arrive through the EvaluationStore, written by workers that take
-// tasks from the TaskQueue. Embedded and distributed runs differ only in those implementations.
+// The scheduler never touches tensors: every model-side step is a task for workers (common/
+// tasks.h), evaluations arrive through the evaluation store, and the job's own progress is a
+// JobState saved in the job store after every step. Embedded and distributed runs differ only in
+// the storage implementations.
 //
-//   QS_ASSIGN_OR_RETURN(SearchResult r, RunSearch(spec, backend, *store, *queue, {}));
+//   QS_ASSIGN_OR_RETURN(SearchResult r, RunSearch("job1", spec, *evals, *jobs, *queue));
 #ifndef QS_SCHEDULER_SEARCH_H_
 #define QS_SCHEDULER_SEARCH_H_
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <string>
@@ -24,23 +27,11 @@
 #include "common/quant_config.h"
 #include "common/select.h"
 #include "common/status.h"
-#include "storage/evaluation_store.h"
+#include "common/tasks.h"
+#include "storage/document_store.h"
 #include "storage/task_queue.h"
 
 namespace qs::scheduler {
-
-// What the model side reports once it has loaded the model and data.
-struct ModelFacts {
-  std::string model_digest;
-  std::string calibration_digest;
-  std::vector<SiteInfo> sites;
-  double fp32_top1 = 0;                 // on the validation set
-  double fp32_eval_seconds = 0;         // one float pass over the validation set
-  double fp32_calibration_seconds = 0;  // one float pass over the calibration set
-  int64_t validation_images = 0;
-  int64_t calibration_images = 0;
-  std::string device;                   // where the model side runs ("cpu", "cuda:0")
-};
 
 // Wall time of each stage of a run, in seconds.
 struct StageSeconds {
@@ -51,30 +42,46 @@ struct StageSeconds {
   double test = 0;       // the returned recipe on the test set
 };
 
-class ModelBackend {
- public:
-  virtual ~ModelBackend() = default;
-  // Loads model and data and captures what workers need. Called once, first.
-  virtual StatusOr<ModelFacts> Prepare() = 0;
-  // Quantizes the whole model with `recipe` (sequentially) and measures it on the validation set.
-  virtual StatusOr<ValidationResult> Validate(const Recipe& recipe) = 0;
-  // The returned recipe's top-1 on the job's test set, with the float model's; measured = false
-  // when the job names none (the default, for backends without one).
-  virtual StatusOr<TestResult> Test(const Recipe& recipe) {
-    (void)recipe;
-    return TestResult{};
-  }
-  // Writes the quantized weights of `recipe` (validated before) to `path`.
-  virtual Status WriteWeights(const Recipe& recipe, const std::string& path) = 0;
-};
-
 // Progress: `stage` is "prepare", "evaluate", "select", "validate" or "test"; `done` of `total`
 // units of that stage (a backend may report "prepare" in its own units, such as images).
 using ProgressFn = std::function<void(const std::string& stage, size_t done, size_t total)>;
 
 struct SearchOptions {
   ProgressFn progress;  // may be empty
+  // The job fails with DEADLINE_EXCEEDED past this point (its queued tasks are cancelled).
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  // Polled while waiting; true cancels the job (CANCELLED). May be empty.
+  std::function<bool()> cancelled;
+  // How long one wait for task outcomes may last before deadline and cancellation are checked.
+  std::chrono::milliseconds poll{100};
+  // Evaluation tasks a job keeps in the queue at once (0: all). A bounded window lets jobs
+  // sharing workers interleave, so a small job is not queued behind every task of a big one.
+  size_t dispatch_window = 0;
 };
+
+// What a job has done so far, saved after every step so that a restarted scheduler resumes it
+// through the same stages: `prepare` fills `facts`, `evaluate` `failures` and `evaluated`,
+// `validate` `validated` point by point, `test` `test`. Selection is recomputed (it is pure);
+// evaluations are read back from the evaluation store, so a resumed run counts what it found
+// there as from the cache.
+struct JobState {
+  std::string stage = "prepare";  // the stage running or next: prepare ... test, then "done"
+  bool prepared = false;
+  ModelFacts facts;
+  bool evaluated = false;   // every candidate has an evaluation or a recorded failure
+  std::map<std::string, Evaluation> failures;  // candidates whose task died, by key
+  struct Validated {
+    int64_t cost_units = 0;  // the point's cost, to check that the front is the same
+    ValidationResult result;
+  };
+  std::map<size_t, Validated> validated;  // by index into the Pareto front
+  bool tested = false;
+  TestResult test;
+  StageSeconds seconds;  // summed over every run of the job
+};
+
+nlohmann::json ToJson(const JobState& state);
+StatusOr<JobState> JobStateFromJson(const nlohmann::json& j);
 
 // One selected site: the chosen candidate and the runner-up (the lowest-loss other candidate of
 // this site), with why it was not taken.
@@ -125,19 +132,22 @@ struct SearchResult {
   StageSeconds seconds;
 };
 
-// Runs the job. A budget below the cheapest mix, or a missed accuracy criterion, still returns the
-// best mix found, with goal_met false and goal_note saying why. INVALID_ARGUMENT for a spec the
-// model cannot satisfy (a pin or skip naming no site); FAILED_PRECONDITION when every candidate
-// of some site failed. The queue must be served by workers writing each task's evaluations to
-// `store` (see worker/).
-StatusOr<SearchResult> RunSearch(const JobSpec& spec, ModelBackend& backend,
-                                 storage::EvaluationStore& store, storage::TaskQueue& queue,
-                                 const SearchOptions& options = {});
+// Runs job `job` (an id valid as a store key) to the end, resuming from its state in `jobs` when
+// there is one, and saving it there after every step. Every model-side step is a task on
+// `queue` (common/tasks.h), which workers must serve, writing evaluations to `evaluations`
+// (see worker/). A budget below the cheapest mix, or a missed accuracy criterion, still returns
+// the best mix found, with goal_met false and goal_note saying why. INVALID_ARGUMENT for a spec
+// the model cannot satisfy (a pin or skip naming no site); FAILED_PRECONDITION when every
+// candidate of some site failed; a dead prepare, validate or test task's own status;
+// DEADLINE_EXCEEDED or CANCELLED per `options`.
+StatusOr<SearchResult> RunSearch(const std::string& job, const JobSpec& spec,
+                                 storage::DocumentStore& evaluations, storage::DocumentStore& jobs,
+                                 storage::TaskQueue& queue, const SearchOptions& options = {});
 
-// A task's payload: the site, its candidates (key + config) and whether MAE must be measured,
-// as workers read it.
-nlohmann::json TaskPayload(const SitePlan& site, const std::vector<std::string>& keys,
-                           const std::vector<size_t>& which, bool measure_mae = false);
+// Pushes one task of `job` and waits for its outcome: the worker's result, or the status it died
+// with (CANCELLED / DEADLINE_EXCEEDED per `options`).
+StatusOr<std::string> RunTask(storage::TaskQueue& queue, const std::string& job,
+                              const nlohmann::json& payload, const SearchOptions& options = {});
 
 }  // namespace qs::scheduler
 

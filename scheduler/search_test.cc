@@ -15,23 +15,25 @@ using nlohmann::json;
 
 // A model of four linear sites and one matmul; a candidate's noise is 4^-bits scaled per site,
 // so low bits hurt some sites far more than others. Validation top-1 falls with total noise.
-class FakeBackend : public ModelBackend {
- public:
-  StatusOr<ModelFacts> Prepare() override {
+struct FakeBackend {
+  ModelFacts Prepare() {
     ++prepares;
     ModelFacts f;
     f.model_digest = "m1";
     f.calibration_digest = "c1";
-    f.sites = {{"a", SiteKind::kLinear, 1000, 1000},
-               {"b", SiteKind::kLinear, 4000, 4000},
-               {"c", SiteKind::kLinear, 2000, 2000},
-               {"d", SiteKind::kLinear, 1000, 1000},
-               {"m", SiteKind::kMatmul, 0, 500}};
+    f.sites = Sites();
     f.fp32_top1 = 0.9;
     f.validation_images = 100;
     return f;
   }
-  StatusOr<ValidationResult> Validate(const Recipe& recipe) override {
+  static std::vector<SiteInfo> Sites() {
+    return {{"a", SiteKind::kLinear, 1000, 1000},
+            {"b", SiteKind::kLinear, 4000, 4000},
+            {"c", SiteKind::kLinear, 2000, 2000},
+            {"d", SiteKind::kLinear, 1000, 1000},
+            {"m", SiteKind::kMatmul, 0, 500}};
+  }
+  ValidationResult Validate(const Recipe& recipe) {
     ++validations;
     double noise = 0;
     for (const auto& [site, config] : recipe.sites) noise += Noise(site, config.weight.bits);
@@ -39,7 +41,6 @@ class FakeBackend : public ModelBackend {
     v.top1 = 0.9 - top1_penalty * std::sqrt(noise);
     return v;
   }
-  Status WriteWeights(const Recipe&, const std::string&) override { return OkStatus(); }
 
   static double Noise(const std::string& site, int bits) {
     if (bits == 0) return 0;
@@ -47,16 +48,23 @@ class FakeBackend : public ModelBackend {
     return scale * std::pow(4.0, -bits);
   }
 
-  int prepares = 0;
-  int validations = 0;
+  std::atomic<int> prepares{0};
+  std::atomic<int> validations{0};
   double top1_penalty = 0.05;
 };
 
-// Serves the queue like a worker: evaluates with FakeBackend::Noise; `fail_bits` fail.
+// Serves every task kind like a worker: evaluates with FakeBackend::Noise (`fail_bits` fail
+// permanently; every evaluate task of `oom_site` fails with a transient error), validates with
+// FakeBackend::Validate.
 class FakeWorkers {
  public:
-  FakeWorkers(storage::EvaluationStore& store, storage::TaskQueue& queue, int fail_bits = -1)
-      : store_(store), queue_(queue), fail_bits_(fail_bits) {
+  FakeWorkers(storage::DocumentStore& store, storage::TaskQueue& queue, FakeBackend& backend,
+              int fail_bits = -1, std::string oom_site = "")
+      : store_(store),
+        queue_(queue),
+        backend_(backend),
+        fail_bits_(fail_bits),
+        oom_site_(std::move(oom_site)) {
     for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { Loop(); });
   }
   ~FakeWorkers() {
@@ -72,37 +80,57 @@ class FakeWorkers {
       auto t = queue_.Pop(std::chrono::milliseconds(20));
       if (!t.ok() || !t->has_value()) continue;
       const json payload = json::parse((*t)->payload);
-      const std::string site = payload["site"];
-      for (const auto& c : payload["candidates"]) {
-        const std::string key = c["key"];
-        // Skip what is stored, readable and complete enough, as real workers do.
-        const bool mae = payload.value("measure_mae", false);
-        auto have = store_.Get(key);
-        if (have.ok() && have->has_value()) {
-          auto stored = ParseStoredEvaluation(**have, key);
-          if (stored && HasMetric(*stored, mae ? RankingMetric::kMae : RankingMetric::kMse)) {
-            continue;
-          }
-        }
-        Evaluation e;
-        e.key = key;
-        e.site = site;
-        const int bits = c["config"].contains("weight") ? c["config"]["weight"]["bits"].get<int>() : 0;
-        e.noise_ratio = FakeBackend::Noise(site, bits);
-        e.mse = e.noise_ratio;
-        if (mae) e.mae = e.noise_ratio / 2;
-        e.sqnr_db = e.noise_ratio > 0 ? -10 * std::log10(e.noise_ratio) : INFINITY;
-        if (bits == fail_bits_) e.error = "synthetic failure";
-        // No ASSERT here: a failure inside a worker thread must not leave the task leased.
-        if (!store_.Put(e.key, ToJson(e).dump()).ok()) ++errors;
-        ++evaluated;
-      }
-      if (!queue_.Ack((*t)->id).ok()) ++errors;
+      auto result = Serve(payload);
+      // No ASSERT here: a failure inside a worker thread must not leave the task leased.
+      Status s = result.ok() ? queue_.Complete(**t, *result) : queue_.Fail(**t, result.status());
+      if (!s.ok()) ++errors;
     }
   }
-  storage::EvaluationStore& store_;
+
+  StatusOr<std::string> Serve(const json& payload) {
+    const std::string kind = payload["kind"];
+    if (kind == "prepare") return ToJson(backend_.Prepare()).dump();
+    if (kind == "validate") {
+      std::map<std::string, SiteKind> kinds;
+      for (const auto& s : FakeBackend::Sites()) kinds[s.name] = s.kind;
+      auto recipe = RecipeFromJson(payload["recipe"], kinds);
+      if (!recipe.ok()) return recipe.status();
+      return ToJson(backend_.Validate(*recipe)).dump();
+    }
+    if (kind != "evaluate") return InvalidArgumentError("unexpected task kind " + kind);
+    const std::string site = payload["site"];
+    if (site == oom_site_) return ResourceExhaustedError("synthetic out of memory");
+    for (const auto& c : payload["candidates"]) {
+      const std::string key = c["key"];
+      // Skip what is stored, readable and complete enough, as real workers do.
+      const bool mae = payload.value("measure_mae", false);
+      auto have = store_.Get(key);
+      if (have.ok() && have->has_value()) {
+        auto stored = ParseStoredEvaluation(**have, key);
+        if (stored && HasMetric(*stored, mae ? RankingMetric::kMae : RankingMetric::kMse)) {
+          continue;
+        }
+      }
+      Evaluation e;
+      e.key = key;
+      e.site = site;
+      const int bits = c["config"].contains("weight") ? c["config"]["weight"]["bits"].get<int>() : 0;
+      e.noise_ratio = FakeBackend::Noise(site, bits);
+      e.mse = e.noise_ratio;
+      if (mae) e.mae = e.noise_ratio / 2;
+      e.sqnr_db = e.noise_ratio > 0 ? -10 * std::log10(e.noise_ratio) : INFINITY;
+      if (bits == fail_bits_) e.SetError(InvalidArgumentError("synthetic failure"));
+      if (!store_.Put(e.key, ToJson(e).dump()).ok()) ++errors;
+      ++evaluated;
+    }
+    return std::string("{}");
+  }
+
+  storage::DocumentStore& store_;
   storage::TaskQueue& queue_;
+  FakeBackend& backend_;
   const int fail_bits_;
+  const std::string oom_site_;
   std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
 };
@@ -117,16 +145,17 @@ JobSpec Spec(double avg_bits) {
 }
 
 StatusOr<SearchResult> RunJob(const JobSpec& spec, FakeBackend& backend,
-                           storage::EvaluationStore& store, int fail_bits = -1) {
+                              storage::DocumentStore& store, int fail_bits = -1) {
   auto queue = storage::NewInProcessTaskQueue();
-  FakeWorkers workers(store, *queue, fail_bits);
-  auto r = RunSearch(spec, backend, store, *queue);
+  auto jobs = storage::NewInMemoryDocumentStore();
+  FakeWorkers workers(store, *queue, backend, fail_bits);
+  auto r = RunSearch("job", spec, store, *jobs, *queue);
   if (workers.errors.load() != 0) ADD_FAILURE() << "fake workers hit store or queue errors";
   return r;
 }
 
 TEST(SearchTest, SelectsWithinBudgetAndSpendsBitsWhereTheyMatter) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   auto r = RunJob(Spec(4.0), backend, *store);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -153,7 +182,7 @@ TEST(SearchTest, SelectsWithinBudgetAndSpendsBitsWhereTheyMatter) {
 }
 
 TEST(SearchTest, RefinementFollowsMeasuredQualityWhenItDisagrees) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   backend.top1_penalty = -0.05;  // measured top-1 now rises with noise: prediction is wrong
   JobSpec spec = Spec(4.0);
@@ -177,7 +206,7 @@ TEST(SearchTest, RefinementFollowsMeasuredQualityWhenItDisagrees) {
 }
 
 TEST(SearchTest, DeterministicAndCachedAcrossBudgets) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend b1, b2, b3;
   auto first = RunJob(Spec(4.0), b1, *store);
   auto again = RunJob(Spec(4.0), b2, *store);
@@ -192,12 +221,12 @@ TEST(SearchTest, DeterministicAndCachedAcrossBudgets) {
 }
 
 TEST(SearchTest, ResumesFromAPartiallyFilledStore) {
-  auto full = storage::NewInMemoryEvaluationStore();
+  auto full = storage::NewInMemoryDocumentStore();
   FakeBackend b1;
   auto complete = RunJob(Spec(4.0), b1, *full);
   ASSERT_TRUE(complete.ok());
   // A store holding every other evaluation, as a killed run would leave it.
-  auto partial = storage::NewInMemoryEvaluationStore();
+  auto partial = storage::NewInMemoryDocumentStore();
   size_t kept = 0, i = 0;
   for (const auto& [key, e] : complete->evaluations) {
     if (i++ % 2 == 0) {
@@ -214,7 +243,7 @@ TEST(SearchTest, ResumesFromAPartiallyFilledStore) {
 }
 
 TEST(SearchTest, RankingByMaeMeasuresItWhereTheStoreLacksIt) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   auto plain = RunJob(Spec(4.0), backend, *store);
   ASSERT_TRUE(plain.ok()) << plain.status().ToString();
@@ -232,7 +261,7 @@ TEST(SearchTest, RankingByMaeMeasuresItWhereTheStoreLacksIt) {
 }
 
 TEST(SearchTest, DamagedCacheEntriesAreEvaluatedAgain) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend b1;
   auto first = RunJob(Spec(4.0), b1, *store);
   ASSERT_TRUE(first.ok());
@@ -250,7 +279,7 @@ TEST(SearchTest, DamagedCacheEntriesAreEvaluatedAgain) {
 }
 
 TEST(SearchTest, FailedCandidatesAreExcludedNotFatal) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   auto r = RunJob(Spec(4.0), backend, *store, /*fail_bits=*/4);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -259,7 +288,7 @@ TEST(SearchTest, FailedCandidatesAreExcludedNotFatal) {
 }
 
 TEST(SearchTest, InfeasibleBudgetReturnsTheCheapestMixFlagged) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   auto r = RunJob(Spec(1.0), backend, *store);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -269,7 +298,7 @@ TEST(SearchTest, InfeasibleBudgetReturnsTheCheapestMixFlagged) {
 }
 
 TEST(SearchTest, MissedAccuracyGoalWalksTheFrontAndFlags) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   backend.top1_penalty = 1;  // every mix loses far more than allowed
   JobSpec spec = Spec(4.0);
@@ -289,7 +318,7 @@ TEST(SearchTest, MissedAccuracyGoalWalksTheFrontAndFlags) {
 }
 
 TEST(SearchTest, EveryCandidateOfASiteFailingIsAnError) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   JobSpec spec = Spec(4.0);
   spec.space.weight_bits = {4};
@@ -298,8 +327,134 @@ TEST(SearchTest, EveryCandidateOfASiteFailingIsAnError) {
   EXPECT_NE(r.status().message().find("synthetic failure"), std::string::npos);
 }
 
+TEST(SearchTest, TwoJobsWithDifferentCandidatesForOneSiteEachGetAll) {
+  // Once, task ids named only the site: the second job's tasks were dropped as duplicates and it
+  // waited for candidates nobody evaluated.
+  auto store = storage::NewInMemoryDocumentStore();
+  auto jobs = storage::NewInMemoryDocumentStore();
+  auto queue = storage::NewInProcessTaskQueue();
+  FakeBackend backend;
+  FakeWorkers workers(*store, *queue, backend);
+  JobSpec low = Spec(3.0), high = Spec(6.0);
+  low.space.weight_bits = {2, 3, 4};
+  high.space.weight_bits = {4, 6, 8};
+  StatusOr<SearchResult> a = InternalError("not run"), b = InternalError("not run");
+  SearchOptions options;
+  options.deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::thread ta([&] { a = RunSearch("low", low, *store, *jobs, *queue, options); });
+  std::thread tb([&] { b = RunSearch("high", high, *store, *jobs, *queue, options); });
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(a->failed + b->failed, 0u);
+  EXPECT_EQ(a->evaluations.size(), a->plan.candidate_count());
+  EXPECT_EQ(b->evaluations.size(), b->plan.candidate_count());
+  for (const char* site : {"a", "b", "c", "d"}) {
+    EXPECT_GE(b->recipe.sites.at(site).weight.bits, 4) << site;
+    EXPECT_LE(a->recipe.sites.at(site).weight.bits, 4) << site;
+  }
+}
+
+TEST(SearchTest, AStoppedJobResumesWithoutRedoingFinishedSteps) {
+  auto store = storage::NewInMemoryDocumentStore();
+  auto jobs = storage::NewInMemoryDocumentStore();
+  JobSpec spec = Spec(4.0);
+  FakeBackend reference_backend;
+  auto reference = RunJob(spec, reference_backend, *storage::NewInMemoryDocumentStore());
+  ASSERT_TRUE(reference.ok());
+
+  // The first scheduler stops once the first validation is done (as if it were killed).
+  FakeBackend first_backend;
+  {
+    auto queue = storage::NewInProcessTaskQueue();
+    FakeWorkers workers(*store, *queue, first_backend);
+    SearchOptions options;
+    options.cancelled = [&] { return first_backend.validations.load() >= 1; };
+    auto stopped = RunSearch("job", spec, *store, *jobs, *queue, options);
+    ASSERT_EQ(stopped.status().code(), StatusCode::kCancelled) << stopped.status().ToString();
+  }
+  ASSERT_EQ(first_backend.prepares.load(), 1);
+  ASSERT_EQ(first_backend.validations.load(), 1);
+  auto saved = jobs->Get("job");
+  ASSERT_TRUE(saved.ok() && saved->has_value());
+  auto state = JobStateFromJson(json::parse(**saved));
+  ASSERT_TRUE(state.ok()) << state.status().ToString();
+  EXPECT_TRUE(state->prepared);
+  EXPECT_TRUE(state->evaluated);
+  EXPECT_EQ(state->validated.size(), 1u);
+
+  // A second scheduler on the same state: no preparation, no evaluation, one validation left.
+  FakeBackend second_backend;
+  auto queue = storage::NewInProcessTaskQueue();
+  FakeWorkers workers(*store, *queue, second_backend);
+  auto resumed = RunSearch("job", spec, *store, *jobs, *queue);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_EQ(second_backend.prepares.load(), 0);
+  EXPECT_EQ(workers.evaluated.load(), 0);
+  EXPECT_EQ(second_backend.validations.load(), 1);
+  EXPECT_EQ(resumed->validated_points(), 2u);
+  EXPECT_EQ(RecipeDocument(*resumed).dump(), RecipeDocument(*reference).dump());
+  EXPECT_EQ(resumed->from_cache, resumed->plan.candidate_count());  // counted by this run
+  EXPECT_EQ(resumed->evaluated_now, 0u);
+}
+
+TEST(SearchTest, TransientTaskFailuresAreRetriedThenFailedButNeverCached) {
+  auto store = storage::NewInMemoryDocumentStore();
+  auto jobs = storage::NewInMemoryDocumentStore();
+  JobSpec spec = Spec(4.0);
+  FakeBackend backend;
+  {
+    auto queue = storage::NewInProcessTaskQueue();
+    FakeWorkers workers(*store, *queue, backend, -1, /*oom_site=*/"c");
+    auto r = RunSearch("job", spec, *store, *jobs, *queue);
+    ASSERT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status().ToString();
+    EXPECT_NE(r.status().message().find("every candidate of site c"), std::string::npos);
+    EXPECT_NE(r.status().message().find("RESOURCE_EXHAUSTED"), std::string::npos);
+    EXPECT_NE(r.status().message().find("3 attempt(s)"), std::string::npos);
+  }
+  // Nothing of site c was stored: a later job evaluates it.
+  FakeBackend healthy;
+  auto again = RunJob(spec, healthy, *store);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->failed, 0u);
+  size_t c_candidates = 0;
+  for (const auto& site : again->plan.sites) c_candidates += site.site.name == "c" ? site.candidates.size() : 0;
+  EXPECT_EQ(again->evaluated_now, c_candidates);
+}
+
+TEST(SearchTest, NoWorkersMeansTheDeadlineEndsTheJob) {
+  auto store = storage::NewInMemoryDocumentStore();
+  auto jobs = storage::NewInMemoryDocumentStore();
+  auto queue = storage::NewInProcessTaskQueue();
+  SearchOptions options;
+  options.poll = std::chrono::milliseconds(10);
+  options.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = RunSearch("job", Spec(4.0), *store, *jobs, *queue, options);
+  EXPECT_EQ(r.status().code(), StatusCode::kDeadlineExceeded) << r.status().ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  // Its queued task was cancelled with it: a worker arriving late finds nothing to do.
+  EXPECT_TRUE(*queue->Cancelled("job"));
+  EXPECT_FALSE(queue->Pop(std::chrono::milliseconds(10))->has_value());
+}
+
+TEST(SearchTest, ABoundedDispatchWindowGivesTheSameResult) {
+  FakeBackend b1, b2;
+  auto all_at_once = RunJob(Spec(4.0), b1, *storage::NewInMemoryDocumentStore());
+  auto store = storage::NewInMemoryDocumentStore();
+  auto jobs = storage::NewInMemoryDocumentStore();
+  auto queue = storage::NewInProcessTaskQueue();
+  FakeWorkers workers(*store, *queue, b2);
+  SearchOptions options;
+  options.dispatch_window = 1;
+  auto windowed = RunSearch("job", Spec(4.0), *store, *jobs, *queue, options);
+  ASSERT_TRUE(all_at_once.ok() && windowed.ok());
+  EXPECT_EQ(RecipeDocument(*windowed).dump(), RecipeDocument(*all_at_once).dump());
+}
+
 TEST(ArtifactsTest, DocumentsCarryWhatUsersNeed) {
-  auto store = storage::NewInMemoryEvaluationStore();
+  auto store = storage::NewInMemoryDocumentStore();
   FakeBackend backend;
   auto r = RunJob(Spec(4.0), backend, *store);
   ASSERT_TRUE(r.ok());

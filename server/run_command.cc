@@ -18,93 +18,53 @@
 #include "scheduler/artifacts.h"
 #include "server/spec_file.h"
 #include "scheduler/search.h"
-#include "storage/evaluation_store.h"
+#include "storage/document_store.h"
 #include "storage/task_queue.h"
-#include "worker/model_session.h"
+#include "common/sha256.h"
+#include "common/tasks.h"
+#include "worker/task_server.h"
 
 namespace qs::server {
 namespace {
 
 using nlohmann::json;
 
-}  // namespace
-
-scheduler::ModelFacts FactsOf(const worker::ModelSession& session) {
-  scheduler::ModelFacts f;
-  f.model_digest = session.model_digest();
-  f.calibration_digest = session.calibration_digest();
-  f.sites = session.sites();
-  f.fp32_top1 = session.fp32_top1();
-  f.fp32_eval_seconds = session.fp32_validation_seconds();
-  f.fp32_calibration_seconds = session.fp32_calibration_seconds();
-  f.validation_images = session.validation_images();
-  f.calibration_images = session.calibration_images();
-  f.device = session.device();
-  return f;
-}
-
-namespace {
-
-// The model side in this process: a ModelSession, and worker threads serving the queue from it.
-class EmbeddedBackend : public scheduler::ModelBackend {
+// The model side in this process: worker threads serving the queue from one session cache.
+class EmbeddedWorkers {
  public:
-  // `progress`, when set, hears the preparation's float passes as stage "prepare".
-  EmbeddedBackend(const JobSpec& spec, storage::EvaluationStore& store, storage::TaskQueue& queue,
-                  const core::ThreadPlan& threads, scheduler::ProgressFn progress = {})
-      : spec_(spec),
-        store_(store),
-        queue_(queue),
-        threads_plan_(threads),
-        progress_(std::move(progress)) {}
+  // `progress`, when set, hears the session's float passes as stage "prepare".
+  EmbeddedWorkers(storage::DocumentStore& evaluations, storage::TaskQueue& queue,
+                  const core::ThreadPlan& threads, const scheduler::ProgressFn& progress)
+      : queue_(queue), threads_plan_(threads), sessions_(SessionOptionsFor(progress)) {
+    serve_.threads = &threads_plan_;
+    for (int i = 0; i < threads_plan_.workers; ++i) {
+      threads_.emplace_back(
+          [this, &evaluations] { worker::ServeTasks(sessions_, evaluations, queue_, stop_, serve_); });
+    }
+  }
 
-  ~EmbeddedBackend() override {
+  ~EmbeddedWorkers() {
     stop_ = true;
     queue_.Close();
     for (auto& t : threads_) t.join();
   }
 
-  StatusOr<scheduler::ModelFacts> Prepare() override {
-    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
-    worker::SessionOptions options;
-    if (progress_) {
-      options.open_progress = [this](int64_t done, int64_t total) {
-        progress_("prepare", static_cast<size_t>(done), static_cast<size_t>(total));
+ private:
+  static worker::SessionCacheOptions SessionOptionsFor(const scheduler::ProgressFn& progress) {
+    worker::SessionCacheOptions options;
+    options.max_sessions = 1;
+    if (progress) {
+      options.session.open_progress = [progress](int64_t done, int64_t total) {
+        progress("prepare", static_cast<size_t>(done), static_cast<size_t>(total));
       };
     }
-    QS_ASSIGN_OR_RETURN(session_, worker::ModelSession::Open(spec_, options));
-    // The evaluation stage follows: the workers' plan until validation.
-    core::ApplyThreadPlan(threads_plan_);
-    for (int i = 0; i < threads_plan_.workers; ++i) {
-      threads_.emplace_back(
-          [this] { worker::ServeTasks(*session_, store_, queue_, stop_, &threads_plan_); });
-    }
-    return FactsOf(*session_);
+    return options;
   }
 
-  // Validation and weights come after the evaluation stage, one at a time.
-  StatusOr<ValidationResult> Validate(const Recipe& recipe) override {
-    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
-    session_->DropCapturedInputs();
-    return session_->Validate(recipe);
-  }
-
-  StatusOr<TestResult> Test(const Recipe& recipe) override {
-    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
-    return session_->Test(recipe);
-  }
-
-  Status WriteWeights(const Recipe& recipe, const std::string& path) override {
-    core::ApplyThreadPlan(core::SingleStreamPlan(threads_plan_));
-    return session_->WriteWeights(recipe, path);
-  }
-
- private:
-  const JobSpec& spec_;
-  storage::EvaluationStore& store_;
   storage::TaskQueue& queue_;
   const core::ThreadPlan threads_plan_;
-  const scheduler::ProgressFn progress_;
-  std::unique_ptr<worker::ModelSession> session_;
+  worker::SessionCache sessions_;
+  worker::ServeOptions serve_;
   std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
 };
@@ -185,9 +145,13 @@ int RunSearchCommand(const RunArgs& args) {
   const auto start = std::chrono::steady_clock::now();
   auto spec = LoadSpecFile(args.spec);
   if (!spec.ok()) return Fail(spec.status());
-  auto store = storage::OpenDirectoryEvaluationStore(
-      (args.cache.empty() ? DefaultCacheDir() : args.cache) + "/evaluations");
+  const std::string cache = args.cache.empty() ? DefaultCacheDir() : args.cache;
+  auto store = storage::OpenDirectoryDocumentStore(cache + "/evaluations");
   if (!store.ok()) return Fail(store.status());
+  // The job's state, so that a run killed part-way resumes where it stopped when started again.
+  auto jobs = storage::OpenDirectoryDocumentStore(cache + "/jobs");
+  if (!jobs.ok()) return Fail(jobs.status());
+  const std::string job = "run-" + Sha256Hex(ToJson(*spec).dump()).substr(0, 32);
   Status s = MakeDirectories(args.out);
   if (!s.ok()) return Fail(s);
 
@@ -201,13 +165,21 @@ int RunSearchCommand(const RunArgs& args) {
     options.progress = [&](const std::string& stage, size_t done, size_t total) {
       printer.Update(stage, done, total);
     };
-    EmbeddedBackend backend(*spec, **store, *queue, threads, options.progress);
-    auto r = scheduler::RunSearch(*spec, backend, **store, *queue, options);
-    if (!r.ok()) return Fail(r.status());
+    EmbeddedWorkers workers(**store, *queue, threads, options.progress);
+    auto r = scheduler::RunSearch(job, *spec, **store, **jobs, *queue, options);
+    if (!r.ok()) {
+      // A job that ended (not one cut short) starts afresh next time.
+      (void)(*jobs)->Delete(job);
+      return Fail(r.status());
+    }
     result = std::move(*r);
     const auto artifacts_start = std::chrono::steady_clock::now();
-    s = backend.WriteWeights(result.recipe, args.out + "/weights.safetensors");
-    if (!s.ok()) return Fail(s);
+    auto written = scheduler::RunTask(
+        *queue, job,
+        RecipeRequest(TaskKind::kWriteWeights, *spec, result.recipe, result.facts.sites,
+                      args.out + "/weights.safetensors"),
+        options);
+    if (!written.ok()) return Fail(written.status());
     // The other documents first; metrics.json, which says the run is complete, last.
     for (const auto& [name, text] :
          std::vector<std::pair<std::string, std::string>>{
@@ -222,6 +194,8 @@ int RunSearchCommand(const RunArgs& args) {
   const json metrics =
       scheduler::MetricsDocument(*spec, result, artifacts_seconds, Seconds(start));
   s = WriteFileAtomically(args.out + "/metrics.json", metrics.dump(2) + "\n");
+  if (!s.ok()) return Fail(s);
+  s = (*jobs)->Delete(job);
   if (!s.ok()) return Fail(s);
   const double wall = metrics["seconds"]["wall"].get<double>();
   if (args.json_output) {

@@ -7,7 +7,6 @@
 #include <string>
 
 #include "scheduler/search.h"
-#include "worker/model_session.h"
 
 namespace qs::server {
 
@@ -19,9 +18,6 @@ struct RunArgs {
   int threads = 0;     // LibTorch/BLAS threads per worker; 0: the cores' share
   bool json_output = false;
 };
-
-// What the scheduler needs to know of a loaded session.
-scheduler::ModelFacts FactsOf(const worker::ModelSession& session);
 
 // $QS_CACHE_DIR, else $XDG_CACHE_HOME/qsearch, else $HOME/.cache/qsearch, else .qsearch-cache.
 std::string DefaultCacheDir();

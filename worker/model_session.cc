@@ -370,59 +370,18 @@ Status ModelSession::WriteWeights(const Recipe& recipe, const std::string& path)
   return q->WriteWeights(path);
 }
 
-void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
-                storage::TaskQueue& queue, const std::atomic<bool>& stop,
-                const core::ThreadPlan* threads) {
-  if (threads != nullptr) core::ApplyWorkerThreads(*threads);
-  while (!stop.load()) {
-    auto task = queue.Pop(std::chrono::milliseconds(100));
-    if (!task.ok() || !task->has_value()) continue;
-    const storage::Task& t = **task;
-    bool ok = true;
-    try {
-      const json payload = json::parse(t.payload);
-      const std::string site = payload.at("site").get<std::string>();
-      const core::Site* s = session.model().FindSite(site);
-      if (s == nullptr) throw std::runtime_error("unknown site " + site);
-      core::SiteEvaluationOptions options;
-      options.measure_mae = payload.value("measure_mae", false);
-      const RankingMetric needs = options.measure_mae ? RankingMetric::kMae : RankingMetric::kNoiseRatio;
-      std::vector<core::SiteCandidate> todo;
-      for (const auto& c : payload.at("candidates")) {
-        const std::string key = c.at("key").get<std::string>();
-        auto have = store.Get(key);
-        if (have.ok() && have->has_value()) {
-          auto stored = ParseStoredEvaluation(**have, key);
-          if (stored && HasMetric(*stored, needs)) continue;
-        }
-        auto config = QuantConfigFromJson(c.at("config"), s->kind);
-        if (!config.ok()) {
-          Evaluation e;
-          e.key = key;
-          e.site = site;
-          e.error = config.status().ToString();
-          ok = ok && store.Put(key, ToJson(e).dump()).ok();
-          continue;
-        }
-        todo.push_back({*config, key});
-      }
-      if (!todo.empty() && ok) {
-        // A task-wide failure (no inputs: out of memory, say) is not the candidates' result:
-        // nothing is stored, and the queue retries the task.
-        auto done = session.EvaluateTask(site, todo, options, [&](const Evaluation& e) {
-          ok = ok && store.Put(e.key, ToJson(e).dump()).ok();
-        });
-        ok = ok && done.ok();
-      }
-    } catch (...) {
-      ok = false;  // a malformed payload or an unexpected exception: retried, then dead-lettered
-    }
-    if (ok) {
-      (void)queue.Ack(t.id);
-    } else {
-      (void)queue.Nack(t.id);
-    }
-  }
+ModelFacts ModelSession::Facts() const {
+  ModelFacts f;
+  f.model_digest = model_digest_;
+  f.calibration_digest = calibration_digest_;
+  f.sites = sites();
+  f.fp32_top1 = fp32_top1_;
+  f.fp32_eval_seconds = fp32_validation_seconds_;
+  f.fp32_calibration_seconds = fp32_calibration_seconds_;
+  f.validation_images = validation_images();
+  f.calibration_images = calibration_images();
+  f.device = device();
+  return f;
 }
 
 }  // namespace qs::worker

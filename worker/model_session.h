@@ -14,7 +14,7 @@
 // captured after it.
 //
 //   QS_ASSIGN_OR_RETURN(auto session, ModelSession::Open(spec));
-//   std::thread t([&] { ServeTasks(*session, store, queue, stop); });
+//   QS_ASSIGN_OR_RETURN(auto evals, session->EvaluateTask(site, candidates, {}));
 #ifndef QS_WORKER_MODEL_SESSION_H_
 #define QS_WORKER_MODEL_SESSION_H_
 
@@ -35,6 +35,7 @@
 #include "common/evaluation.h"
 #include "common/job_spec.h"
 #include "common/plan.h"
+#include "common/tasks.h"
 #include "common/status.h"
 #include "core/dataset.h"
 #include "core/image_set.h"
@@ -42,8 +43,6 @@
 #include "core/quantize_model.h"
 #include "core/threads.h"
 #include "core/vit.h"
-#include "storage/evaluation_store.h"
-#include "storage/task_queue.h"
 
 namespace qs::worker {
 
@@ -81,6 +80,8 @@ class ModelSession {
   int64_t test_images() const { return test_ ? test_->size() : 0; }
   int64_t calibration_images() const { return calibration_images_.size(0); }
   std::string device() const;
+  // What the scheduler needs to plan and report the search.
+  ModelFacts Facts() const;
 
   // Measures `candidates` at `site` in one go (thread-safe), calling `on_result` with each
   // Evaluation as soon as it exists. A candidate's own failure comes back inside its Evaluation
@@ -162,14 +163,6 @@ class ModelSession {
   std::string last_recipe_;
   std::unique_ptr<core::QuantizedModel> last_quantized_;
 };
-
-// Serves `queue` until `stop` is set: each task's candidates (those already in `store` with what
-// the task asks skipped) are evaluated together, each result written to `store` as soon as it
-// exists, then the task acked. A task whose payload cannot be read is nacked (and dead-lettered
-// after its attempts). With `threads`, the thread first takes its per-worker thread count.
-void ServeTasks(const ModelSession& session, storage::EvaluationStore& store,
-                storage::TaskQueue& queue, const std::atomic<bool>& stop,
-                const core::ThreadPlan* threads = nullptr);
 
 }  // namespace qs::worker
 

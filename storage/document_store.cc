@@ -1,4 +1,4 @@
-#include "storage/evaluation_store.h"
+#include "storage/document_store.h"
 
 #include <filesystem>
 #include <map>
@@ -17,7 +17,7 @@ Status CheckKey(const std::string& key) {
   return OkStatus();
 }
 
-class InMemoryEvaluationStore : public EvaluationStore {
+class InMemoryDocumentStore : public DocumentStore {
  public:
   StatusOr<std::optional<std::string>> Get(const std::string& key) override {
     QS_RETURN_IF_ERROR(CheckKey(key));
@@ -32,15 +32,21 @@ class InMemoryEvaluationStore : public EvaluationStore {
     values_[key] = value;
     return OkStatus();
   }
+  Status Delete(const std::string& key) override {
+    QS_RETURN_IF_ERROR(CheckKey(key));
+    std::lock_guard<std::mutex> lock(mu_);
+    values_.erase(key);
+    return OkStatus();
+  }
 
  private:
   std::mutex mu_;
   std::map<std::string, std::string> values_;
 };
 
-class DirectoryEvaluationStore : public EvaluationStore {
+class DirectoryDocumentStore : public DocumentStore {
  public:
-  explicit DirectoryEvaluationStore(std::string dir) : dir_(std::move(dir)) {}
+  explicit DirectoryDocumentStore(std::string dir) : dir_(std::move(dir)) {}
 
   StatusOr<std::optional<std::string>> Get(const std::string& key) override {
     QS_RETURN_IF_ERROR(CheckKey(key));
@@ -56,6 +62,14 @@ class DirectoryEvaluationStore : public EvaluationStore {
     QS_RETURN_IF_ERROR(CheckKey(key));
     QS_RETURN_IF_ERROR(MakeDirectories(dir_ + "/" + key.substr(0, 2)));
     return WriteFileAtomically(PathOf(key), value);
+  }
+
+  Status Delete(const std::string& key) override {
+    QS_RETURN_IF_ERROR(CheckKey(key));
+    std::error_code ec;
+    std::filesystem::remove(PathOf(key), ec);
+    if (ec) return Status(StatusCode::kUnavailable, "cannot remove " + PathOf(key) + ": " + ec.message());
+    return OkStatus();
   }
 
  private:
@@ -78,14 +92,14 @@ bool IsValidStoreKey(const std::string& key) {
   return true;
 }
 
-std::unique_ptr<EvaluationStore> NewInMemoryEvaluationStore() {
-  return std::make_unique<InMemoryEvaluationStore>();
+std::unique_ptr<DocumentStore> NewInMemoryDocumentStore() {
+  return std::make_unique<InMemoryDocumentStore>();
 }
 
-StatusOr<std::unique_ptr<EvaluationStore>> OpenDirectoryEvaluationStore(const std::string& dir) {
-  if (dir.empty()) return InvalidArgumentError("evaluation store directory is empty");
+StatusOr<std::unique_ptr<DocumentStore>> OpenDirectoryDocumentStore(const std::string& dir) {
+  if (dir.empty()) return InvalidArgumentError("document store directory is empty");
   QS_RETURN_IF_ERROR(MakeDirectories(dir));
-  return std::unique_ptr<EvaluationStore>(std::make_unique<DirectoryEvaluationStore>(dir));
+  return std::unique_ptr<DocumentStore>(std::make_unique<DirectoryDocumentStore>(dir));
 }
 
 }  // namespace qs::storage

@@ -1,0 +1,154 @@
+#include "worker/task_server.h"
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/tasks.h"
+#include "core/safetensors.h"
+#include "core/test_models.h"
+
+namespace qs::worker {
+namespace {
+
+using nlohmann::json;
+
+// A tiny random model with random calibration and validation images, written once.
+class TaskServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string((std::filesystem::temp_directory_path() /
+                            ("qs_task_server_test_" + std::to_string(getpid())))
+                               .string());
+    std::filesystem::create_directories(*dir_);
+    const core::ViTConfig c = core::testing::TinyConfig();
+    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/config.json", core::ToJson(c).dump()).ok());
+    ASSERT_TRUE(
+        core::WriteSafetensors(*dir_ + "/model.safetensors", core::testing::TinyTensors(c, 41), {})
+            .ok());
+    torch::manual_seed(42);
+    for (const char* name : {"calib", "val"}) {
+      ASSERT_TRUE(core::WriteSafetensors(*dir_ + "/" + name + ".safetensors",
+                                         {{"images", torch::rand({24, 1, 16, 16})},
+                                          {"labels", torch::randint(0, 5, {24}, torch::kInt64)}},
+                                         {})
+                      .ok());
+    }
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static JobSpec Spec() {
+    JobSpec spec;
+    spec.model_config = *dir_ + "/config.json";
+    spec.model_weights = *dir_ + "/model.safetensors";
+    spec.calibration_source = *dir_ + "/calib.safetensors";
+    spec.calibration_count = 24;
+    spec.validation_source = *dir_ + "/val.safetensors";
+    spec.device = "cpu";
+    return spec;
+  }
+
+  static std::string* dir_;
+};
+
+std::string* TaskServerTest::dir_ = nullptr;
+
+TEST_F(TaskServerTest, ServesEveryKindFromOneSessionAndStoresOnlyWhatLasts) {
+  SessionCache sessions;
+  auto store = storage::NewInMemoryDocumentStore();
+  const JobSpec spec = Spec();
+  auto facts_text = DoTask(sessions, *store, PrepareRequest(spec).dump());
+  ASSERT_TRUE(facts_text.ok()) << facts_text.status().ToString();
+  auto facts = ModelFactsFromJson(json::parse(*facts_text));
+  ASSERT_TRUE(facts.ok());
+  EXPECT_FALSE(facts->sites.empty());
+  EXPECT_EQ(facts->calibration_images, 24);
+
+  // One site: a valid candidate and one whose config cannot be read (a permanent failure).
+  SitePlan site;
+  site.site = facts->sites[1];
+  ASSERT_EQ(site.site.kind, SiteKind::kLinear) << site.site.name;
+  Candidate good{site.site.name, SiteKind::kLinear, {}};
+  good.config.weight.bits = 4;
+  site.candidates = {good};
+  json payload = EvaluateRequest(spec, site, {"goodkey"}, {0}, false);
+  payload["candidates"].push_back({{"key", "badkey"}, {"config", {{"weight", {{"bits", 99}}}}}});
+  auto evaluated = DoTask(sessions, *store, payload.dump());
+  ASSERT_TRUE(evaluated.ok()) << evaluated.status().ToString();
+  auto good_e = ParseStoredEvaluation(**store->Get("goodkey"), "goodkey");
+  ASSERT_TRUE(good_e && good_e->ok());
+  EXPECT_GT(good_e->sqnr_db, 0);
+  auto bad_e = ParseStoredEvaluation(**store->Get("badkey"), "badkey");
+  ASSERT_TRUE(bad_e);
+  EXPECT_EQ(bad_e->error_code, StatusCode::kInvalidArgument);
+
+  // A second job over the same model and data with another search space shares the session.
+  JobSpec other = spec;
+  other.space.weight_bits = {3};
+  ASSERT_TRUE(DoTask(sessions, *store, PrepareRequest(other).dump()).ok());
+  Recipe recipe;
+  recipe.linear_default.weight.bits = 8;
+  auto validated =
+      DoTask(sessions, *store, RecipeRequest(TaskKind::kValidate, other, recipe, facts->sites).dump());
+  ASSERT_TRUE(validated.ok()) << validated.status().ToString();
+  auto v = ValidationResultFromJson(json::parse(*validated));
+  ASSERT_TRUE(v.ok());
+  EXPECT_GE(v->top1, 0.0);
+  const std::string weights = *dir_ + "/w8.safetensors";
+  ASSERT_TRUE(DoTask(sessions, *store,
+                     RecipeRequest(TaskKind::kWriteWeights, other, recipe, facts->sites, weights).dump())
+                  .ok());
+  EXPECT_TRUE(std::filesystem::exists(weights));
+  EXPECT_EQ(sessions.opened(), 1);
+}
+
+TEST_F(TaskServerTest, BadTasksFailWithCodesThatSayWhetherToRetry) {
+  SessionCache sessions;
+  auto store = storage::NewInMemoryDocumentStore();
+  EXPECT_EQ(DoTask(sessions, *store, "{oops").status().code(), StatusCode::kInvalidArgument);
+  SitePlan nowhere;
+  nowhere.site = {"blocks.99.mlp.fc1", SiteKind::kLinear, 4, 4};
+  nowhere.candidates = {{nowhere.site.name, SiteKind::kLinear, {}}};
+  auto missing_site = DoTask(sessions, *store, EvaluateRequest(Spec(), nowhere, {"k"}, {0}, false).dump());
+  EXPECT_EQ(missing_site.status().code(), StatusCode::kNotFound);
+  JobSpec no_model = Spec();
+  no_model.model_weights = *dir_ + "/absent.safetensors";
+  auto unloadable = DoTask(sessions, *store, PrepareRequest(no_model).dump());
+  ASSERT_FALSE(unloadable.ok());
+  EXPECT_FALSE(IsTransient(unloadable.status().code())) << unloadable.status().ToString();
+  EXPECT_FALSE(store->Get("k")->has_value());
+}
+
+TEST_F(TaskServerTest, ServeTasksRecordsOutcomesOnTheQueue) {
+  SessionCache sessions;
+  auto store = storage::NewInMemoryDocumentStore();
+  auto queue = storage::NewInProcessTaskQueue();
+  const json prepare = PrepareRequest(Spec());
+  ASSERT_TRUE(queue->Push({"j", TaskIdFor(prepare), prepare.dump()}).ok());
+  ASSERT_TRUE(queue->Push({"j", "broken", "{}"}).ok());
+  std::atomic<bool> stop{false};
+  std::thread worker([&] { ServeTasks(sessions, *store, *queue, stop); });
+  const auto start = std::chrono::steady_clock::now();
+  while (queue->Outcomes("j")->size() < 2 &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(60)) {
+    queue->WaitForOutcome("j", std::chrono::milliseconds(100));
+  }
+  stop = true;
+  worker.join();
+  auto outcomes = queue->Outcomes("j");
+  ASSERT_EQ(outcomes->size(), 2u);
+  EXPECT_EQ(outcomes->at(TaskIdFor(prepare)).state, storage::TaskState::kDone);
+  const auto& broken = outcomes->at("broken");
+  EXPECT_EQ(broken.state, storage::TaskState::kDead);
+  EXPECT_EQ(broken.attempts, 1);  // permanent: not retried
+  EXPECT_EQ(broken.error.code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace qs::worker
