@@ -7,6 +7,8 @@
 #include <thread>
 
 #include "scheduler/artifacts.h"
+#include "storage/redis_store.h"
+#include "storage/redis_testing.h"
 
 namespace qs::scheduler {
 namespace {
@@ -451,6 +453,33 @@ TEST(SearchTest, ABoundedDispatchWindowGivesTheSameResult) {
   auto windowed = RunSearch("job", Spec(4.0), *store, *jobs, *queue, options);
   ASSERT_TRUE(all_at_once.ok() && windowed.ok());
   EXPECT_EQ(RecipeDocument(*windowed).dump(), RecipeDocument(*all_at_once).dump());
+}
+
+TEST(SearchTest, OverRedisTheSameJobGivesTheSameRecipeAndResumes) {
+  storage::testing::RedisServer server;
+  ASSERT_TRUE(server.Start());
+  auto redis = storage::RedisClient::Connect(server.address());
+  ASSERT_TRUE(redis.ok()) << redis.status().ToString();
+  std::shared_ptr<storage::RedisClient> client = std::move(*redis);
+  auto evaluations = storage::NewRedisDocumentStore(client, "qs:v1:eval:");
+  auto jobs = storage::NewRedisDocumentStore(client, "qs:v1:jobstate:");
+  auto queue = storage::NewRedisTaskQueue(client);
+  ASSERT_TRUE(queue.ok()) << queue.status().ToString();
+  FakeBackend local_backend, redis_backend;
+  auto local = RunJob(Spec(4.0), local_backend, *storage::NewInMemoryDocumentStore());
+  ASSERT_TRUE(local.ok());
+  {
+    FakeWorkers workers(*evaluations, **queue, redis_backend);
+    auto remote = RunSearch("job", Spec(4.0), *evaluations, *jobs, **queue);
+    ASSERT_TRUE(remote.ok()) << remote.status().ToString();
+    EXPECT_EQ(RecipeDocument(*remote).dump(), RecipeDocument(*local).dump());
+    EXPECT_EQ(remote->evaluated_now, remote->plan.candidate_count());
+  }
+  // The saved state lets a second scheduler finish the job without a single task.
+  auto again = RunSearch("job", Spec(4.0), *evaluations, *jobs, **queue);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->from_cache, again->plan.candidate_count());
+  EXPECT_EQ(RecipeDocument(*again).dump(), RecipeDocument(*local).dump());
 }
 
 TEST(ArtifactsTest, DocumentsCarryWhatUsersNeed) {

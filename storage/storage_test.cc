@@ -5,7 +5,7 @@
 #include <thread>
 
 #include "storage/document_store.h"
-#include "storage/queue_contract.h"
+#include "storage/contract_testing.h"
 #include "storage/task_queue.h"
 
 namespace qs::storage {
@@ -13,25 +13,7 @@ namespace {
 
 using std::chrono::milliseconds;
 
-void ExerciseStore(DocumentStore& store) {
-  auto missing = store.Get("abc123");
-  ASSERT_TRUE(missing.ok());
-  EXPECT_FALSE(missing->has_value());
-  ASSERT_TRUE(store.Put("abc123", R"({"x":1})").ok());
-  auto got = store.Get("abc123");
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ(**got, R"({"x":1})");
-  ASSERT_TRUE(store.Put("abc123", "second").ok());
-  EXPECT_EQ(**store.Get("abc123"), "second");
-  ASSERT_TRUE(store.Put("gone", "x").ok());
-  ASSERT_TRUE(store.Delete("gone").ok());
-  EXPECT_FALSE(store.Get("gone")->has_value());
-  EXPECT_TRUE(store.Delete("never-there").ok());
-  for (const char* bad : {"", "../etc/passwd", "a/b", "a b", "ä"}) {
-    EXPECT_EQ(store.Put(bad, "x").code(), StatusCode::kInvalidArgument) << bad;
-    EXPECT_EQ(store.Get(bad).status().code(), StatusCode::kInvalidArgument) << bad;
-  }
-}
+using contract::ExerciseStore;
 
 TEST(DocumentStoreTest, InMemory) {
   auto store = NewInMemoryDocumentStore();

@@ -1,7 +1,7 @@
-// The TaskQueue contract as test bodies, run against every implementation (the in-process one in
-// storage_test.cc, the Redis one in redis_test.cc). Test-only.
-#ifndef QS_STORAGE_QUEUE_CONTRACT_H_
-#define QS_STORAGE_QUEUE_CONTRACT_H_
+// The DocumentStore and TaskQueue contracts as test bodies, run against every implementation (in
+// process and on disk in storage_test.cc, on Redis in redis_test.cc). Test-only.
+#ifndef QS_STORAGE_CONTRACT_TESTING_H_
+#define QS_STORAGE_CONTRACT_TESTING_H_
 
 #include <gtest/gtest.h>
 
@@ -12,12 +12,36 @@
 #include <thread>
 #include <vector>
 
+#include "storage/document_store.h"
 #include "storage/task_queue.h"
 
 namespace qs::storage::contract {
 
 using std::chrono::milliseconds;
 using QueueFactory = std::function<std::unique_ptr<TaskQueue>(const QueueOptions&)>;
+
+inline void ExerciseStore(DocumentStore& store) {
+  auto missing = store.Get("abc123");
+  ASSERT_TRUE(missing.ok());
+  EXPECT_FALSE(missing->has_value());
+  ASSERT_TRUE(store.Put("abc123", R"({"x":1})").ok());
+  auto got = store.Get("abc123");
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ(**got, R"({"x":1})");
+  ASSERT_TRUE(store.Put("abc123", "second").ok());
+  EXPECT_EQ(**store.Get("abc123"), "second");
+  ASSERT_TRUE(store.Put("gone", "x").ok());
+  ASSERT_TRUE(store.Delete("gone").ok());
+  EXPECT_FALSE(store.Get("gone")->has_value());
+  EXPECT_TRUE(store.Delete("never-there").ok());
+  const std::string binary("a\0b\xff", 4);
+  ASSERT_TRUE(store.Put("binary", binary).ok());
+  EXPECT_EQ(**store.Get("binary"), binary);
+  for (const char* bad : {"", "../etc/passwd", "a/b", "a b", "ä"}) {
+    EXPECT_EQ(store.Put(bad, "x").code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(store.Get(bad).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
 
 inline std::optional<Task> PopOne(TaskQueue& q, milliseconds wait = milliseconds(200)) {
   auto t = q.Pop(wait);
@@ -98,6 +122,7 @@ inline void ExpiredLeasesAreTakenOverAndHeartbeatsKeepThem(const QueueFactory& m
   EXPECT_EQ(taken->attempt, 1);
   EXPECT_NE(taken->receipt, held->receipt);
   EXPECT_EQ(q->Heartbeat(*held).code(), StatusCode::kNotFound);
+  EXPECT_EQ(q->Fail(*held, InvalidArgumentError("stale")).code(), StatusCode::kNotFound);
   // The first delivery finishes after all: its result stands, the second one's changes nothing.
   ASSERT_TRUE(q->Complete(*held, "from the first").ok());
   ASSERT_TRUE(q->Complete(*taken, "from the second").ok());
@@ -198,4 +223,4 @@ inline void WorkersShareTasksAndEachRunsOnce(const QueueFactory& make) {
 
 }  // namespace qs::storage::contract
 
-#endif  // QS_STORAGE_QUEUE_CONTRACT_H_
+#endif  // QS_STORAGE_CONTRACT_TESTING_H_

@@ -1,0 +1,171 @@
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "storage/contract_testing.h"
+#include "storage/redis_client.h"
+#include "storage/redis_store.h"
+#include "storage/redis_testing.h"
+
+namespace qs::storage {
+namespace {
+
+using std::chrono::milliseconds;
+
+TEST(RedisUrlTest, ParsesWhatIsThereAndNamesWhatIsWrong) {
+  auto a = ParseRedisUrl("redis://cache.internal:6380/2");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->host, "cache.internal");
+  EXPECT_EQ(a->port, 6380);
+  EXPECT_EQ(a->db, 2);
+  auto b = ParseRedisUrl("redis://:s3cret@10.0.0.5");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->password, "s3cret");
+  EXPECT_EQ(b->port, 6379);
+  EXPECT_EQ(b->ToString().find("s3cret"), std::string::npos);
+  for (const auto& [url, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"http://x", "redis://"},
+           {"redis://", "no host"},
+           {"redis://h:0", "port"},
+           {"redis://h:70000", "port"},
+           {"redis://h:12ab", "port"},
+           {"redis://h/16", "database"}}) {
+    auto r = ParseRedisUrl(url);
+    ASSERT_FALSE(r.ok()) << url;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().ToString();
+  }
+}
+
+TEST(RedisClientTest, NothingListeningIsUnavailableSoon) {
+  RedisAddress nowhere;
+  nowhere.port = testing::FreePort();
+  RedisOptions options;
+  options.retry_for = milliseconds(200);
+  const auto start = std::chrono::steady_clock::now();
+  auto client = RedisClient::Connect(nowhere, options);
+  EXPECT_EQ(client.status().code(), StatusCode::kUnavailable);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+// One server for the suite (append-only, fsync always); every test starts from an empty one.
+class RedisStorageTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new testing::RedisServer(/*aof=*/true);
+    ASSERT_TRUE(server_->Start()) << "redis-server did not start";
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr);
+    auto c = RedisClient::Connect(server_->address());
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    redis_ = std::move(*c);
+    ASSERT_TRUE(redis_->Command({"FLUSHALL"}).ok());
+  }
+  static std::unique_ptr<TaskQueue> MakeQueue(const QueueOptions& base) {
+    RedisQueueOptions options;
+    static_cast<QueueOptions&>(options) = base;
+    auto q = NewRedisTaskQueue(redis_, options);
+    EXPECT_TRUE(q.ok()) << q.status().ToString();
+    return q.ok() ? std::move(*q) : nullptr;
+  }
+
+  static testing::RedisServer* server_;
+  static std::shared_ptr<RedisClient> redis_;
+};
+
+testing::RedisServer* RedisStorageTest::server_ = nullptr;
+std::shared_ptr<RedisClient> RedisStorageTest::redis_;
+
+TEST_F(RedisStorageTest, DocumentStore) {
+  auto store = NewRedisDocumentStore(redis_, "qs:v1:eval:");
+  contract::ExerciseStore(*store);
+  EXPECT_EQ(redis_->Command({"GET", "qs:v1:eval:abc123"})->str, "second");
+  auto cache = NewRedisDocumentStore(redis_, "qs:v1:act:", std::chrono::seconds(100));
+  ASSERT_TRUE(cache->Put("k", "v").ok());
+  const int64_t ttl = redis_->Command({"TTL", "qs:v1:act:k"})->integer;
+  EXPECT_GT(ttl, 90);
+  EXPECT_LE(ttl, 100);
+}
+
+TEST_F(RedisStorageTest, PushIsIdempotentAndOutcomesArePerJob) {
+  contract::PushIsIdempotentAndOutcomesArePerJob(MakeQueue);
+}
+TEST_F(RedisStorageTest, TransientFailuresRetryPermanentOnesDieAtOnce) {
+  contract::TransientFailuresRetryPermanentOnesDieAtOnce(MakeQueue);
+}
+TEST_F(RedisStorageTest, ExpiredLeasesAreTakenOverAndHeartbeatsKeepThem) {
+  contract::ExpiredLeasesAreTakenOverAndHeartbeatsKeepThem(MakeQueue);
+}
+TEST_F(RedisStorageTest, LeasesLostOnEveryAttemptEndDead) {
+  contract::LeasesLostOnEveryAttemptEndDead(MakeQueue);
+}
+TEST_F(RedisStorageTest, CancelDropsTheJobsQueuedTasksOnly) {
+  contract::CancelDropsTheJobsQueuedTasksOnly(MakeQueue);
+}
+TEST_F(RedisStorageTest, WaitForOutcomeWakesOnCompletion) {
+  contract::WaitForOutcomeWakesOnCompletion(MakeQueue);
+}
+TEST_F(RedisStorageTest, WorkersShareTasksAndEachRunsOnce) {
+  contract::WorkersShareTasksAndEachRunsOnce(MakeQueue);
+}
+
+TEST_F(RedisStorageTest, TwoProcessesWorthOfQueuesShareOneStream) {
+  // A scheduler's queue and a worker's, as separate processes would hold them.
+  RedisQueueOptions scheduler_side, worker_side;
+  scheduler_side.consumer = "scheduler";
+  worker_side.consumer = "worker-1";
+  auto scheduler = NewRedisTaskQueue(redis_, scheduler_side);
+  auto worker = NewRedisTaskQueue(redis_, worker_side);
+  ASSERT_TRUE(scheduler.ok() && worker.ok());
+  ASSERT_TRUE((*scheduler)->Push({"j", "t", "payload"}).ok());
+  auto t = (*worker)->Pop(milliseconds(500));
+  ASSERT_TRUE(t.ok() && t->has_value());
+  EXPECT_EQ((*t)->payload, "payload");
+  ASSERT_TRUE((*worker)->Complete(**t, "r").ok());
+  EXPECT_EQ((*scheduler)->Outcomes("j")->at("t").result, "r");
+  // The stream keeps only live tasks.
+  EXPECT_EQ(redis_->Command({"XLEN", "qs:v1:tasks"})->integer, 0);
+}
+
+TEST_F(RedisStorageTest, QueueAndOutcomesSurviveAKilledRedis) {
+  auto q = MakeQueue({});
+  ASSERT_TRUE(q->Push({"j", "a", "p"}).ok());
+  ASSERT_TRUE(q->Push({"j", "b", "p"}).ok());
+  auto a = q->Pop(milliseconds(500));
+  ASSERT_TRUE(a.ok() && a->has_value());
+  ASSERT_TRUE(q->Complete(**a, "ra").ok());
+  server_->Kill();
+  // Commands wait for the server to come back instead of failing the job.
+  std::thread restart([] {
+    std::this_thread::sleep_for(milliseconds(300));
+    ASSERT_TRUE(server_->Start());
+  });
+  auto b = q->Pop(milliseconds(2000));
+  restart.join();
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_TRUE(b->has_value());
+  EXPECT_EQ((*b)->id, "b");
+  ASSERT_TRUE(q->Complete(**b, "rb").ok());
+  auto outcomes = q->Outcomes("j");
+  ASSERT_TRUE(outcomes.ok());
+  EXPECT_EQ(outcomes->at("a").result, "ra");
+  EXPECT_EQ(outcomes->at("b").result, "rb");
+}
+
+TEST_F(RedisStorageTest, AFullRedisIsResourceExhaustedNotACrash) {
+  ASSERT_TRUE(redis_->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"}).ok());
+  ASSERT_TRUE(redis_->Command({"CONFIG", "SET", "maxmemory", "1"}).ok());
+  auto store = NewRedisDocumentStore(redis_, "qs:v1:eval:");
+  const Status s = store->Put("big", std::string(1 << 20, 'x'));
+  ASSERT_TRUE(redis_->Command({"CONFIG", "SET", "maxmemory", "0"}).ok());
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
+  EXPECT_TRUE(store->Put("small", "x").ok());
+}
+
+}  // namespace
+}  // namespace qs::storage
