@@ -22,6 +22,7 @@
 #include "core/vit.h"
 #include "bench/engine_bench.h"
 #include "server/run_command.h"
+#include "server/service_commands.h"
 
 namespace qs::server {
 namespace {
@@ -376,11 +377,14 @@ int RunCli(int argc, char** argv) {
   auto* inspect = app.add_subcommand("inspect", "print a model's config, digest and sites");
   AddModelOptions(inspect, &i);
 
+  auto run_service_command = AddServiceCommands(app, argc, argv);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
     return app.exit(err) == 0 ? 0 : 2;
   }
+  if (const int code = run_service_command(); code >= 0) return code;
   if (run->parsed()) {
     run_args.threads = threads;
     return RunSearchCommand(run_args);

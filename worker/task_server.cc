@@ -1,5 +1,7 @@
 #include "worker/task_server.h"
 
+#include <unistd.h>
+
 #include <exception>
 #include <thread>
 
@@ -131,14 +133,33 @@ StatusOr<std::string> Evaluate(const ModelSession& session, const TaskRequest& r
   return json{{"stored", stored}}.dump();
 }
 
+// Writes `recipe`'s weights to the request's path, or publishes them into the blob store when the
+// request names none.
+StatusOr<std::string> WriteWeights(ModelSession& session, const Recipe& recipe,
+                                   const TaskRequest& request, const ServeOptions& options) {
+  if (!request.path.empty()) {
+    QS_RETURN_IF_ERROR(session.WriteWeights(recipe, request.path));
+    return json{{"path", request.path}}.dump();
+  }
+  if (options.blobs == nullptr) {
+    return InvalidArgumentError("write_weights names no path and this worker has no blob store");
+  }
+  const std::string scratch = options.blobs->ScratchPath(".safetensors");
+  QS_RETURN_IF_ERROR(session.WriteWeights(recipe, scratch));
+  QS_ASSIGN_OR_RETURN(storage::BlobDigest d, options.blobs->MoveIn(scratch));
+  return json{{"sha256", d.sha256}, {"size", d.size}}.dump();
+}
+
 StatusOr<std::string> DoRequest(SessionCache& sessions, storage::DocumentStore& evaluations,
                                 const TaskRequest& request, const ServeOptions& options) {
+  JobSpec spec = request.spec;
+  QS_RETURN_IF_ERROR(ResolveBlobReferences(options.blobs, &spec));
   if (request.kind == TaskKind::kEvaluate) {
-    QS_ASSIGN_OR_RETURN(auto session, sessions.Get(request.session, request.spec));
+    QS_ASSIGN_OR_RETURN(auto session, sessions.Get(request.session, spec));
     return Evaluate(*session, request, evaluations);
   }
   return WholeModel(options, [&]() -> StatusOr<std::string> {
-    QS_ASSIGN_OR_RETURN(auto session, sessions.Get(request.session, request.spec));
+    QS_ASSIGN_OR_RETURN(auto session, sessions.Get(request.session, spec));
     if (request.kind == TaskKind::kPrepare) return ToJson(session->Facts()).dump();
     QS_ASSIGN_OR_RETURN(Recipe recipe, ReadRecipe(*session, request.recipe));
     switch (request.kind) {
@@ -153,9 +174,7 @@ StatusOr<std::string> DoRequest(SessionCache& sessions, storage::DocumentStore& 
         return ToJson(t).dump();
       }
       case TaskKind::kWriteWeights:
-        if (request.path.empty()) return InvalidArgumentError("write_weights: empty path");
-        QS_RETURN_IF_ERROR(session->WriteWeights(recipe, request.path));
-        return json{{"path", request.path}}.dump();
+        return WriteWeights(*session, recipe, request, options);
       default:
         return InternalError("unhandled task kind");
     }
@@ -163,6 +182,24 @@ StatusOr<std::string> DoRequest(SessionCache& sessions, storage::DocumentStore& 
 }
 
 }  // namespace
+
+Status ResolveBlobReferences(const storage::BlobStore* blobs, JobSpec* spec) {
+  for (std::string* field : {&spec->model_config, &spec->model_weights, &spec->calibration_source,
+                             &spec->validation_source, &spec->test_source}) {
+    if (field->rfind("blob:", 0) != 0) continue;
+    auto hex = storage::ParseBlobReference(*field);
+    if (!hex) return InvalidArgumentError("'" + *field + "' is not a blob reference");
+    if (blobs == nullptr) {
+      return FailedPreconditionError("the spec names blobs but this worker has no blob store");
+    }
+    const std::string path = blobs->PathOf(*hex);
+    if (::access(path.c_str(), R_OK) != 0) {
+      return NotFoundError("blob " + *hex + " is not in the blob store (" + path + ")");
+    }
+    *field = path;
+  }
+  return OkStatus();
+}
 
 SessionCache::SessionCache(SessionCacheOptions options) : options_(std::move(options)) {}
 
@@ -230,6 +267,7 @@ void ServeTasks(SessionCache& sessions, storage::DocumentStore& evaluations,
     if (!popped->has_value()) continue;
     const storage::Task& task = **popped;
     keeper.Hold(task);
+    if (options.on_start) options.on_start(task);
     const auto start = std::chrono::steady_clock::now();
     auto result = DoTask(sessions, evaluations, task.payload, options);
     keeper.Release();

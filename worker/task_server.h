@@ -27,6 +27,7 @@
 #include "common/job_spec.h"
 #include "common/status.h"
 #include "core/threads.h"
+#include "storage/blob_store.h"
 #include "storage/document_store.h"
 #include "storage/task_queue.h"
 #include "worker/model_session.h"
@@ -67,7 +68,11 @@ struct ServeOptions {
   std::chrono::milliseconds poll{100};
   // How often leases of tasks in progress are renewed (keep it well under the queue's lease).
   std::chrono::milliseconds heartbeat{10000};
-  // Hears each task as it ends (the worker's metrics). May be empty.
+  // Where "blob:sha256:<hex>" references in specs resolve, and where write_weights tasks without
+  // a path publish the weights (the service's shared volume). Null: no blobs.
+  storage::BlobStore* blobs = nullptr;
+  // Hear each task as it starts and as it ends (the worker's metrics). May be empty.
+  std::function<void(const storage::Task&)> on_start;
   std::function<void(const storage::Task&, const Status&, double seconds)> on_task;
 };
 
@@ -75,6 +80,11 @@ struct ServeOptions {
 void ServeTasks(SessionCache& sessions, storage::DocumentStore& evaluations,
                 storage::TaskQueue& queue, const std::atomic<bool>& stop,
                 const ServeOptions& options = {});
+
+// Replaces the blob references among `spec`'s model files and data sources by their paths in
+// `blobs`. NOT_FOUND for a blob the store lacks; FAILED_PRECONDITION when there are references
+// but no store.
+Status ResolveBlobReferences(const storage::BlobStore* blobs, JobSpec* spec);
 
 // Does one task (without the queue): the result text a Complete records, or the failure.
 StatusOr<std::string> DoTask(SessionCache& sessions, storage::DocumentStore& evaluations,
