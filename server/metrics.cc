@@ -238,13 +238,15 @@ void Metrics::Task(const std::string& kind, bool ok, double seconds, double queu
 
 void Metrics::SetBusy(int busy_threads) { busy_->Set(busy_threads); }
 
-void Metrics::ActivationCache(bool hit, int64_t bytes_read, int64_t bytes_written) {
+void Metrics::ActivationCacheLookup(bool hit, int64_t bytes_read) {
   std::lock_guard<std::mutex> lock(mu_);
   cache_requests_->Add({{"result", hit ? "hit" : "miss"}}).Increment();
-  if (bytes_read > 0) cache_bytes_->Add({{"op", "read"}}).Increment(static_cast<double>(bytes_read));
-  if (bytes_written > 0) {
-    cache_bytes_->Add({{"op", "write"}}).Increment(static_cast<double>(bytes_written));
-  }
+  cache_bytes_->Add({{"op", "read"}}).Increment(static_cast<double>(bytes_read));
+}
+
+void Metrics::ActivationCacheStore(int64_t bytes_written) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cache_bytes_->Add({{"op", "write"}}).Increment(static_cast<double>(bytes_written));
 }
 
 }  // namespace qs::server

@@ -47,8 +47,9 @@ class Metrics {
   // One task ended on a worker.
   void Task(const std::string& kind, bool ok, double seconds, double queue_wait_seconds);
   void SetBusy(int busy_threads);
-  // The activation cache: one lookup (hit or miss) and its bytes.
-  void ActivationCache(bool hit, int64_t bytes_read, int64_t bytes_written);
+  // The activation cache: one lookup (hit or miss) with the bytes read, or a store.
+  void ActivationCacheLookup(bool hit, int64_t bytes_read);
+  void ActivationCacheStore(int64_t bytes_written);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

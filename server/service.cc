@@ -21,6 +21,7 @@
 #include "server/api_convert.h"
 #include "server/metrics.h"
 #include "storage/blob_store.h"
+#include "storage/chunked_cache.h"
 #include "storage/redis_client.h"
 #include "storage/redis_store.h"
 #include "worker/task_server.h"
@@ -470,7 +471,17 @@ int RunWorker(const ServiceConfig& c) {
   const core::ThreadPlan plan =
       core::PlanThreads(c.worker_threads, core::UsableCores(), /*intra_op_threads=*/0);
   core::ApplyThreadPlan(plan);
-  worker::SessionCache sessions;
+  // The calibration checkpoints, shared by every worker and job through the LRU instance.
+  storage::ChunkedCache checkpoints(redis->cache, "qs:v1:act:", std::chrono::hours(24));
+  worker::SessionCacheOptions session_options;
+  session_options.session.checkpoint_cache = &checkpoints;
+  session_options.session.on_checkpoint_lookup = [&metrics](bool hit, int64_t bytes) {
+    metrics.ActivationCacheLookup(hit, bytes);
+  };
+  session_options.session.on_checkpoint_store = [&metrics](int64_t bytes) {
+    metrics.ActivationCacheStore(bytes);
+  };
+  worker::SessionCache sessions(session_options);
   std::atomic<int> busy{0};
   worker::ServeOptions serve;
   serve.threads = &plan;

@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "storage/chunked_cache.h"
 #include "storage/contract_testing.h"
 #include "storage/redis_client.h"
 #include "storage/redis_store.h"
@@ -165,6 +166,34 @@ TEST_F(RedisStorageTest, AFullRedisIsResourceExhaustedNotACrash) {
   ASSERT_TRUE(redis_->Command({"CONFIG", "SET", "maxmemory", "0"}).ok());
   EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
   EXPECT_TRUE(store->Put("small", "x").ok());
+}
+
+TEST_F(RedisStorageTest, ChunkedCacheRoundTripsAndTreatsPartialEvictionAsAMiss) {
+  ChunkedCache cache(redis_, "qs:v1:act:", std::chrono::seconds(600), /*chunk_bytes=*/1000);
+  std::string value(10500, '\0');
+  for (size_t i = 0; i < value.size(); ++i) value[i] = static_cast<char>(i * 7);
+  EXPECT_FALSE(cache.Get("x")->has_value());
+  ASSERT_TRUE(cache.Put("x", value, {{"dtype", "float32"}}).ok());
+  auto hit = cache.Get("x");
+  ASSERT_TRUE(hit.ok() && hit->has_value());
+  EXPECT_EQ((*hit)->bytes, value);
+  EXPECT_EQ((*hit)->meta.at("dtype"), "float32");
+  EXPECT_EQ((*hit)->meta.count("_sha256"), 0u);
+  EXPECT_EQ(redis_->Command({"EXISTS", "qs:v1:act:x:c:10"})->integer, 1);
+  EXPECT_GT(redis_->Command({"TTL", "qs:v1:act:x:c:3"})->integer, 500);
+  // LRU eviction of one chunk: a miss, and the metadata goes too.
+  ASSERT_TRUE(redis_->Command({"DEL", "qs:v1:act:x:c:4"}).ok());
+  EXPECT_FALSE(cache.Get("x")->has_value());
+  EXPECT_EQ(redis_->Command({"EXISTS", "qs:v1:act:x:meta"})->integer, 0);
+  // A damaged chunk is a miss too.
+  ASSERT_TRUE(cache.Put("y", value, {}).ok());
+  ASSERT_TRUE(redis_->Command({"SET", "qs:v1:act:y:c:0", std::string(1000, 'z')}).ok());
+  EXPECT_FALSE(cache.Get("y")->has_value());
+  EXPECT_EQ(cache.Put("z", "v", {{"_size", "1"}}).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(cache.Put("empty", "", {}).ok());
+  auto empty = cache.Get("empty");
+  ASSERT_TRUE(empty.ok() && empty->has_value());
+  EXPECT_EQ((*empty)->bytes, "");
 }
 
 }  // namespace

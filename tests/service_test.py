@@ -199,6 +199,27 @@ class ServiceTest(unittest.TestCase):
         self.assertNotEqual(again.returncode, 0)
         self.assertIn("FAILED_PRECONDITION", again.stderr)
 
+    def test_a_second_job_on_the_same_model_and_calibration_skips_the_capture_pass(self):
+        s = self.service(workers=0)
+        first_port, second_port = free_port(), free_port()
+        first = s.add_worker(metrics_port=first_port)
+        name = s.submit(self.small)
+        self.assertEqual(s.wait_done(name)["state"], "SUCCEEDED")
+        text = s.metrics(first_port)
+        self.assertIn('qsearch_activation_cache_requests_total{result="miss"} 1', text)
+        self.assertNotIn('qsearch_activation_cache_bytes_total{op="write"} 0', text)
+        # A fresh worker (no session in memory) serves a second job with another search space
+        # over the same model and calibration set.
+        first.kill()
+        s.add_worker(metrics_port=second_port)
+        other = s.submit(self.other)
+        job = s.wait_done(other)
+        self.assertEqual(job["state"], "SUCCEEDED", job)
+        self.assertEqual(self.recipe(s, other), self.embedded["other"])
+        text = s.metrics(second_port)
+        self.assertIn('qsearch_activation_cache_requests_total{result="hit"} 1', text)
+        self.assertIn('qsearch_activation_cache_requests_total{result="miss"} 0', text)
+
     def test_bad_input_gets_the_right_code_and_the_server_keeps_serving(self):
         import grpc
         s = self.service(workers=0, token="s3cret")

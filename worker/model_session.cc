@@ -122,7 +122,14 @@ StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const JobSpec& spec,
   s->fp32_validation_seconds_ = Since(start);
   s->fp32_top1_ = core::Top1(s->fp32_logits_, s->validation_labels_);
 
-  QS_RETURN_IF_ERROR(s->CheckpointCalibration(device));
+  bool restored = false;
+  if (options.checkpoint_cache != nullptr) {
+    QS_ASSIGN_OR_RETURN(restored, s->RestoreCheckpoints(device));
+  }
+  if (!restored) {
+    QS_RETURN_IF_ERROR(s->CheckpointCalibration(device));
+    if (options.checkpoint_cache != nullptr) s->ShareCheckpoints();
+  }
   // The first segments' site inputs, as many as the activation cache holds, captured now so the
   // evaluation starts with them.
   const int64_t element_size = s->capture_dtype_ == torch::kFloat32 ? 4 : 2;
@@ -179,6 +186,66 @@ void ModelSession::ReportOpenProgress(int64_t done) const {
   if (options_.open_progress) {
     options_.open_progress(done, validation_.size() + calibration_images_.size(0));
   }
+}
+
+std::string ModelSession::CheckpointName(int64_t segment) const {
+  return "ckpt:" + model_digest_ + ":" + calibration_digest_ + ":" + std::to_string(segment);
+}
+
+StatusOr<bool> ModelSession::RestoreCheckpoints(const torch::Device& device) {
+  std::vector<torch::Tensor> restored;
+  double seconds = 0;
+  int64_t bytes = 0;
+  auto report = [&](bool hit) {
+    if (options_.on_checkpoint_lookup) options_.on_checkpoint_lookup(hit, bytes);
+    return hit;
+  };
+  for (int64_t seg = 0; seg < model_.num_segments(); ++seg) {
+    auto entry = options_.checkpoint_cache->Get(CheckpointName(seg));
+    // An unreachable cache is a miss: the pass can always be run.
+    if (!entry.ok() || !entry->has_value()) return report(false);
+    auto& meta = (*entry)->meta;
+    std::vector<int64_t> shape;
+    for (size_t pos = 0; pos < meta["shape"].size();) {
+      size_t comma = meta["shape"].find(',', pos);
+      if (comma == std::string::npos) comma = meta["shape"].size();
+      shape.push_back(std::strtoll(meta["shape"].substr(pos, comma - pos).c_str(), nullptr, 10));
+      pos = comma + 1;
+    }
+    const auto dtype = meta["dtype"] == "float16" ? torch::kFloat16 : torch::kFloat32;
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    const std::string& raw = (*entry)->bytes;
+    if (dtype != capture_dtype_ || numel * (dtype == torch::kFloat16 ? 2 : 4) !=
+                                       static_cast<int64_t>(raw.size())) {
+      return report(false);
+    }
+    restored.push_back(torch::from_blob(const_cast<char*>(raw.data()), shape, dtype).clone().to(device));
+    seconds = std::strtod(meta["seconds"].c_str(), nullptr);
+    bytes += static_cast<int64_t>(raw.size());
+  }
+  checkpoints_ = std::move(restored);
+  fp32_calibration_seconds_ = seconds;
+  ReportOpenProgress(validation_.size() + calibration_images_.size(0));
+  return report(true);
+}
+
+void ModelSession::ShareCheckpoints() const {
+  int64_t written = 0;
+  for (int64_t seg = 0; seg < static_cast<int64_t>(checkpoints_.size()); ++seg) {
+    const torch::Tensor t = checkpoints_[seg].contiguous().cpu();
+    std::string shape;
+    for (int64_t d : t.sizes()) shape += (shape.empty() ? "" : ",") + std::to_string(d);
+    const std::string raw(static_cast<const char*>(t.data_ptr()), t.nbytes());
+    const Status s = options_.checkpoint_cache->Put(
+        CheckpointName(seg), raw,
+        {{"dtype", t.scalar_type() == torch::kFloat16 ? "float16" : "float32"},
+         {"shape", shape},
+         {"seconds", nlohmann::json(fp32_calibration_seconds_).dump()}});
+    if (!s.ok()) break;
+    written += static_cast<int64_t>(raw.size());
+  }
+  if (options_.on_checkpoint_store) options_.on_checkpoint_store(written);
 }
 
 Status ModelSession::CheckpointCalibration(const torch::Device& device) {

@@ -43,6 +43,7 @@
 #include "core/quantize_model.h"
 #include "core/threads.h"
 #include "core/vit.h"
+#include "storage/chunked_cache.h"
 
 namespace qs::worker {
 
@@ -54,6 +55,13 @@ struct SessionOptions {
   // Hears Open's progress: images through its two float passes (validation, then calibration)
   // out of the total. May be empty.
   std::function<void(int64_t done, int64_t total)> open_progress;
+  // Where the calibration checkpoints are shared across processes and jobs (the service's
+  // Redis LRU instance); null: not shared. A session whose model and calibration set are there
+  // restores them instead of running the calibration pass, and reports that pass's time as first
+  // measured. The hooks hear each lookup and each store, with the bytes moved. May be empty.
+  storage::ChunkedCache* checkpoint_cache = nullptr;
+  std::function<void(bool hit, int64_t bytes_read)> on_checkpoint_lookup;
+  std::function<void(int64_t bytes_written)> on_checkpoint_store;
 };
 
 class ModelSession {
@@ -127,6 +135,11 @@ class ModelSession {
   void ReportOpenProgress(int64_t done) const;
   // The timed float pass over the calibration images that keeps the segment checkpoints.
   Status CheckpointCalibration(const torch::Device& device);
+  // The checkpoints from options_.checkpoint_cache: whether they were all there.
+  StatusOr<bool> RestoreCheckpoints(const torch::Device& device);
+  // Stores the checkpoints there (a failure costs later sessions the pass, nothing more).
+  void ShareCheckpoints() const;
+  std::string CheckpointName(int64_t segment) const;
   // The float inputs of every site of `segment` on the calibration set, captured on demand.
   StatusOr<std::shared_ptr<const core::SiteInputs>> SegmentInputs(int64_t segment) const;
 

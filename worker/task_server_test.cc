@@ -10,6 +10,7 @@
 #include "common/tasks.h"
 #include "core/safetensors.h"
 #include "core/test_models.h"
+#include "storage/redis_testing.h"
 
 namespace qs::worker {
 namespace {
@@ -148,6 +149,40 @@ TEST_F(TaskServerTest, ServeTasksRecordsOutcomesOnTheQueue) {
   EXPECT_EQ(broken.state, storage::TaskState::kDead);
   EXPECT_EQ(broken.attempts, 1);  // permanent: not retried
   EXPECT_EQ(broken.error.code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(TaskServerTest, ASecondSessionRestoresTheCheckpointsAndMeasuresTheSame) {
+  storage::testing::RedisServer server(/*aof=*/false);
+  ASSERT_TRUE(server.Start());
+  auto redis = storage::RedisClient::Connect(server.address());
+  ASSERT_TRUE(redis.ok());
+  storage::ChunkedCache cache(std::move(*redis), "qs:v1:act:", std::chrono::seconds(600));
+  int hits = 0, misses = 0;
+  int64_t written = 0;
+  SessionOptions options;
+  options.checkpoint_cache = &cache;
+  options.on_checkpoint_lookup = [&](bool hit, int64_t) { (hit ? hits : misses)++; };
+  options.on_checkpoint_store = [&](int64_t bytes) { written += bytes; };
+  auto first = ModelSession::Open(Spec(), options);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(misses, 1);
+  EXPECT_GT(written, 0);
+  auto second = ModelSession::Open(Spec(), options);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(hits, 1);
+  EXPECT_EQ((*second)->fp32_calibration_seconds(), (*first)->fp32_calibration_seconds());
+  // The restored checkpoints give bit-identical evaluations.
+  const std::string site = (*first)->sites()[1].name;
+  QuantConfig w4;
+  w4.weight.bits = 4;
+  w4.activation.bits = 8;
+  auto a = (*first)->EvaluateTask(site, {{w4, "k"}}, {});
+  auto b = (*second)->EvaluateTask(site, {{w4, "k"}}, {});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ((*a)[0].mse, (*b)[0].mse);
+  EXPECT_EQ((*a)[0].noise_ratio, (*b)[0].noise_ratio);
+  EXPECT_EQ((*a)[0].cosine, (*b)[0].cosine);
+  EXPECT_GT((*a)[0].mse, 0);
 }
 
 }  // namespace
