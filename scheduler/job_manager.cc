@@ -21,7 +21,8 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-constexpr char kJobsKey[] = "qs:v1:jobs";
+constexpr char kJobsKey[] = "qs:v1:jobs";           // every job, by creation time
+constexpr char kActiveKey[] = "qs:v1:jobs:active";  // jobs not yet ended, by creation time
 constexpr int64_t kFinishedTtlSeconds = 7 * 24 * 3600;
 
 constexpr std::pair<const char*, JobPhase> kPhases[] = {
@@ -166,6 +167,7 @@ Status JobManager::Save(JobRecord& record, bool event) {
     const std::string ttl = std::to_string(kFinishedTtlSeconds);
     commands.push_back({"EXPIRE", RecordKey(record.id), ttl});
     commands.push_back({"EXPIRE", EventsKey(record.id), ttl});
+    commands.push_back({"ZREM", kActiveKey, record.id});
   }
   QS_ASSIGN_OR_RETURN(auto replies, redis_->Pipeline(commands));
   for (auto& r : replies) {
@@ -236,8 +238,10 @@ StatusOr<JobRecord> JobManager::Create(const json& spec, const std::string& requ
   }
   r.create_ms = NowMs();
   QS_RETURN_IF_ERROR(Save(r));
-  QS_RETURN_IF_ERROR(
-      redis_->Command({"ZADD", kJobsKey, std::to_string(r.create_ms), r.id}).status());
+  QS_ASSIGN_OR_RETURN(auto added,
+                      redis_->Pipeline({{"ZADD", kJobsKey, std::to_string(r.create_ms), r.id},
+                                        {"ZADD", kActiveKey, std::to_string(r.create_ms), r.id}}));
+  for (auto& a : added) QS_RETURN_IF_ERROR(a.status());
   if (options_.on_phase) options_.on_phase(JobPhase::kQueued, JobPhase::kQueued);
   wake_.notify_all();
   return r;
@@ -338,20 +342,12 @@ StatusOr<std::vector<JobEvent>> JobManager::Events(const std::string& id, int64_
 }
 
 std::map<JobPhase, int64_t> JobManager::Counts() {
-  std::map<JobPhase, int64_t> counts;
-  for (const auto& [name, phase] : kPhases) counts[phase] = 0;
-  auto ids = redis_->Command({"ZRANGE", kJobsKey, "0", "-1"});
+  std::map<JobPhase, int64_t> counts = {{JobPhase::kQueued, 0}, {JobPhase::kRunning, 0}};
+  auto ids = redis_->Command({"ZRANGE", kActiveKey, "0", "-1"});
   if (!ids.ok()) return counts;
-  std::vector<std::vector<std::string>> gets;
-  for (const auto& id : ids->elements) gets.push_back({"GET", RecordKey(id.str)});
-  if (gets.empty()) return counts;
-  auto records = redis_->Pipeline(gets);
-  if (!records.ok()) return counts;
-  for (auto& r : *records) {
-    if (!r.ok() || r->is_nil()) continue;
-    const json j = json::parse(r->str, nullptr, false);
-    auto rec = JobRecordFromJson(j);
-    if (rec.ok()) ++counts[rec->phase];
+  for (const auto& id : ids->elements) {
+    auto r = Load(id.str);
+    if (r.ok() && !IsTerminal(r->phase)) ++counts[r->phase];
   }
   return counts;
 }
@@ -387,7 +383,7 @@ void JobManager::RunnerLoop() {
       if (stop_) return;
     }
     // The oldest job not ended and not running here.
-    auto ids = redis_->Command({"ZRANGE", kJobsKey, "0", "-1"});
+    auto ids = redis_->Command({"ZRANGE", kActiveKey, "0", "-1"});
     if (ids.ok()) {
       for (const auto& idv : ids->elements) {
         {
@@ -395,7 +391,12 @@ void JobManager::RunnerLoop() {
           if (running_.count(idv.str)) continue;
         }
         auto r = Load(idv.str);
-        if (!r.ok() || IsTerminal(r->phase)) continue;
+        if (!r.ok() || IsTerminal(r->phase)) {
+          if (r.ok() || r.status().code() == StatusCode::kNotFound) {
+            (void)redis_->Command({"ZREM", kActiveKey, idv.str});
+          }
+          continue;
+        }
         std::lock_guard<std::mutex> lock(mu_);
         if (stop_) return;
         if (running_.insert(idv.str).second) {

@@ -1,7 +1,8 @@
 // JobManager: the service's jobs, kept in Redis by their single writer, the scheduler process.
 //
 // A job is a record (state, spec, progress, timestamps, error, artifacts) under
-// qs:v1:jobrec:<id>, listed newest first in the sorted set qs:v1:jobs, with every change appended
+// qs:v1:jobrec:<id>, listed by creation time in the sorted set qs:v1:jobs (and, until it ends, in
+// qs:v1:jobs:active, which the runners and gauges scan), with every change appended
 // to the stream qs:v1:job:<id>:events (entry id 0-<seq>, so watchers resume after a sequence
 // number). Create only records and enqueues; runner threads take queued jobs oldest first, at
 // most `max_running` at once, and run each through RunSearch's stages (whose own state is saved
@@ -108,7 +109,7 @@ class JobManager {
   // Events after `after_seq`, waiting up to `wait` for one when there are none.
   StatusOr<std::vector<JobEvent>> Events(const std::string& id, int64_t after_seq,
                                          std::chrono::milliseconds wait);
-  // Jobs by phase (for metrics).
+  // Jobs queued and running (for metrics; ended ones are counted as they end).
   std::map<JobPhase, int64_t> Counts();
 
  private:

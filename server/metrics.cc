@@ -83,6 +83,11 @@ Metrics::Metrics(const std::string& version) : registry_(std::make_shared<promet
                        .Help("Entries in the task stream")
                        .Register(*registry_)
                        .Add({});
+  dead_letters_ = &BuildGauge()
+                       .Name("qsearch_queue_dead_letters")
+                       .Help("Tasks in the dead-letter stream (failed permanently or on every attempt)")
+                       .Register(*registry_)
+                       .Add({});
   busy_ = &BuildGauge()
                .Name("qsearch_worker_busy_threads")
                .Help("Worker threads working on a task")
@@ -228,6 +233,8 @@ void Metrics::SetQueue(int64_t lag, int64_t pending, int64_t length) {
   queue_pending_->Set(static_cast<double>(pending));
   queue_length_->Set(static_cast<double>(length));
 }
+
+void Metrics::SetDeadLetters(int64_t n) { dead_letters_->Set(static_cast<double>(n)); }
 
 void Metrics::Task(const std::string& kind, bool ok, double seconds, double queue_wait_seconds) {
   std::lock_guard<std::mutex> lock(mu_);

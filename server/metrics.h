@@ -44,6 +44,8 @@ class Metrics {
   void SetJobs(const std::map<std::string, int64_t>& by_state);
   // The queue, from XINFO GROUPS / XLEN.
   void SetQueue(int64_t lag, int64_t pending, int64_t length);
+  // Entries in the dead-letter stream (tasks that failed for good).
+  void SetDeadLetters(int64_t n);
   // One task ended on a worker.
   void Task(const std::string& kind, bool ok, double seconds, double queue_wait_seconds);
   void SetBusy(int busy_threads);
@@ -62,7 +64,7 @@ class Metrics {
   prometheus::Counter* jobs_created_;
   prometheus::Family<prometheus::Counter>* jobs_finished_;
   prometheus::Family<prometheus::Gauge>* jobs_;
-  prometheus::Gauge *queue_lag_, *queue_pending_, *queue_length_, *busy_;
+  prometheus::Gauge *queue_lag_, *queue_pending_, *queue_length_, *dead_letters_, *busy_;
   prometheus::Family<prometheus::Counter>* tasks_;
   prometheus::Family<prometheus::Histogram>* task_seconds_;
   prometheus::Histogram* queue_wait_;

@@ -342,6 +342,8 @@ void PollGauges(storage::RedisClient& redis, scheduler::JobManager& jobs, Metric
   while (!stop) {
     auto info = redis.Command({"XINFO", "GROUPS", "qs:v1:tasks"});
     auto length = redis.Command({"XLEN", "qs:v1:tasks"});
+    auto dead = redis.Command({"XLEN", "qs:v1:tasks:dead"});
+    if (dead.ok()) metrics.SetDeadLetters(dead->integer);
     if (info.ok() && length.ok()) {
       int64_t lag = 0, pending = 0;
       for (const auto& group : info->elements) {

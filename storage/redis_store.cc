@@ -53,12 +53,17 @@ class RedisDocumentStore : public DocumentStore {
 };
 
 // Shared by the scripts that end a task: KEYS = stream, known, outcomes, attempts, cancelled,
-// notify; ARGV[1] = the consumer group. Records the outcome unless one exists, forgets the task
-// as live, acknowledges and deletes its stream entry, and wakes waiters.
+// notify, dead-letter stream; ARGV[1] = the consumer group. Records the outcome unless one
+// exists (a dead task also goes to the dead-letter stream, for operators), forgets the task as
+// live, acknowledges and deletes its stream entry, and wakes waiters.
 constexpr char kFinish[] = R"lua(
 local function finish(id, entry, state, result, code, message, attempts)
-  redis.call('HSETNX', KEYS[3], id, cjson.encode({state = state, result = result, code = code,
-                                                  message = message, attempts = attempts}))
+  local first = redis.call('HSETNX', KEYS[3], id, cjson.encode({state = state, result = result,
+      code = code, message = message, attempts = attempts}))
+  if first == 1 and state == 'dead' then
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', '100000', '*', 'outcomes', KEYS[3], 'id', id,
+               'code', code, 'message', message, 'attempts', attempts)
+  end
   redis.call('SREM', KEYS[2], id)
   if entry ~= '' then
     redis.call('XACK', KEYS[1], ARGV[1], entry)
@@ -324,8 +329,9 @@ class RedisTaskQueue : public TaskQueue {
   }
 
   std::vector<std::string> LifecycleKeys(const std::string& job) const {
-    return {options_.stream,         Key(job, "known"),     Key(job, "outcomes"),
-            Key(job, "attempts"),    Key(job, "cancelled"), Key(job, "notify")};
+    return {options_.stream,      Key(job, "known"),     Key(job, "outcomes"),
+            Key(job, "attempts"), Key(job, "cancelled"), Key(job, "notify"),
+            options_.stream + ":dead"};
   }
 
   static StatusOr<Receipt> ParseReceipt(const Task& task) {

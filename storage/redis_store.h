@@ -2,6 +2,7 @@
 //
 // Keys follow qs:v1:<type>:<id>[:<sub>] (docs/service.md of the project notes):
 //   qs:v1:tasks                       stream of tasks, consumer group "workers"
+//   qs:v1:tasks:dead                  stream of dead tasks (job outcomes key, id, code, message)
 //   qs:v1:job:<job>:known             set of the job's task ids queued or leased
 //   qs:v1:job:<job>:outcomes          hash task id -> outcome JSON (first writer wins)
 //   qs:v1:job:<job>:attempts          hash task id -> deliveries so far

@@ -136,6 +136,7 @@ class Service:
                                      "127.0.0.1:%d" % self.metrics_port]
         if self.token_file:
             args += ["--token-file", self.token_file]
+        args += getattr(self, "scheduler_extra", [])
         self.schedulers_started = getattr(self, "schedulers_started", 0) + 1
         self.scheduler = Process(self.qsearch, "scheduler", args, os.path.join(
             self.dir, "scheduler%d.log" % self.schedulers_started))

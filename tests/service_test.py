@@ -293,6 +293,27 @@ class ServiceTest(unittest.TestCase):
         health = health_stub(s)
         self.assertEqual(health.Check(health.request(service=""), timeout=10).status, 1)
 
+    def test_tls_serves_tls_clients_only(self):
+        d = tempfile.mkdtemp(prefix="qs_tls_")
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", d]))
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        s = Service(QSEARCH, workers=0)
+        self.addCleanup(s.close)
+        s.redis.start()
+        s.scheduler_extra = ["--tls-cert", cert, "--tls-key", key]
+        s.start_scheduler()
+        port = s.server.rsplit(":", 1)[1]
+        ok = subprocess.run([QSEARCH, "list", "--server", "localhost:" + port, "--tls-ca", cert],
+                            capture_output=True, text=True, timeout=60)
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        plain = subprocess.run([QSEARCH, "list", "--server", "localhost:" + port],
+                               capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(plain.returncode, 0)
+        self.assertIn("UNAVAILABLE", plain.stderr)
+
     def test_python_client_submits_and_fetches(self):
         import grpc
         s = self.service(workers=2)

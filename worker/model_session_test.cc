@@ -11,6 +11,7 @@
 #include "common/file_util.h"
 #include "core/safetensors.h"
 #include "core/test_models.h"
+#include "worker/session_testing.h"
 
 namespace qs::worker {
 namespace {
@@ -19,40 +20,14 @@ namespace {
 class ModelSessionTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    // One directory per process: ctest runs these tests as parallel processes.
-    dir_ = new std::string((std::filesystem::temp_directory_path() /
-                            ("qs_model_session_test_" + std::to_string(getpid())))
-                               .string());
-    std::filesystem::create_directories(*dir_);
-    const core::ViTConfig c = core::testing::TinyConfig();
-    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/config.json", core::ToJson(c).dump()).ok());
-    ASSERT_TRUE(core::WriteSafetensors(*dir_ + "/model.safetensors",
-                                       core::testing::TinyTensors(c, 41), {})
-                    .ok());
-    torch::manual_seed(42);
-    for (const char* name : {"calib", "val"}) {
-      ASSERT_TRUE(core::WriteSafetensors(*dir_ + "/" + name + ".safetensors",
-                                         {{"images", torch::rand({24, 1, 16, 16})},
-                                          {"labels", torch::randint(0, 5, {24}, torch::kInt64)}},
-                                         {})
-                      .ok());
-    }
+    dir_ = new std::string(testing::WriteTinySessionFiles("qs_model_session_test"));
   }
   static void TearDownTestSuite() {
     std::filesystem::remove_all(*dir_);
     delete dir_;
   }
 
-  static JobSpec Spec() {
-    JobSpec spec;
-    spec.model_config = *dir_ + "/config.json";
-    spec.model_weights = *dir_ + "/model.safetensors";
-    spec.calibration_source = *dir_ + "/calib.safetensors";
-    spec.calibration_count = 24;
-    spec.validation_source = *dir_ + "/val.safetensors";
-    spec.device = "cpu";
-    return spec;
-  }
+  static JobSpec Spec() { return testing::TinySessionSpec(*dir_); }
 
   // Every site once in `order`, with a quantized candidate (and a weight-only one at linear
   // sites); the results by key.

@@ -10,6 +10,7 @@
 #include "common/tasks.h"
 #include "core/safetensors.h"
 #include "core/test_models.h"
+#include "worker/session_testing.h"
 #include "storage/redis_testing.h"
 
 namespace qs::worker {
@@ -21,39 +22,14 @@ using nlohmann::json;
 class TaskServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string((std::filesystem::temp_directory_path() /
-                            ("qs_task_server_test_" + std::to_string(getpid())))
-                               .string());
-    std::filesystem::create_directories(*dir_);
-    const core::ViTConfig c = core::testing::TinyConfig();
-    ASSERT_TRUE(WriteFileAtomically(*dir_ + "/config.json", core::ToJson(c).dump()).ok());
-    ASSERT_TRUE(
-        core::WriteSafetensors(*dir_ + "/model.safetensors", core::testing::TinyTensors(c, 41), {})
-            .ok());
-    torch::manual_seed(42);
-    for (const char* name : {"calib", "val"}) {
-      ASSERT_TRUE(core::WriteSafetensors(*dir_ + "/" + name + ".safetensors",
-                                         {{"images", torch::rand({24, 1, 16, 16})},
-                                          {"labels", torch::randint(0, 5, {24}, torch::kInt64)}},
-                                         {})
-                      .ok());
-    }
+    dir_ = new std::string(testing::WriteTinySessionFiles("qs_task_server_test"));
   }
   static void TearDownTestSuite() {
     std::filesystem::remove_all(*dir_);
     delete dir_;
   }
 
-  static JobSpec Spec() {
-    JobSpec spec;
-    spec.model_config = *dir_ + "/config.json";
-    spec.model_weights = *dir_ + "/model.safetensors";
-    spec.calibration_source = *dir_ + "/calib.safetensors";
-    spec.calibration_count = 24;
-    spec.validation_source = *dir_ + "/val.safetensors";
-    spec.device = "cpu";
-    return spec;
-  }
+  static JobSpec Spec() { return testing::TinySessionSpec(*dir_); }
 
   static std::string* dir_;
 };
