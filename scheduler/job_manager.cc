@@ -243,6 +243,10 @@ StatusOr<JobRecord> JobManager::Create(const json& spec, const std::string& requ
                                         {"ZADD", kActiveKey, std::to_string(r.create_ms), r.id}}));
   for (auto& a : added) QS_RETURN_IF_ERROR(a.status());
   if (options_.on_phase) options_.on_phase(JobPhase::kQueued, JobPhase::kQueued);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++created_;
+  }
   wake_.notify_all();
   return r;
 }
@@ -378,9 +382,11 @@ void JobManager::Stop() {
 void JobManager::RunnerLoop() {
   while (true) {
     std::string next;
+    uint64_t seen;
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (stop_) return;
+      seen = created_;
     }
     // The oldest job not ended and not running here.
     auto ids = redis_->Command({"ZRANGE", kActiveKey, "0", "-1"});
@@ -407,7 +413,8 @@ void JobManager::RunnerLoop() {
     }
     if (next.empty()) {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait_for(lock, std::chrono::milliseconds(500), [&] { return stop_; });
+      // A new job wakes the runners; the timeout catches jobs another path made runnable.
+      wake_.wait_for(lock, std::chrono::milliseconds(500), [&] { return stop_ || created_ != seen; });
       continue;
     }
     RunJob(next);
@@ -451,6 +458,7 @@ Status JobManager::Execute(JobRecord& r) {
   QS_ASSIGN_OR_RETURN(JobSpec spec, ParseJobSpec(r.spec, ""));
   SearchOptions options;
   options.dispatch_window = options_.dispatch_window;
+  options.prefetch_validation = true;
   options.deadline = Clock::now() + options_.job_deadline;
   const std::string id = r.id;
   options.cancelled = [this, id, &r] {

@@ -133,6 +133,7 @@ class JobManager {
   std::set<std::string> cancel_;  // cancellation asked of running jobs
   std::mutex save_mu_;            // one writer of records at a time
   bool stop_ = false;
+  uint64_t created_ = 0;  // bumped by Create, so that idle runners wake at once
   std::vector<std::thread> runners_;
 };
 

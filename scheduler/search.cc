@@ -501,18 +501,31 @@ class JobRun {
   // Tiered validation; each point validated is saved, so a resumed job does not redo it.
   Status Validate(const FrontChoice& selection) {
     state_.stage = "validate";
-    auto validate = [&](size_t k) -> StatusOr<ValidationResult> {
+    auto request = [&](size_t k) {
+      return RecipeRequest(TaskKind::kValidate, spec_, RecipeOf(selection, selection.front[k]),
+                           r_.facts.sites);
+    };
+    auto saved_result = [&](size_t k) -> const ValidationResult* {
       auto saved = state_.validated.find(k);
-      if (saved != state_.validated.end() && saved->second.cost_units == selection.front[k].cost) {
-        return saved->second.result;
+      if (saved == state_.validated.end() || saved->second.cost_units != selection.front[k].cost) {
+        return nullptr;
       }
+      return &saved->second.result;
+    };
+    // With refinement on, the optimum's cheaper neighbour is always validated as well (see
+    // ValidateTiered), so both can go to the workers at once.
+    if (options_.prefetch_validation && spec_.refine_validation && spec_.max_validations >= 2 &&
+        selection.chosen >= 1) {
+      for (size_t k : {selection.chosen, selection.chosen - 1}) {
+        if (saved_result(k) != nullptr) continue;
+        const json payload = request(k);
+        QS_RETURN_IF_ERROR(queue_.Push({job_, TaskIdFor(payload), payload.dump()}));
+      }
+    }
+    auto validate = [&](size_t k) -> StatusOr<ValidationResult> {
+      if (const ValidationResult* saved = saved_result(k)) return *saved;
       const auto start = Clock::now();
-      QS_ASSIGN_OR_RETURN(
-          std::string text,
-          RunTask(queue_, job_,
-                  RecipeRequest(TaskKind::kValidate, spec_, RecipeOf(selection, selection.front[k]),
-                                r_.facts.sites),
-                  options_));
+      QS_ASSIGN_OR_RETURN(std::string text, RunTask(queue_, job_, request(k), options_));
       const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
       QS_ASSIGN_OR_RETURN(ValidationResult v, ValidationResultFromJson(j));
       state_.seconds.validate += Since(start);

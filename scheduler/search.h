@@ -57,6 +57,10 @@ struct SearchOptions {
   // Evaluation tasks a job keeps in the queue at once (0: all). A bounded window lets jobs
   // sharing workers interleave, so a small job is not queued behind every task of a big one.
   size_t dispatch_window = 0;
+  // Hands the first two validations to the workers at once when both are certain to run (the
+  // optimum and its cheaper neighbour, under refinement). For several worker processes; in one
+  // process validations share one session and run one after the other anyway.
+  bool prefetch_validation = false;
 };
 
 // What a job has done so far, saved after every step so that a restarted scheduler resumes it

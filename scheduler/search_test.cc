@@ -441,6 +441,22 @@ TEST(SearchTest, NoWorkersMeansTheDeadlineEndsTheJob) {
   EXPECT_FALSE(queue->Pop(std::chrono::milliseconds(10))->has_value());
 }
 
+TEST(SearchTest, PrefetchedValidationsGiveTheSameResultAndNoExtraValidation) {
+  FakeBackend b1, b2;
+  auto plain = RunJob(Spec(4.0), b1, *storage::NewInMemoryDocumentStore());
+  auto store = storage::NewInMemoryDocumentStore();
+  auto jobs = storage::NewInMemoryDocumentStore();
+  auto queue = storage::NewInProcessTaskQueue();
+  FakeWorkers workers(*store, *queue, b2);
+  SearchOptions options;
+  options.prefetch_validation = true;
+  auto prefetched = RunSearch("job", Spec(4.0), *store, *jobs, *queue, options);
+  ASSERT_TRUE(plain.ok() && prefetched.ok());
+  EXPECT_EQ(RecipeDocument(*prefetched).dump(), RecipeDocument(*plain).dump());
+  EXPECT_EQ(b2.validations.load(), b1.validations.load());
+  EXPECT_EQ(b2.validations.load(), 2);
+}
+
 TEST(SearchTest, ABoundedDispatchWindowGivesTheSameResult) {
   FakeBackend b1, b2;
   auto all_at_once = RunJob(Spec(4.0), b1, *storage::NewInMemoryDocumentStore());
