@@ -94,40 +94,6 @@ TEST_F(RedisStorageTest, DocumentStore) {
   EXPECT_LE(ttl, 100);
 }
 
-TEST_F(RedisStorageTest, PushIsIdempotentAndOutcomesArePerJob) {
-  contract::PushIsIdempotentAndOutcomesArePerJob(MakeQueue);
-}
-TEST_F(RedisStorageTest, TransientFailuresRetryPermanentOnesDieAtOnce) {
-  contract::TransientFailuresRetryPermanentOnesDieAtOnce(MakeQueue);
-  // Both dead tasks are in the dead-letter stream, with their codes.
-  auto dead = redis_->Command({"XRANGE", "qs:v1:tasks:dead", "-", "+"});
-  ASSERT_TRUE(dead.ok());
-  ASSERT_EQ(dead->elements.size(), 2u);
-  std::set<std::string> codes;
-  for (const auto& entry : dead->elements) {
-    const auto& fields = entry.elements[1].elements;
-    for (size_t i = 0; i + 1 < fields.size(); i += 2) {
-      if (fields[i].str == "code") codes.insert(fields[i + 1].str);
-    }
-  }
-  EXPECT_EQ(codes, (std::set<std::string>{"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}));
-}
-TEST_F(RedisStorageTest, ExpiredLeasesAreTakenOverAndHeartbeatsKeepThem) {
-  contract::ExpiredLeasesAreTakenOverAndHeartbeatsKeepThem(MakeQueue);
-}
-TEST_F(RedisStorageTest, LeasesLostOnEveryAttemptEndDead) {
-  contract::LeasesLostOnEveryAttemptEndDead(MakeQueue);
-}
-TEST_F(RedisStorageTest, CancelDropsTheJobsQueuedTasksOnly) {
-  contract::CancelDropsTheJobsQueuedTasksOnly(MakeQueue);
-}
-TEST_F(RedisStorageTest, WaitForOutcomeWakesOnCompletion) {
-  contract::WaitForOutcomeWakesOnCompletion(MakeQueue);
-}
-TEST_F(RedisStorageTest, WorkersShareTasksAndEachRunsOnce) {
-  contract::WorkersShareTasksAndEachRunsOnce(MakeQueue);
-}
-
 TEST_F(RedisStorageTest, TwoProcessesWorthOfQueuesShareOneStream) {
   // A scheduler's queue and a worker's, as separate processes would hold them.
   RedisQueueOptions scheduler_side, worker_side;

@@ -36,32 +36,6 @@ TEST(DocumentStoreTest, DirectorySurvivesReopening) {
   std::filesystem::remove_all(dir);
 }
 
-std::unique_ptr<TaskQueue> MakeInProcess(const QueueOptions& options) {
-  return NewInProcessTaskQueue(options);
-}
-
-TEST(InProcessTaskQueueTest, PushIsIdempotentAndOutcomesArePerJob) {
-  contract::PushIsIdempotentAndOutcomesArePerJob(MakeInProcess);
-}
-TEST(InProcessTaskQueueTest, TransientFailuresRetryPermanentOnesDieAtOnce) {
-  contract::TransientFailuresRetryPermanentOnesDieAtOnce(MakeInProcess);
-}
-TEST(InProcessTaskQueueTest, ExpiredLeasesAreTakenOverAndHeartbeatsKeepThem) {
-  contract::ExpiredLeasesAreTakenOverAndHeartbeatsKeepThem(MakeInProcess);
-}
-TEST(InProcessTaskQueueTest, LeasesLostOnEveryAttemptEndDead) {
-  contract::LeasesLostOnEveryAttemptEndDead(MakeInProcess);
-}
-TEST(InProcessTaskQueueTest, CancelDropsTheJobsQueuedTasksOnly) {
-  contract::CancelDropsTheJobsQueuedTasksOnly(MakeInProcess);
-}
-TEST(InProcessTaskQueueTest, WaitForOutcomeWakesOnCompletion) {
-  contract::WaitForOutcomeWakesOnCompletion(MakeInProcess);
-}
-TEST(InProcessTaskQueueTest, WorkersShareTasksAndEachRunsOnce) {
-  contract::WorkersShareTasksAndEachRunsOnce(MakeInProcess);
-}
-
 TEST(BlobStoreTest, ChunkedUploadsResumeVerifyAndPublish) {
   auto dir = std::filesystem::temp_directory_path() / "qs_blob_test";
   std::filesystem::remove_all(dir);
