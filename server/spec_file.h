@@ -13,9 +13,13 @@
 
 namespace qs::server {
 
+// A spec file larger than this is refused before it is read (a spec is a few KiB).
+inline constexpr size_t kMaxSpecBytes = size_t{4} << 20;
+
 // YAML text as the equivalent JSON: mappings to objects, sequences to arrays, plain scalars to
 // null/bool/integer/number when they read as one, quoted scalars always to strings.
-// INVALID_ARGUMENT (with line and column) for malformed YAML.
+// INVALID_ARGUMENT (with line and column) for malformed YAML, and for documents that nest deeper
+// than 64 levels or expand (through aliases) to more than 100,000 nodes.
 StatusOr<nlohmann::json> YamlToJson(const std::string& text);
 
 // Parses and validates the spec in `path` (JSON, or YAML for .yaml/.yml).

@@ -63,5 +63,37 @@ accuracy: {max_abs_top1_drop: 0.01}
   std::remove(json.c_str());
 }
 
+TEST(YamlSpecTest, AliasesCannotRecurseOrExplodeAndBigFilesAreRefused) {
+  // Once: a self-referencing alias recursed until the stack ran out, and nine levels of
+  // ten-fold aliases (a few hundred bytes) expanded until memory ran out.
+  auto self = YamlToJson("weights: &w [*w]\n");
+  ASSERT_FALSE(self.ok());
+  EXPECT_EQ(self.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(self.status().message().find("deeper than"), std::string::npos) << self.status().ToString();
+  std::string laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
+  for (char c = 'b'; c <= 'j'; ++c) {
+    const std::string prev(1, static_cast<char>(c - 1));
+    laughs += std::string(1, c) + ": &" + c + " [*" + prev + ", *" + prev + ", *" + prev + ", *" +
+              prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev +
+              ", *" + prev + "]\n";
+  }
+  ASSERT_LT(laughs.size(), 1000u);
+  auto exploded = YamlToJson(laughs);
+  ASSERT_FALSE(exploded.ok());
+  EXPECT_EQ(exploded.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(exploded.status().message().find("nodes"), std::string::npos);
+  // A few aliases are fine.
+  auto shared = YamlToJson("a: &x [1, 2]\nb: *x\n");
+  ASSERT_TRUE(shared.ok());
+  EXPECT_EQ((*shared)["b"], nlohmann::json({1, 2}));
+  // A spec file far over any spec's size is refused before it is read.
+  const std::string big = (std::filesystem::temp_directory_path() / "qs_big_spec.yaml").string();
+  ASSERT_TRUE(WriteFileAtomically(big, std::string(kMaxSpecBytes + 1, '#')).ok());
+  auto refused = LoadSpecFile(big);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("over the limit"), std::string::npos);
+  std::remove(big.c_str());
+}
+
 }  // namespace
 }  // namespace qs::server
