@@ -14,32 +14,39 @@ namespace qs::core {
 namespace {
 
 constexpr char kDefaultFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
-// A bound on what one IDX file may decompress to, so a crafted file cannot exhaust memory.
-constexpr size_t kMaxDecompressedBytes = size_t{8} << 30;
+// A bound on the data one IDX file may declare, so a crafted header cannot exhaust memory.
+constexpr uint64_t kMaxIdxBytes = uint64_t{8} << 30;
 
-StatusOr<std::string> ReadMaybeGzip(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return NotFoundError(path + ": no such file");
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (f == nullptr) return DataLossError(path + ": cannot open");
-  std::string out;
-  char buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) {
-    out.append(buf, n);
-    if (out.size() > kMaxDecompressedBytes) {
-      gzclose(f);
-      return ResourceExhaustedError(path + ": decompresses to more than 8 GiB");
+// A gzip (or plain: zlib reads those through) stream, closed on scope exit.
+class GzReader {
+ public:
+  explicit GzReader(const std::string& path) : path_(path), f_(gzopen(path.c_str(), "rb")) {}
+  ~GzReader() {
+    if (f_ != nullptr) gzclose(f_);
+  }
+  bool ok() const { return f_ != nullptr; }
+  // Reads up to `n` bytes into `out`; the count read, or DATA_LOSS naming zlib's error (its text
+  // is copied before the stream is closed).
+  StatusOr<size_t> Read(void* out, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+      const unsigned chunk = static_cast<unsigned>(std::min<size_t>(n - done, 1u << 30));
+      const int got = gzread(f_, static_cast<char*>(out) + done, chunk);
+      if (got < 0) {
+        int err = 0;
+        const char* msg = gzerror(f_, &err);
+        return DataLossError(path_ + ": decompression failed: " + std::string(msg ? msg : "unknown"));
+      }
+      if (got == 0) break;
+      done += static_cast<size_t>(got);
     }
+    return done;
   }
-  int err = 0;
-  const char* msg = gzerror(f, &err);
-  gzclose(f);
-  if (n < 0 || (err != Z_OK && err != Z_STREAM_END)) {
-    return DataLossError(path + ": decompression failed: " + (msg ? msg : "unknown"));
-  }
-  return out;
-}
+
+ private:
+  std::string path_;
+  gzFile f_;
+};
 
 uint32_t BigEndian32(const unsigned char* p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3];
@@ -86,33 +93,53 @@ StatusOr<Dataset> LoadSafetensorsDataset(const std::string& path) {
 }  // namespace
 
 StatusOr<torch::Tensor> ReadIdxFile(const std::string& path) {
-  QS_ASSIGN_OR_RETURN(std::string bytes, ReadMaybeGzip(path));
-  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  if (bytes.size() < 4 || p[0] != 0 || p[1] != 0) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return NotFoundError(path + ": no such file");
+  GzReader in(path);
+  if (!in.ok()) return DataLossError(path + ": cannot open");
+  // The header first: it says how much data follows, and nothing more than that is read.
+  unsigned char head[16];
+  QS_ASSIGN_OR_RETURN(size_t got, in.Read(head, 4));
+  if (got < 4 || head[0] != 0 || head[1] != 0) {
     return DataLossError(path + ": not an IDX file (bad magic)");
   }
-  if (p[2] != 0x08) return InvalidArgumentError(path + ": only unsigned-byte IDX data is supported");
-  const int dims = p[3];
-  if (dims < 1 || dims > 3 || bytes.size() < 4 + 4 * static_cast<size_t>(dims)) {
-    return DataLossError(path + ": bad IDX dimension count");
-  }
+  if (head[2] != 0x08) return InvalidArgumentError(path + ": only unsigned-byte IDX data is supported");
+  const int dims = head[3];
+  if (dims < 1 || dims > 3) return DataLossError(path + ": bad IDX dimension count");
+  QS_ASSIGN_OR_RETURN(got, in.Read(head + 4, 4 * static_cast<size_t>(dims)));
+  if (got < 4 * static_cast<size_t>(dims)) return DataLossError(path + ": truncated IDX header");
   std::vector<int64_t> shape;
   uint64_t numel = 1;
   for (int i = 0; i < dims; ++i) {
-    shape.push_back(BigEndian32(p + 4 + 4 * i));
-    if (shape.back() != 0 && numel > bytes.size() / static_cast<uint64_t>(shape.back())) {
-      return DataLossError(path + ": IDX dimensions describe more data than the file holds");
+    shape.push_back(BigEndian32(head + 4 + 4 * i));
+    if (shape.back() != 0 && numel > kMaxIdxBytes / static_cast<uint64_t>(shape.back())) {
+      return ResourceExhaustedError(path + ": IDX header declares more than 8 GiB of data");
     }
     numel *= static_cast<uint64_t>(shape.back());
   }
-  const size_t offset = 4 + 4 * dims;
-  if (bytes.size() - offset != numel) {
-    return DataLossError(path + ": holds " + std::to_string(bytes.size() - offset) +
+  // Memory follows the data that arrives, not the header's claim.
+  std::string data;
+  data.reserve(static_cast<size_t>(std::min<uint64_t>(numel, uint64_t{64} << 20)));
+  std::string chunk(1 << 20, '\0');
+  while (data.size() < numel) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(chunk.size(), numel - data.size()));
+    QS_ASSIGN_OR_RETURN(size_t read, in.Read(chunk.data(), want));
+    data.append(chunk.data(), read);
+    if (read < want) break;
+  }
+  if (data.size() != numel) {
+    return DataLossError(path + ": holds " + std::to_string(data.size()) +
                          " data bytes, its header says " + std::to_string(numel));
   }
   return GuardTorch(path, [&]() -> StatusOr<torch::Tensor> {
     auto t = torch::empty(shape, torch::kUInt8);
-    std::memcpy(t.data_ptr(), p + offset, numel);
+    std::memcpy(t.data_ptr(), data.data(), numel);
+    char extra;
+    QS_ASSIGN_OR_RETURN(size_t more, in.Read(&extra, 1));
+    if (more != 0) {
+      return DataLossError(path + ": holds more data bytes than its header says (" +
+                           std::to_string(numel) + ")");
+    }
     return t;
   });
 }

@@ -62,8 +62,38 @@ TEST(IdxTest, RejectsBadMagicAndWrongSizes) {
   ASSERT_TRUE(
       WriteFileAtomically(path, Idx({0xffffffffu, 0xffffffffu, 0x00000001u}, std::string(16, 'a')))
           .ok());
-  EXPECT_EQ(ReadIdxFile(path).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ReadIdxFile(path).status().code(), StatusCode::kResourceExhausted);
   std::remove(path.c_str());
+}
+
+TEST(IdxTest, ReadsNoMoreThanTheHeaderSaysWhateverTheFileHolds) {
+  // Once the whole file was decompressed before the header was read: 1 MB of gzip cost 2.3 GB.
+  // Now a header declaring 10 bytes stops the read after 11, and one declaring 2 GiB over a
+  // few bytes fails after those few.
+  const std::string bomb = TempPath("bomb.idx.gz");
+  WriteGzip(bomb, Idx({10}, std::string(20 << 20, '\0')));
+  auto s = ReadIdxFile(bomb).status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("more data bytes than its header says"), std::string::npos);
+  const std::string liar = TempPath("liar.idx");
+  ASSERT_TRUE(WriteFileAtomically(liar, Idx({0x8000, 0x10000}, "abc")).ok());
+  s = ReadIdxFile(liar).status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("holds 3 data bytes"), std::string::npos);
+  // A damaged gzip stream reports zlib's reason.
+  std::string damaged;
+  {
+    WriteGzip(bomb, Idx({6}, "abcdef"));
+    auto bytes = ReadFileBytes(bomb);
+    ASSERT_TRUE(bytes.ok());
+    damaged = *bytes;
+  }
+  damaged[damaged.size() / 2] ^= 0x55;
+  damaged.resize(damaged.size() - 3);
+  ASSERT_TRUE(WriteFileAtomically(bomb, damaged).ok());
+  EXPECT_EQ(ReadIdxFile(bomb).status().code(), StatusCode::kDataLoss);
+  std::remove(bomb.c_str());
+  std::remove(liar.c_str());
 }
 
 TEST(DatasetTest, FashionMnistTestSplitLoads) {
