@@ -39,11 +39,14 @@ Status Section(const json& j, const char* key, bool required, const json** out) 
 
 Status ReadBits(const json& v, int* out, int min_bits) {
   if (!v.is_number_integer()) return InvalidArgumentError("bit-width must be an integer");
-  *out = v.get<int>();
-  if (*out != 0 && (*out < min_bits || *out > 8)) {
-    return InvalidArgumentError("bit-width " + std::to_string(*out) + " is outside " +
+  // Checked before narrowing: 4294967300 must not pass as 4.
+  const bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() <= 8
+                                               : v.get<int64_t>() >= 0 && v.get<int64_t>() <= 8;
+  if (!in_range || (v.get<int64_t>() != 0 && v.get<int64_t>() < min_bits)) {
+    return InvalidArgumentError("bit-width " + v.dump() + " is outside " +
                                 std::to_string(min_bits) + "..8");
   }
+  *out = static_cast<int>(v.get<int64_t>());
   return OkStatus();
 }
 

@@ -57,6 +57,11 @@ TEST(JobSpecTest, ErrorsNameTheField) {
       {[](json& j) { j["validation"]["limit"] = -5; }, "limit"},
       {[](json& j) { j["search"]["weight_bits"] = json::array({4, 9}); }, "weight_bits[1]"},
       {[](json& j) { j["search"]["weight_bits"] = json::array(); }, "weight_bits"},
+      // Once read with get<int>(): 4294967300 wrapped to 4 and the job ran at 4 bits.
+      {[](json& j) { j["search"]["weight_bits"] = json::array({4294967300ULL}); }, "4294967300"},
+      {[](json& j) { j["search"]["activation_bits"] = json::array({-8}); }, "activation_bits[0]"},
+      {[](json& j) { j["search"]["weight_bits"] = json::array({18446744073709551615ULL}); },
+       "weight_bits[0]"},
       {[](json& j) { j["search"]["weight_methods"] = json::array({"rtn", "awq"}); }, "awq"},
       {[](json& j) { j["search"]["weight_granularities"] = json::array({"per_head"}); },
        "per_head"},
