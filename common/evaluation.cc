@@ -69,12 +69,33 @@ StatusOr<Evaluation> EvaluationFromJson(const json& j) {
   return e;
 }
 
+bool Plausible(const Evaluation& e) {
+  if (!e.ok()) return true;  // a failure carries no numbers to check
+  auto finite_non_negative = [](double v) { return std::isfinite(v) && v >= 0; };
+  if (!finite_non_negative(e.mse) || !finite_non_negative(e.noise_ratio) ||
+      !finite_non_negative(e.seconds)) {
+    return false;
+  }
+  if (e.mae && !finite_non_negative(*e.mae)) return false;
+  if (!std::isfinite(e.cosine) || e.cosine < -1.0001 || e.cosine > 1.0001) return false;
+  // SQNR is +inf when lossless, never NaN; it must agree with the noise ratio it derives from.
+  if (std::isnan(e.sqnr_db) || std::isnan(e.weight_sqnr_db)) return false;
+  if (e.noise_ratio > 0 && std::isfinite(e.sqnr_db) &&
+      std::abs(e.sqnr_db + 10 * std::log10(e.noise_ratio)) > 1e-3 * (1 + std::abs(e.sqnr_db))) {
+    return false;
+  }
+  return !e.site.empty();
+}
+
 std::optional<Evaluation> ParseStoredEvaluation(const std::string& stored, const std::string& key) {
   json j = json::parse(stored, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return std::nullopt;
   auto e = EvaluationFromJson(j);
   if (!e.ok() || e->key != key) return std::nullopt;
   if (!e->ok() && IsTransient(e->error_code)) return std::nullopt;
+  // Numbers no measurement gives (a negative noise ratio would buy every site its cheapest
+  // candidate) mark the entry as damaged.
+  if (!Plausible(*e)) return std::nullopt;
   return *e;
 }
 

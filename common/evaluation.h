@@ -60,7 +60,9 @@ nlohmann::json ToJson(const Evaluation& e);
 StatusOr<Evaluation> EvaluationFromJson(const nlohmann::json& j);
 
 // The evaluation stored under `key`, or nullopt when `stored` is damaged (not JSON, not an
-// evaluation, or another key's) or holds a transient failure: such an entry is evaluated again.
+// evaluation, another key's, or numbers out of range: negative or non-finite errors, a cosine
+// outside [-1, 1], an SQNR that disagrees with its noise ratio) or holds a transient failure:
+// such an entry is evaluated again.
 std::optional<Evaluation> ParseStoredEvaluation(const std::string& stored, const std::string& key);
 
 // The additive per-site loss the selection minimizes under `metric`.

@@ -4,6 +4,8 @@
 
 #include "common/evaluation.h"
 
+#include <functional>
+
 namespace qs {
 namespace {
 
@@ -149,6 +151,34 @@ TEST(TasksTest, TransientEvaluationFailuresAreNeverReadBackFromAStore) {
   stored = ParseStoredEvaluation(old.dump(), "k");
   ASSERT_TRUE(stored.has_value());
   EXPECT_EQ(stored->error_code, StatusCode::kUnknown);
+}
+
+TEST(EvaluationTest, ImplausibleStoredNumbersAreTreatedAsMissing) {
+  Evaluation good;
+  good.key = "k";
+  good.site = "s";
+  good.noise_ratio = 1e-3;
+  good.mse = 2e-4;
+  good.sqnr_db = 30;
+  good.cosine = 0.999;
+  ASSERT_TRUE(ParseStoredEvaluation(ToJson(good).dump(), "k").has_value());
+  std::vector<std::function<void(Evaluation&)>> damage = {
+      [](Evaluation& e) { e.noise_ratio = -1e308; },  // once bought every site its cheapest mix
+      [](Evaluation& e) { e.mse = -1; },
+      [](Evaluation& e) { e.mae = -0.5; },
+      [](Evaluation& e) { e.cosine = 7; },
+      [](Evaluation& e) { e.seconds = -1; },
+      [](Evaluation& e) { e.sqnr_db = 90; },  // disagrees with the noise ratio
+      [](Evaluation& e) { e.site = ""; },
+  };
+  for (size_t i = 0; i < damage.size(); ++i) {
+    Evaluation e = good;
+    damage[i](e);
+    EXPECT_FALSE(ParseStoredEvaluation(ToJson(e).dump(), "k").has_value()) << i;
+  }
+  nlohmann::json nan_mse = ToJson(good);
+  nan_mse["mse"] = nullptr;  // read back as infinity
+  EXPECT_FALSE(ParseStoredEvaluation(nan_mse.dump(), "k").has_value());
 }
 
 }  // namespace

@@ -267,15 +267,19 @@ TEST(SearchTest, DamagedCacheEntriesAreEvaluatedAgain) {
   FakeBackend b1;
   auto first = RunJob(Spec(4.0), b1, *store);
   ASSERT_TRUE(first.ok());
-  // Damage three entries three ways.
+  // Damage four entries four ways, the last with a noise ratio no measurement gives (it once
+  // made every site's cheapest candidate look best).
   auto it = first->evaluations.begin();
   ASSERT_TRUE(store->Put((it++)->first, "{not json").ok());
   ASSERT_TRUE(store->Put((it++)->first, R"({"key": "x"})").ok());
-  ASSERT_TRUE(store->Put(it->first, ToJson(first->evaluations.begin()->second).dump()).ok());
+  ASSERT_TRUE(store->Put((it++)->first, ToJson(first->evaluations.begin()->second).dump()).ok());
+  Evaluation negative = it->second;
+  negative.noise_ratio = -1e308;
+  ASSERT_TRUE(store->Put(it->first, ToJson(negative).dump()).ok());
   FakeBackend b2;
   auto again = RunJob(Spec(4.0), b2, *store);
   ASSERT_TRUE(again.ok()) << again.status().ToString();
-  EXPECT_EQ(again->evaluated_now, 3u);
+  EXPECT_EQ(again->evaluated_now, 4u);
   EXPECT_EQ(again->failed, 0u);
   EXPECT_EQ(RecipeDocument(*again).dump(), RecipeDocument(*first).dump());
 }
