@@ -226,6 +226,23 @@ Status CheckImagesFit(const torch::Tensor& x, const std::string& source, const V
 StatusOr<torch::Tensor> NormalizeImages(const Dataset& data, const ViTConfig& config) {
   const auto& x = data.images;
   QS_RETURN_IF_ERROR(CheckImagesFit(x, data.source, config));
+  // Measuring on nothing, on pixels that are not numbers, or against labels the model cannot
+  // output gives numbers that look like results; they are errors.
+  if (x.size(0) == 0) return InvalidArgumentError(data.source + ": no images");
+  QS_RETURN_IF_ERROR(GuardTorch("normalize", [&]() -> Status {
+    if (!torch::isfinite(x).all().item<bool>()) {
+      return InvalidArgumentError(data.source + ": images hold NaN or infinite pixels");
+    }
+    if (data.labels.defined() && data.labels.numel() > 0) {
+      const int64_t lo = data.labels.min().item<int64_t>(), hi = data.labels.max().item<int64_t>();
+      if (lo < 0 || hi >= config.num_classes) {
+        return InvalidArgumentError(data.source + ": labels span " + std::to_string(lo) + ".." +
+                                    std::to_string(hi) + ", outside the model's 0.." +
+                                    std::to_string(config.num_classes - 1));
+      }
+    }
+    return OkStatus();
+  }));
   return GuardTorch("normalize", [&]() -> StatusOr<torch::Tensor> {
     auto mean = torch::tensor(config.mean, torch::kFloat64).to(torch::kFloat32).view({1, -1, 1, 1});
     auto std = torch::tensor(config.std, torch::kFloat64).to(torch::kFloat32).view({1, -1, 1, 1});

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <set>
 
 #include "common/file_util.h"
@@ -161,6 +162,7 @@ TEST(DatasetTest, NormalizationChecksShapeAndUsesMeanStd) {
   c.img_size = 4;
   c.mean = {0.5};
   c.std = {0.25};
+  c.num_classes = 10;
   auto x = NormalizeImages(d, c);
   ASSERT_TRUE(x.ok());
   EXPECT_FLOAT_EQ(x->max().item<float>(), 1.0f);
@@ -168,6 +170,26 @@ TEST(DatasetTest, NormalizationChecksShapeAndUsesMeanStd) {
   auto bad = NormalizeImages(d, c);
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("28"), std::string::npos);
+  // Once each of these measured to a number and exited 0.
+  c.img_size = 4;
+  Dataset nan = d;
+  nan.images = d.images.clone();
+  nan.images[1][0][2][2] = std::numeric_limits<float>::quiet_NaN();
+  auto s = NormalizeImages(nan, c).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("NaN"), std::string::npos);
+  Dataset labels = d;
+  labels.labels = torch::tensor({0, 1000}, torch::kLong);
+  c.num_classes = 10;
+  s = NormalizeImages(labels, c).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("0..1000"), std::string::npos) << s.ToString();
+  labels.labels = torch::tensor({-1, 3}, torch::kLong);
+  EXPECT_EQ(NormalizeImages(labels, c).status().code(), StatusCode::kInvalidArgument);
+  Dataset empty = d;
+  empty.images = torch::zeros({0, 1, 4, 4});
+  empty.labels = torch::zeros({0}, torch::kLong);
+  EXPECT_EQ(NormalizeImages(empty, c).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -502,10 +502,8 @@ StatusOr<torch::Tensor> StreamLogits(const ImageSet& set, const ViTConfig& confi
     logits.push_back(std::move(y));
     if (on_batch) on_batch(done);
   }
-  return GuardTorch("logits", [&]() -> StatusOr<torch::Tensor> {
-    if (logits.empty()) return torch::empty({0, config.num_classes});
-    return at::cat(logits, 0);
-  });
+  if (logits.empty()) return InvalidArgumentError(set.description + ": no images");
+  return GuardTorch("logits", [&]() -> StatusOr<torch::Tensor> { return at::cat(logits, 0); });
 }
 
 }  // namespace qs::core

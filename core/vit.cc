@@ -213,8 +213,13 @@ StatusOr<ViTConfig> ParseViTConfig(const json& j) {
     return bad("mean and std need one value per input channel (" + std::to_string(c.in_chans) +
                "; timm's ImageNet defaults apply only to 3 channels)");
   }
+  // float32 is what the images are divided in: a std below its normal range (1e-320, say)
+  // divides to infinity and the logits to NaN.
   for (double s : c.std) {
-    if (!(s > 0)) return bad("std values must be positive");
+    if (!(s >= 1e-6) || !std::isfinite(s)) return bad("std values must be finite and at least 1e-6");
+  }
+  for (double m : c.mean) {
+    if (!std::isfinite(m)) return bad("mean values must be finite");
   }
   if (!(c.crop_pct > 0) || !(c.crop_pct <= 1)) return bad("crop_pct must be in (0, 1]");
   if (c.interpolation != "bicubic" && c.interpolation != "bilinear" &&

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <cstdio>
 #include <filesystem>
 
@@ -433,6 +435,14 @@ TEST(ModelFamilyTest, ErrorsNameTheTensorAndTheKey) {
   EXPECT_EQ(defaults->mean, (std::vector<double>{0.485, 0.456, 0.406}));
   EXPECT_DOUBLE_EQ(defaults->crop_pct, 0.875);
   EXPECT_EQ(defaults->interpolation, "bicubic");
+  // A std below float32's normal range once divided to infinity and NaN logits, with exit 0.
+  j = ToJson(TinyConfig());
+  j["std"] = {1e-320};
+  expect_error(j, "std");
+  j["std"] = {0.5};
+  j["mean"] = {std::numeric_limits<double>::infinity()};
+  j["mean"] = {1e309};  // parsed as infinity
+  expect_error(j, "mean");
 }
 
 }  // namespace
