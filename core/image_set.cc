@@ -350,7 +350,14 @@ const char* SamplingName(Sampling sampling) {
 }
 
 ImageSet DrawImages(const ImageSet& set, int64_t count, uint64_t seed, Sampling sampling) {
-  if (count <= 0 || count >= set.size()) return set;
+  if (count > set.size()) {
+    // More than there is: all of them, and the description says so.
+    ImageSet all = set;
+    all.description += "[all " + std::to_string(set.size()) + ": " + std::to_string(count) +
+                       " asked]";
+    return all;
+  }
+  if (count <= 0 || count == set.size()) return set;
   std::vector<int64_t> positions;
   if (sampling == Sampling::kUniform) {
     positions = UniformDraw(set.size(), count, seed);

@@ -85,7 +85,8 @@ enum class Sampling { kBalanced, kUniform };
 StatusOr<Sampling> ParseSampling(const std::string& name);
 const char* SamplingName(Sampling sampling);
 
-// `count` examples of `set` (all of them, in order, when count <= 0 or count >= size). The
+// `count` examples of `set` (all of them, in order, when count <= 0 or count >= size; when count
+// > size the description says "[all N: count asked]", so the clamp is never silent). The
 // sequence depends only on the seed and the labels, not on the standard library.
 ImageSet DrawImages(const ImageSet& set, int64_t count, uint64_t seed, Sampling sampling);
 

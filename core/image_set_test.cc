@@ -109,6 +109,12 @@ TEST(ImageSetTest, BalancedDrawsTakeEveryClassEquallyAndRepeat) {
   EXPECT_TRUE(torch::equal(uniform->images, legacy.images));
   EXPECT_EQ(DatasetDigest(*uniform), DatasetDigest(legacy));
   EXPECT_EQ(DrawImages(*all, 0, 1, Sampling::kBalanced).size(), 10000);
+  // Asking for more than there is takes all of them and says so (it used to be silent).
+  auto more = DrawImages(*all, 1000000000000, 1, Sampling::kBalanced);
+  EXPECT_EQ(more.size(), 10000);
+  EXPECT_NE(more.description.find("[all 10000: 1000000000000 asked]"), std::string::npos)
+      << more.description;
+  EXPECT_EQ(DrawImages(*all, 10000, 1, Sampling::kBalanced).description, all->description);
 }
 
 TEST(ImageSetTest, SmallClassesGiveTheirShareToTheOthers) {

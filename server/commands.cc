@@ -27,6 +27,13 @@
 namespace qs::server {
 namespace {
 
+// CLI11 reads "-1" into an unsigned seed as 2^64-1; its own range check prints 300 digits.
+const CLI::Validator kNonNegativeSeed(
+    [](std::string& text) -> std::string {
+      return text.find('-') == std::string::npos ? "" : "the seed must be 0 or more, got " + text;
+    },
+    "SEED >= 0");
+
 using nlohmann::json;
 
 constexpr char kVersion[] = "0.1.0";
@@ -199,7 +206,9 @@ struct DrawArgs {
 void AddDrawOptions(CLI::App* cmd, DrawArgs* d) {
   cmd->add_option("--limit", d->limit, "N images drawn by --sampling (0: all, in order)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", d->seed, "seed of the draw")->capture_default_str();
+  cmd->add_option("--seed", d->seed, "seed of the draw")
+      ->check(kNonNegativeSeed)
+      ->capture_default_str();
   cmd->add_option("--sampling", d->sampling, "balanced (classes equally) or uniform")
       ->capture_default_str()
       ->check(CLI::IsMember({"balanced", "uniform"}));
@@ -318,6 +327,7 @@ int RunCli(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   quantize->add_option("--seed", q.seed, "seed of the calibration and evaluation draws")
+      ->check(kNonNegativeSeed)
       ->capture_default_str();
   quantize
       ->add_option("--sampling", q.sampling,

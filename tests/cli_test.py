@@ -134,11 +134,17 @@ class CliTest(unittest.TestCase):
 
             # Thread and worker counts out of range are usage errors naming the option.
             for args in (["--threads", "-2", "eval", "--config", CONFIG, "--weights", WEIGHTS],
+                         ["--threads", "100000", "eval", "--config", CONFIG, "--weights", WEIGHTS],
                          ["run", "--spec", recipe, "--out", d, "--workers", "-1"],
-                         ["run", "--spec", recipe, "--out", d, "--workers", "100000"]):
+                         ["run", "--spec", recipe, "--out", d, "--workers", "100000"],
+                         # once read as 2^64-1 and run
+                         ["eval", "--config", CONFIG, "--weights", WEIGHTS, "--seed", "-1"],
+                         ["quantize", "--config", CONFIG, "--weights", WEIGHTS, "--recipe",
+                          "w8a8", "--out", d, "--seed", "-1"]):
                 r = run(*args)
                 self.assertEqual(r.returncode, 2, args)
-                self.assertIn("--threads" if "--threads" in args else "--workers", r.stderr)
+                option = next(a for a in ("--threads", "--workers", "--seed") if a in args)
+                self.assertIn(option, r.stderr)
 
             # bench from outside the repository: a clear error, not a crash.
             r = subprocess.run([os.path.abspath(QSEARCH), "bench", "--quick", "--json"], cwd=d,
