@@ -320,9 +320,10 @@ StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_
     method = body.substr(colon + 1);
     body = body.substr(0, colon);
   }
-  if (body.size() < 4 || body[0] != 'w') return bad("must start with 'w'");
+  if (body.empty() || body[0] != 'w') return bad("must start with 'w'");
   size_t a = body.find('a');
-  if (a == std::string::npos) return bad("missing 'a<bits>'");
+  if (a == std::string::npos) return bad("missing 'a<bits>' after the weight bits");
+  if (a + 1 == body.size()) return bad("missing the activation bits after 'a'");
   auto parse_bits = [](const std::string& s, int* bits) {
     if (s == "f" || s == "32" || s == "16") {
       *bits = 0;

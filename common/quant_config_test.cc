@@ -41,6 +41,16 @@ TEST(UniformRecipeTest, RejectsMalformedShorthand) {
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << bad;
   }
   EXPECT_NE(ParseUniformRecipe("w4a8:nope").status().message().find("nope"), std::string::npos);
+  // Each says what is actually wrong ("w4" once said it must start with 'w').
+  for (const auto& [text, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"w4", "missing 'a<bits>'"},
+           {"w4a", "missing the activation bits"},
+           {"x4a8", "must start with 'w'"},
+           {"wa8", "weight bits"},
+           {"w4a9", "activation bits"}}) {
+    const std::string message = ParseUniformRecipe(text).status().message();
+    EXPECT_NE(message.find(needle), std::string::npos) << text << ": " << message;
+  }
 }
 
 TEST(RecipeJsonTest, RoundTripsAndIsCanonical) {
