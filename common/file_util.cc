@@ -20,10 +20,31 @@ StatusOr<std::string> ReadFileBytes(const std::string& path) {
   if (std::filesystem::is_directory(path, ec)) {
     return InvalidArgumentError(path + ": is a directory, expected a file");
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return DataLossError(path + ": cannot open: " + std::strerror(errno));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return DataLossError(path + ": read failed");
+  // A device or a pipe has no size to check and may never end (/dev/zero once read until
+  // memory ran out).
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return InvalidArgumentError(path + ": is not a regular file");
+  }
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    const int err = errno;
+    const std::string why = path + ": cannot open: " + std::strerror(err);
+    if (err == EACCES || err == EPERM) return Status(StatusCode::kPermissionDenied, why);
+    if (err == ENOENT) return NotFoundError(why);
+    return Status(StatusCode::kUnavailable, why);
+  }
+  std::string bytes;
+  try {
+    bytes.resize(std::filesystem::file_size(path, ec));
+  } catch (const std::bad_alloc&) {
+    std::fclose(f);
+    return ResourceExhaustedError(path + ": too large to read into memory");
+  }
+  const size_t read = std::fread(bytes.data(), 1, bytes.size(), f);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) return DataLossError(path + ": read failed");
+  bytes.resize(read);  // the file shrank while being read
   return bytes;
 }
 

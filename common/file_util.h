@@ -8,7 +8,9 @@
 
 namespace qs {
 
-// The file's bytes. NOT_FOUND if it does not exist, DATA_LOSS if it cannot be read whole.
+// The file's bytes. NOT_FOUND if it does not exist; INVALID_ARGUMENT for a directory or anything
+// not a regular file (a device, a pipe); PERMISSION_DENIED when it may not be read;
+// RESOURCE_EXHAUSTED when it does not fit in memory; DATA_LOSS if reading fails.
 StatusOr<std::string> ReadFileBytes(const std::string& path);
 
 // Writes `bytes` to a temporary file beside `path`, flushes it, and renames it into place, so a

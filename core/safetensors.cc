@@ -1,5 +1,7 @@
 #include "core/safetensors.h"
 
+#include <filesystem>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -106,6 +108,38 @@ StatusOr<torch::ScalarType> SafetensorsDtype(const std::string& name) {
 }
 
 StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  // The header first, from the file: junk (or a 1 GiB file that is not safetensors) fails after a
+  // few bytes instead of after the whole file is in memory.
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(path, ec)) {
+    const uint64_t size = std::filesystem::file_size(path, ec);
+    std::FILE* f = ec ? nullptr : std::fopen(path.c_str(), "rb");
+    if (f != nullptr) {
+      unsigned char head[8] = {0};
+      const size_t got = std::fread(head, 1, 8, f);
+      uint64_t header_len = 0;
+      for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | head[i];
+      std::string header;
+      const bool fits = got == 8 && header_len <= kMaxHeaderBytes && header_len <= size - 8;
+      if (fits) {
+        header.resize(header_len);
+        header.resize(std::fread(header.data(), 1, header_len, f));
+      }
+      std::fclose(f);
+      if (got < 8) {
+        return DataLossError(path + ": truncated: " + std::to_string(size) +
+                             " bytes, shorter than the 8-byte header length");
+      }
+      if (!fits) {
+        return DataLossError(path + ": header length " + std::to_string(header_len) +
+                             " exceeds the file (" + std::to_string(size) +
+                             " bytes): truncated or not a safetensors file");
+      }
+      if (!json::accept(header.begin(), header.end())) {
+        return DataLossError(path + ": malformed header JSON (not a safetensors file?)");
+      }
+    }
+  }
   QS_ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(path));
   return Parse(std::move(bytes), path);
 }

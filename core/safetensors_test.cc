@@ -82,6 +82,33 @@ TEST(SafetensorsTest, TruncatedFilesAreDataLoss) {
   EXPECT_NE(cut.message().find("'a'"), std::string::npos);
 }
 
+TEST(SafetensorsTest, OpenChecksTheHeaderBeforeReadingTheFile) {
+  // Once a file was read whole before its header was looked at: /dev/zero ran until memory gave
+  // out, and a large junk file cost its size in memory before the error.
+  auto dev = SafetensorsFile::Open("/dev/zero");
+  EXPECT_EQ(dev.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(dev.status().message().find("not a regular file"), std::string::npos);
+  const std::string junk = TempPath("junk.safetensors");
+  {
+    // 64 MiB of 0xff, sparse where the filesystem allows: the header length it claims is huge.
+    std::FILE* f = std::fopen(junk.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    const std::string block(1 << 20, '\xff');
+    for (int i = 0; i < 64; ++i) std::fwrite(block.data(), 1, block.size(), f);
+    std::fclose(f);
+  }
+  auto s = SafetensorsFile::Open(junk).status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("exceeds the file (67108864 bytes)"), std::string::npos) << s.ToString();
+  const std::string text = TempPath("text.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(text, WithHeader("{not json", std::string(1000, 'x'))).ok());
+  s = SafetensorsFile::Open(text).status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("malformed header"), std::string::npos);
+  std::remove(junk.c_str());
+  std::remove(text.c_str());
+}
+
 TEST(SafetensorsTest, MalformedHeadersAreDataLoss) {
   EXPECT_EQ(ParseStatus(WithHeader("{not json", "")).code(), StatusCode::kDataLoss);
   EXPECT_EQ(ParseStatus(WithHeader("[1,2]", "")).code(), StatusCode::kDataLoss);
