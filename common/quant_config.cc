@@ -1,5 +1,7 @@
 #include "common/quant_config.h"
 
+#include <cmath>
+
 #include <cctype>
 
 #include "common/enum_names.h"
@@ -125,6 +127,7 @@ Status ValidatePercentile(double p, const std::string& where) {
 
 Status ValidateActivation(const ActivationQuant& a, const std::string& where) {
   QS_RETURN_IF_ERROR(ValidateBits(a.bits, where));
+  QS_RETURN_IF_ERROR(ValidatePercentile(a.percentile, where));
   if (!a.quantized()) return OkStatus();
   if (a.granularity == Granularity::kPerGroup) {
     return InvalidArgumentError(where + " granularity per_group applies to weights only");
@@ -170,6 +173,22 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
   const WeightQuant& w = config.weight;
   if (kind == SiteKind::kLinear) {
     QS_RETURN_IF_ERROR(ValidateBits(w.bits, "weight"));
+    // Every field is checked whatever the method and bits: a value a method does not use is
+    // still a mistake, and one rule for all fields means it is refused the same way everywhere.
+    QS_RETURN_IF_ERROR(ValidatePercentile(w.percentile, "weight"));
+    if (w.group_size < 0) return InvalidArgumentError("weight group_size must be >= 0");
+    if (!(w.gptq_damp > 0 && w.gptq_damp < 1)) {
+      return InvalidArgumentError("weight gptq_damp must be in (0, 1)");
+    }
+    if (w.gptq_block_size < 1) return InvalidArgumentError("weight gptq_block_size must be >= 1");
+    if (!(w.erq_aqer_lambda > 0) || !(w.erq_aqer_lambda_pooled > 0) || !(w.erq_wqer_lambda > 0) ||
+        !std::isfinite(w.erq_aqer_lambda) || !std::isfinite(w.erq_aqer_lambda_pooled) ||
+        !std::isfinite(w.erq_wqer_lambda)) {
+      return InvalidArgumentError("weight erq ridge lambdas must be positive and finite");
+    }
+    if (w.erq_wqer_iterations < 0) {
+      return InvalidArgumentError("weight erq_wqer_iterations must be >= 0");
+    }
     if (w.quantized()) {
       if (w.granularity == Granularity::kPerHead) {
         return InvalidArgumentError("weight granularity per_head is not supported");
@@ -177,29 +196,11 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
       if (w.granularity == Granularity::kPerGroup && w.group_size < 1) {
         return InvalidArgumentError("weight granularity per_group needs group_size >= 1");
       }
-      QS_RETURN_IF_ERROR(ValidatePercentile(w.percentile, "weight"));
-      if (w.method == WeightMethod::kGptq) {
-        if (!(w.gptq_damp > 0 && w.gptq_damp < 1)) {
-          return InvalidArgumentError("weight gptq_damp must be in (0, 1)");
-        }
-        if (w.gptq_block_size < 1) {
-          return InvalidArgumentError("weight gptq_block_size must be >= 1");
-        }
-        if (w.gptq_act_order && w.granularity == Granularity::kPerGroup &&
-            !w.gptq_static_groups) {
-          return InvalidArgumentError(
-              "weight gptq_act_order with per_group needs gptq_static_groups (groups must stay "
-              "contiguous input columns)");
-        }
-      }
-      if (w.method == WeightMethod::kErq) {
-        if (!(w.erq_aqer_lambda > 0) || !(w.erq_aqer_lambda_pooled > 0) ||
-            !(w.erq_wqer_lambda > 0)) {
-          return InvalidArgumentError("weight erq ridge lambdas must be positive");
-        }
-        if (w.erq_wqer_iterations < 0) {
-          return InvalidArgumentError("weight erq_wqer_iterations must be >= 0");
-        }
+      if (w.method == WeightMethod::kGptq && w.gptq_act_order &&
+          w.granularity == Granularity::kPerGroup && !w.gptq_static_groups) {
+        return InvalidArgumentError(
+            "weight gptq_act_order with per_group needs gptq_static_groups (groups must stay "
+            "contiguous input columns)");
       }
     }
   } else if (w.quantized()) {

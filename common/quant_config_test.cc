@@ -165,6 +165,18 @@ TEST(ValidateQuantConfigTest, RejectsImpossibleConfigs) {
   erq.weight.bits = 4;
   erq.weight.erq_wqer_lambda = -1;
   EXPECT_FALSE(ValidateQuantConfig(erq, SiteKind::kLinear).ok());
+  // A value a method does not use is refused as where it is used (gptq_damp 50 on an RTN site
+  // used to be dropped silently), and so is one on a float site.
+  QuantConfig rtn;
+  rtn.weight.bits = 4;
+  rtn.weight.gptq_damp = 50;
+  EXPECT_FALSE(ValidateQuantConfig(rtn, SiteKind::kLinear).ok());
+  QuantConfig float_site;
+  float_site.weight.erq_aqer_lambda = 0;
+  EXPECT_FALSE(ValidateQuantConfig(float_site, SiteKind::kLinear).ok());
+  QuantConfig float_activation;
+  float_activation.activation.percentile = 7;
+  EXPECT_FALSE(ValidateQuantConfig(float_activation, SiteKind::kLinear).ok());
 
   QuantConfig pct;
   pct.activation.bits = 8;
