@@ -168,6 +168,20 @@ TEST(QuantizeModelTest, WrittenWeightsArePackedAndDequantizeExactly) {
   ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
   EXPECT_EQ(ReadQuantizedWeights(*SafetensorsFile::Open(path)).status().code(),
             StatusCode::kDataLoss);
+  // Sizes whose product overflowed once said "the layout needs 0 bytes"; a bit-width past int
+  // once narrowed to a valid one.
+  layout["blocks.0.attn.qkv"]["shape"] = {int64_t{1} << 31, int64_t{1} << 31};
+  meta["layout"] = layout.dump();
+  ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
+  auto overflow = ReadQuantizedWeights(*SafetensorsFile::Open(path)).status();
+  EXPECT_EQ(overflow.code(), StatusCode::kDataLoss);
+  EXPECT_NE(overflow.message().find("bad code shape"), std::string::npos) << overflow.ToString();
+  layout = nlohmann::json::parse(file->metadata().at("layout"));
+  layout["blocks.0.attn.qkv"]["bits"] = 4294967300ULL;
+  meta["layout"] = layout.dump();
+  ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
+  EXPECT_EQ(ReadQuantizedWeights(*SafetensorsFile::Open(path)).status().code(),
+            StatusCode::kDataLoss);
   meta["layout"] = "{";
   ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
   EXPECT_EQ(ReadQuantizedWeights(*SafetensorsFile::Open(path)).status().code(),

@@ -76,10 +76,13 @@ StatusOr<std::map<std::string, torch::Tensor>> ReadQuantizedWeights(const Safete
     const json& l = item.value();
     Status s = GuardTorch("site " + site, [&]() -> Status {
       const auto shape = l.at("shape").get<std::vector<int64_t>>();
-      const int bits = l.at("bits").get<int>();
+      // Range-checked before any narrowing or multiplying: a 2^62-element layout once
+      // overflowed to "needs 0 bytes".
+      const int64_t bits = l.at("bits").get<int64_t>();
       const int64_t qmin = l.at("qmin").get<int64_t>(), group = l.at("group_size").get<int64_t>();
       if (shape.size() != 2 || shape[0] < 1 || shape[1] < 1 || shape[0] > (int64_t{1} << 31) ||
-          shape[1] > (int64_t{1} << 31) || bits < 1 || bits > 8 || group < 0) {
+          shape[1] > (int64_t{1} << 31) || shape[0] * shape[1] > (int64_t{1} << 40) ||
+          bits < 1 || bits > 8 || group < 0) {
         return DataLossError("site " + site + ": bad code shape, bits or group size");
       }
       QS_ASSIGN_OR_RETURN(torch::Tensor packed, file.Tensor(site + ".weight.codes"));
@@ -89,7 +92,7 @@ StatusOr<std::map<std::string, torch::Tensor>> ReadQuantizedWeights(const Safete
                              std::to_string((shape[0] * shape[1] * bits + 7) / 8));
       }
       QS_ASSIGN_OR_RETURN(torch::Tensor codes,
-                          UnpackCodes(packed, bits, qmin, shape[0] * shape[1]));
+                          UnpackCodes(packed, static_cast<int>(bits), qmin, shape[0] * shape[1]));
       QS_ASSIGN_OR_RETURN(torch::Tensor scale, file.Tensor(site + ".weight.scale"));
       torch::Tensor zero = torch::zeros({1});
       consumed.insert(site + ".weight.codes");

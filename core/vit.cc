@@ -1,6 +1,7 @@
 #include "core/vit.h"
 
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include <ATen/ATen.h>
@@ -58,6 +59,19 @@ Status Read(const json& j, const char* key, T* out, bool optional = false) {
   if (!type_ok) {
     return InvalidArgumentError(std::string("config: key '") + key + "' has the wrong type (" +
                                 v.type_name() + ")");
+  }
+  // Integers beyond int64 (2^64 - 1 once read as -1) are out of range, said with their value.
+  auto too_big = [](const json& e) {
+    return e.is_number_unsigned() &&
+           e.template get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  };
+  bool in_range = !too_big(v);
+  if (v.is_array()) {
+    for (const auto& e : v) in_range = in_range && !too_big(e);
+  }
+  if (!in_range) {
+    return InvalidArgumentError(std::string("config: key '") + key + "' is out of range (" +
+                                v.dump().substr(0, 60) + ")");
   }
   *out = v.get<T>();
   return OkStatus();

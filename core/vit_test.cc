@@ -435,6 +435,10 @@ TEST(ModelFamilyTest, ErrorsNameTheTensorAndTheKey) {
   EXPECT_EQ(defaults->mean, (std::vector<double>{0.485, 0.456, 0.406}));
   EXPECT_DOUBLE_EQ(defaults->crop_pct, 0.875);
   EXPECT_EQ(defaults->interpolation, "bicubic");
+  // 2^64 - 1 once read as -1 ("must be positive, got -1").
+  j = ToJson(TinyConfig());
+  j["depth"] = 18446744073709551615ULL;
+  expect_error(j, "out of range");
   // A std below float32's normal range once divided to infinity and NaN logits, with exit 0.
   j = ToJson(TinyConfig());
   j["std"] = {1e-320};
