@@ -68,14 +68,6 @@ class RedisStorageTest : public ::testing::Test {
     redis_ = std::move(*c);
     ASSERT_TRUE(redis_->Command({"FLUSHALL"}).ok());
   }
-  static std::unique_ptr<TaskQueue> MakeQueue(const QueueOptions& base) {
-    RedisQueueOptions options;
-    static_cast<QueueOptions&>(options) = base;
-    auto q = NewRedisTaskQueue(redis_, options);
-    EXPECT_TRUE(q.ok()) << q.status().ToString();
-    return q.ok() ? std::move(*q) : nullptr;
-  }
-
   static testing::RedisServer* server_;
   static std::shared_ptr<RedisClient> redis_;
 };
@@ -113,7 +105,9 @@ TEST_F(RedisStorageTest, TwoProcessesWorthOfQueuesShareOneStream) {
 }
 
 TEST_F(RedisStorageTest, QueueAndOutcomesSurviveAKilledRedis) {
-  auto q = MakeQueue({});
+  auto queue = NewRedisTaskQueue(redis_);
+  ASSERT_TRUE(queue.ok()) << queue.status().ToString();
+  TaskQueue* q = queue->get();
   ASSERT_TRUE(q->Push({"j", "a", "p"}).ok());
   ASSERT_TRUE(q->Push({"j", "b", "p"}).ok());
   auto a = q->Pop(milliseconds(500));
