@@ -200,10 +200,38 @@ Status JobManager::CheckBlobs(const json& spec) {
   return OkStatus();
 }
 
+Status CheckRequestBudget(const JobSpec& spec) {
+  auto over = [](const std::string& what, size_t n, size_t limit) {
+    return ResourceExhaustedError(what + ": " + std::to_string(n) + " is over the service's limit of " +
+                                  std::to_string(limit));
+  };
+  const CandidateSpace& s = spec.space;
+  for (const auto& [name, n] : std::vector<std::pair<std::string, size_t>>{
+           {"search.weight_methods", s.weight_methods.size()},
+           {"search.weight_bits", s.weight_bits.size()},
+           {"search.weight_granularities", s.weight_granularities.size()},
+           {"search.weight_calibrators", s.weight_calibrators.size()},
+           {"search.activation_bits", s.activation_bits.size()},
+           {"search.activation_calibrators", s.activation_calibrators.size()},
+           {"search.softmax_quantizers", s.softmax_quantizers.size()}}) {
+    if (n > kMaxListEntries) return over(name + " entries", n, kMaxListEntries);
+  }
+  if (s.skip.size() + s.pin.size() > kMaxSiteEntries) {
+    return over("search.skip and search.pin entries", s.skip.size() + s.pin.size(), kMaxSiteEntries);
+  }
+  if (spec.calibration_count > kMaxCalibrationImages) {
+    return over("calibration.count", static_cast<size_t>(spec.calibration_count), kMaxCalibrationImages);
+  }
+  if (spec.max_validations > kMaxValidations) {
+    return over("accuracy.max_validations", static_cast<size_t>(spec.max_validations), kMaxValidations);
+  }
+  return OkStatus();
+}
+
 StatusOr<JobRecord> JobManager::Create(const json& spec, const std::string& request_id) {
-  // The same checks `qsearch run` makes, before anything is recorded.
+  // The same checks `qsearch run` makes, and the service's budget, before anything is recorded.
   QS_ASSIGN_OR_RETURN(JobSpec parsed, ParseJobSpec(spec, ""));
-  (void)parsed;
+  QS_RETURN_IF_ERROR(CheckRequestBudget(parsed));
   QS_RETURN_IF_ERROR(CheckBlobs(spec));
   JobRecord r;
   r.spec = spec;

@@ -31,6 +31,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/job_spec.h"
 #include "common/status.h"
 #include "storage/blob_store.h"
 #include "storage/document_store.h"
@@ -71,6 +72,14 @@ struct JobPage {
   std::vector<JobRecord> jobs;
   std::string next_page_token;
 };
+
+// What one job may ask of the service; more is RESOURCE_EXHAUSTED (docs/limits.md). A spec's
+// own checks bound each value; these bound the work a job can queue on shared workers.
+inline constexpr size_t kMaxListEntries = 32;          // each candidate-space list
+inline constexpr size_t kMaxSiteEntries = 10000;       // skip + pin entries
+inline constexpr size_t kMaxCalibrationImages = 65536;  // calibration.count
+inline constexpr size_t kMaxValidations = 64;          // accuracy.max_validations
+Status CheckRequestBudget(const JobSpec& spec);
 
 struct JobManagerOptions {
   int max_running = 4;          // jobs running at once

@@ -66,6 +66,16 @@ TEST_F(JobManagerTest, CreateIsIdempotentByRequestIdAndChecksTheSpec) {
   json blob = Spec(4);
   blob["model"]["weights"] = "blob:sha256:" + std::string(64, 'a');
   EXPECT_EQ(jobs_->Create(blob, "").status().code(), StatusCode::kNotFound);
+  // The service's budget: more work than one job may queue is RESOURCE_EXHAUSTED, named.
+  json greedy = Spec(4);
+  greedy["calibration"] = {{"count", 1000000}};
+  auto refused = jobs_->Create(greedy, "");
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("calibration.count"), std::string::npos);
+  json many = Spec(4);
+  many["search"] = {{"skip", json::array()}};
+  for (int i = 0; i < 10001; ++i) many["search"]["skip"].push_back("blocks." + std::to_string(i));
+  EXPECT_EQ(jobs_->Create(many, "").status().code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(jobs_->Get("nothere").status().code(), StatusCode::kNotFound);
   EXPECT_EQ(jobs_->Get("../x").status().code(), StatusCode::kNotFound);
 }
