@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libhiredis-dev redis-server redis-tools
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
   python3-grpcio python3-protobuf prometheus openssl
+  clang libclang-rt-14-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   python3 python3-torch python3-numpy python3-torchvision python3-pil
