@@ -1,5 +1,7 @@
 #include "scheduler/artifacts.h"
 
+#include <cstdio>
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -288,6 +290,29 @@ std::string ReportHtml(const JobSpec& spec, const SearchResult& r) {
   HeatmapHtml(r, h);
   h << "</body></html>\n";
   return h.str();
+}
+
+std::vector<std::pair<std::string, std::string>> ArtifactDocuments(const JobSpec& spec,
+                                                                   const SearchResult& r) {
+  return {{"recipe.json", RecipeDocument(r).dump(2) + "\n"},
+          {"pareto.json", ParetoDocument(spec, r).dump(2) + "\n"},
+          {"report.html", ReportHtml(spec, r)}};
+}
+
+std::string FormatPercent(double fraction) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f%%", 100 * fraction);
+  return buf;
+}
+
+std::string SummaryLine(const SearchResult& r) {
+  char bits[32];
+  std::snprintf(bits, sizeof(bits), "%.3f", r.avg_weight_bits);
+  return std::string(r.goal_met ? "goal met" : "GOAL MISSED") + ": fp32 top-1 " +
+         FormatPercent(r.facts.fp32_top1) + ", searched top-1 " + FormatPercent(r.validation.top1) +
+         " at " + bits + " average weight bits; " + std::to_string(r.plan.candidate_count()) +
+         " candidates, " + std::to_string(r.evaluated_now) + " evaluated now, " +
+         std::to_string(r.from_cache) + " from the cache, " + std::to_string(r.failed) + " failed";
 }
 
 }  // namespace qs::scheduler

@@ -11,6 +11,8 @@
 #define QS_SCHEDULER_ARTIFACTS_H_
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -29,6 +31,17 @@ nlohmann::json MetricsDocument(const JobSpec& spec, const SearchResult& r,
                                double artifacts_seconds, double wall_seconds);
 nlohmann::json ParetoDocument(const JobSpec& spec, const SearchResult& r);
 std::string ReportHtml(const JobSpec& spec, const SearchResult& r);
+
+// recipe.json, pareto.json and report.html as (file name, text), in the order they are written
+// (metrics.json, which says a set is complete, comes last and separately: it holds the timings).
+std::vector<std::pair<std::string, std::string>> ArtifactDocuments(const JobSpec& spec,
+                                                                   const SearchResult& r);
+
+// The outcome in one line: goal, top-1s, bits, and where the candidates came from.
+std::string SummaryLine(const SearchResult& r);
+
+// "87.32%" for 0.8732.
+std::string FormatPercent(double fraction);
 
 }  // namespace qs::scheduler
 

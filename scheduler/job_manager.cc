@@ -77,11 +77,6 @@ std::vector<std::string> BlobReferences(const json& spec) {
   return refs;
 }
 
-std::string Percent(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.2f%%", 100 * v);
-  return buf;
-}
 
 }  // namespace
 
@@ -523,10 +518,7 @@ Status JobManager::Execute(JobRecord& r) {
     return InternalError("write_weights returned no blob: " + written.substr(0, 200));
   }
   r.artifacts["weights.safetensors"] = {w.at("sha256").get<std::string>(), w.at("size").get<int64_t>()};
-  for (const auto& [name, text] : std::vector<std::pair<std::string, std::string>>{
-           {"recipe.json", RecipeDocument(result).dump(2) + "\n"},
-           {"pareto.json", ParetoDocument(spec, result).dump(2) + "\n"},
-           {"report.html", ReportHtml(spec, result)}}) {
+  for (const auto& [name, text] : ArtifactDocuments(spec, result)) {
     QS_ASSIGN_OR_RETURN(r.artifacts[name], blobs_.PutBytes(text));
   }
   const double artifacts_seconds =
@@ -534,14 +526,7 @@ Status JobManager::Execute(JobRecord& r) {
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
   QS_ASSIGN_OR_RETURN(r.artifacts["metrics.json"],
                       blobs_.PutBytes(MetricsDocument(spec, result, artifacts_seconds, wall).dump(2) + "\n"));
-  r.summary = std::string(result.goal_met ? "goal met" : "GOAL MISSED") + ": fp32 top-1 " +
-              Percent(result.facts.fp32_top1) + ", searched top-1 " +
-              Percent(result.validation.top1) + " at " +
-              std::to_string(result.avg_weight_bits).substr(0, 5) + " average weight bits; " +
-              std::to_string(result.plan.candidate_count()) + " candidates, " +
-              std::to_string(result.evaluated_now) + " evaluated now, " +
-              std::to_string(result.from_cache) + " from the cache, " +
-              std::to_string(result.failed) + " failed";
+  r.summary = SummaryLine(result);
   options.progress("artifacts", 1, 1);
   return OkStatus();
 }

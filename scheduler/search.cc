@@ -1,5 +1,7 @@
 #include "scheduler/search.h"
 
+#include "scheduler/artifacts.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -22,12 +24,6 @@ bool CriterionMet(const JobSpec& spec, double fp32_top1, double top1) {
   return true;
 }
 
-std::string Percent(double v) {
-  std::ostringstream s;
-  s.precision(2);
-  s << std::fixed << 100 * v << "%";
-  return s.str();
-}
 
 
 using Progress = std::function<void(const char* stage, size_t done, size_t total)>;
@@ -382,10 +378,24 @@ class JobRun {
   // loads that site's inputs once), and collects each task's outcome: its candidates stored, or
   // failed with the status the task died with (not stored: a transient cause may pass).
   Status CollectEvaluations() {
+    std::vector<std::vector<size_t>> missing;
+    QS_RETURN_IF_ERROR(LookUpCandidates(&missing));
+    QS_RETURN_IF_ERROR(DispatchMissing(missing));
+    // Whatever is stored now and was not at the first look, this run had evaluated.
+    size_t stored = 0;
+    for (const auto& [key, e] : r_.evaluations) stored += !state_.failures.count(key);
+    r_.evaluated_now = stored - r_.from_cache;
+    state_.evaluated = true;
+    return Save();
+  }
+
+  // Fills keys_ and r_.evaluations (stored evaluations and failures recorded earlier in this job)
+  // and r_.from_cache; `missing` gets, per site, the candidates still to evaluate.
+  Status LookUpCandidates(std::vector<std::vector<size_t>>* missing) {
     const size_t n_sites = r_.plan.sites.size();
     keys_.assign(n_sites, {});
-    std::vector<std::vector<size_t>> missing(n_sites);
-    size_t present = 0;
+    missing->assign(n_sites, {});
+    r_.from_cache = 0;
     for (size_t i = 0; i < n_sites; ++i) {
       for (const auto& c : r_.plan.sites[i].candidates) {
         keys_[i].push_back(CandidateKey(r_.facts.model_digest, r_.facts.calibration_digest, c));
@@ -397,25 +407,27 @@ class JobRun {
         QS_ASSIGN_OR_RETURN(auto e, Lookup(key));
         if (e) {
           r_.evaluations[key] = *e;
-          ++present;
+          ++r_.from_cache;
         } else {
-          missing[i].push_back(keys_[i].size() - 1);
+          (*missing)[i].push_back(keys_[i].size() - 1);
         }
       }
     }
-    r_.from_cache = present;
+    return OkStatus();
+  }
+
+  // One task per site with missing candidates, at most options_.dispatch_window in the queue at
+  // once, until each has an outcome.
+  Status DispatchMissing(const std::vector<std::vector<size_t>>& missing) {
     const size_t total = r_.plan.candidate_count();
     size_t resolved = total;
-    std::vector<std::pair<std::string, size_t>> to_push;  // (task id, site)
-    std::map<std::string, json> payloads;
-    for (size_t i = 0; i < n_sites; ++i) {
+    std::vector<std::pair<storage::Task, size_t>> to_push;  // (task, site)
+    for (size_t i = 0; i < missing.size(); ++i) {
       if (missing[i].empty()) continue;
       resolved -= missing[i].size();
-      json payload = EvaluateRequest(spec_, r_.plan.sites[i], keys_[i], missing[i],
-                                     spec_.metric == RankingMetric::kMae);
-      const std::string id = TaskIdFor(payload);
-      to_push.emplace_back(id, i);
-      payloads[id] = std::move(payload);
+      const json payload = EvaluateRequest(spec_, r_.plan.sites[i], keys_[i], missing[i],
+                                           spec_.metric == RankingMetric::kMae);
+      to_push.push_back({{job_, TaskIdFor(payload), payload.dump()}, i});
     }
     Report("evaluate", resolved, total);
     std::map<std::string, size_t> outstanding;  // task id -> site
@@ -424,8 +436,8 @@ class JobRun {
     while (next < to_push.size() || !outstanding.empty()) {
       std::vector<storage::Task> batch;
       for (; next < to_push.size() && outstanding.size() < window; ++next) {
-        batch.push_back({job_, to_push[next].first, payloads[to_push[next].first].dump()});
-        outstanding[to_push[next].first] = to_push[next].second;
+        batch.push_back(to_push[next].first);
+        outstanding[to_push[next].first.id] = to_push[next].second;
       }
       if (!batch.empty()) QS_RETURN_IF_ERROR(queue_.PushAll(batch));
       QS_ASSIGN_OR_RETURN(auto outcomes, queue_.Outcomes(job_));
@@ -447,12 +459,7 @@ class JobRun {
       QS_RETURN_IF_ERROR(CheckLive(queue_, job_, options_));
       queue_.WaitForOutcome(job_, options_.poll);
     }
-    // Whatever is stored now and was not at the first look, this run had evaluated.
-    size_t stored = 0;
-    for (const auto& [key, e] : r_.evaluations) stored += !state_.failures.count(key);
-    r_.evaluated_now = stored - r_.from_cache;
-    state_.evaluated = true;
-    return Save();
+    return OkStatus();
   }
 
   // Reads back the candidates of `site` a finished task covered.
@@ -544,7 +551,7 @@ class JobRun {
     r_.goal_met = selection.budget_ok && criterion_ok;
     if (selection.budget_ok && !criterion_ok) {
       r_.goal_note = "no validated mix met the accuracy criterion (best top-1 " +
-                     Percent(r_.validation.top1) + " vs fp32 " + Percent(r_.facts.fp32_top1) +
+                     FormatPercent(r_.validation.top1) + " vs fp32 " + FormatPercent(r_.facts.fp32_top1) +
                      "); returning the best found";
     }
     // The chosen mix, per site with its runner-up.

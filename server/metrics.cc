@@ -138,7 +138,12 @@ Status Metrics::Serve(const std::string& address) {
     return InvalidArgumentError("metrics address '" + address + "' is not host:port");
   }
   const std::string host = address.substr(0, colon);
-  const int port = std::atoi(address.substr(colon + 1).c_str());
+  char* end = nullptr;
+  const std::string port_text = address.substr(colon + 1);
+  const long port = std::strtol(port_text.c_str(), &end, 10);
+  if (port_text.empty() || *end != '\0' || port < 1 || port > 65535) {
+    return InvalidArgumentError("metrics address '" + address + "': port is not 1-65535");
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -151,8 +156,7 @@ Status Metrics::Serve(const std::string& address) {
   listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const int one = 1;
   ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (port <= 0 || port > 65535 ||
-      ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
       ::listen(listen_fd_, 16) != 0) {
     return Status(StatusCode::kUnavailable, "cannot serve metrics on " + address + ": " +
                                                 std::strerror(errno));

@@ -128,11 +128,7 @@ int RunSearchCommand(const RunArgs& args) {
         options);
     if (!written.ok()) return Fail(written.status());
     // The other documents first; metrics.json, which says the run is complete, last.
-    for (const auto& [name, text] :
-         std::vector<std::pair<std::string, std::string>>{
-             {"recipe.json", scheduler::RecipeDocument(result).dump(2) + "\n"},
-             {"pareto.json", scheduler::ParetoDocument(*spec, result).dump(2) + "\n"},
-             {"report.html", scheduler::ReportHtml(*spec, result)}}) {
+    for (const auto& [name, text] : scheduler::ArtifactDocuments(*spec, result)) {
       s = WriteFileAtomically(args.out + "/" + name, text);
       if (!s.ok()) return Fail(s);
     }
