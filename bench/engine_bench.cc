@@ -460,11 +460,7 @@ Status RunBench(const BenchArgs& args, json* result) {
   *result = {{"quick", args.quick},
              {"threads", core::DescribeThreads(plan)},
              {"peak_rss_vitb_gib", nullptr},
-             {"peak_rss_deits_gib", nullptr},
-             // The distributed service's figures: null until the service exists.
-             {"two_worker_speedup", nullptr},
-             {"dispatch_tasks_per_s", nullptr},
-             {"cache_second_job_ratio", nullptr}};
+             {"peak_rss_deits_gib", nullptr}};
   QS_RETURN_IF_ERROR(BenchFixture(args, plan, result));
   TempDir dir;
   if (dir.path().empty()) return InternalError("cannot create a temporary directory");
