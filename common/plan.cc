@@ -8,11 +8,6 @@
 namespace qs {
 namespace {
 
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 ActivationQuant Uniform(int bits, RangeCalibrator calibrator) {
   ActivationQuant a;
   a.bits = bits;
@@ -52,7 +47,8 @@ std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpa
 }
 
 std::vector<Candidate> MatmulCandidates(const SiteInfo& site, const CandidateSpace& space) {
-  const bool softmax = EndsWith(site.name, ".av_matmul");
+  const bool softmax =
+      OperandDomain(site.name, SiteKind::kMatmul, 0) == ValueDomain::kPostSoftmax;
   std::vector<Candidate> out;
   for (int abits : space.activation_bits) {
     std::vector<ActivationQuantizer> lhs_kinds = {ActivationQuantizer::kUniform};
@@ -72,6 +68,28 @@ std::vector<Candidate> MatmulCandidates(const SiteInfo& site, const CandidateSpa
 }
 
 }  // namespace
+
+Status CheckConfigSuitsSite(const QuantConfig& config, const SiteInfo& site) {
+  const std::string where = "site " + site.name;
+  QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind).WithContext(where));
+  const bool matmul = site.kind == SiteKind::kMatmul;
+  const ActivationQuant* operands[] = {&config.activation, &config.activation_rhs};
+  for (int operand = 0; operand < (matmul ? 2 : 1); ++operand) {
+    const ActivationQuant& a = *operands[operand];
+    const std::string field = where + (operand == 0 ? " activation" : " activation_rhs");
+    QS_RETURN_IF_ERROR(
+        CheckQuantizerSuitsDomain(a, OperandDomain(site.name, site.kind, operand), field));
+    if (!a.quantized() || a.granularity != Granularity::kPerHead) continue;
+    if (site.num_heads < 1) return InvalidArgumentError(field + ": per_head needs attention heads");
+    // Matmul operands carry the heads as an axis of their own; a linear input splits its width.
+    if (!matmul && site.input_width > 0 && site.input_width % site.num_heads != 0) {
+      return InvalidArgumentError(field + ": per_head: " + std::to_string(site.num_heads) +
+                                  " heads do not divide the input width " +
+                                  std::to_string(site.input_width));
+    }
+  }
+  return OkStatus();
+}
 
 size_t Plan::candidate_count() const {
   size_t n = 0;
@@ -150,9 +168,7 @@ StatusOr<Plan> MakePlan(const JobSpec& spec, const std::vector<SiteInfo>& sites)
       sp.candidates = site.kind == SiteKind::kLinear ? LinearCandidates(site, spec.space)
                                                      : MatmulCandidates(site, spec.space);
     }
-    for (const auto& c : sp.candidates) {
-      QS_RETURN_IF_ERROR(ValidateQuantConfig(c.config, c.kind).WithContext("site " + site.name));
-    }
+    for (const auto& c : sp.candidates) QS_RETURN_IF_ERROR(CheckConfigSuitsSite(c.config, site));
     if (sp.candidates.empty()) {
       return InvalidArgumentError("site " + site.name + " has no candidate in the search space");
     }

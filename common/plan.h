@@ -28,7 +28,15 @@ struct SiteInfo {
   SiteKind kind = SiteKind::kLinear;
   int64_t weight_params = 0;  // linear sites: out × in
   int64_t macs = 0;           // multiply-accumulates per image
+  int64_t num_heads = 1;      // heads of the attention around the site (per-head grouping)
+  int64_t input_width = 0;    // linear sites: the input's last dimension; 0 where unknown
 };
+
+// Whether `config` can be applied at `site`, checked before any work starts: the config itself
+// (ValidateQuantConfig), each activation quantizer against its operand's values (log grids on
+// post-softmax operands only, twin-uniform on post-softmax or post-GELU ones) and per-head
+// grouping against the site's heads and input width. INVALID_ARGUMENT naming the site otherwise.
+Status CheckConfigSuitsSite(const QuantConfig& config, const SiteInfo& site);
 
 struct Candidate {
   std::string site;

@@ -72,6 +72,48 @@ TEST(PlanTest, SkipAndPinFixASite) {
   EXPECT_NE(MakePlan(spec, Sites()).status().message().find("decoder"), std::string::npos);
 }
 
+TEST(PlanTest, ConfigsThatCannotApplyToASiteAreRefusedByName) {
+  const SiteInfo qk{"blocks.0.attn.qk_matmul", SiteKind::kMatmul, 0, 100, 4, 0};
+  const SiteInfo av{"blocks.0.attn.av_matmul", SiteKind::kMatmul, 0, 100, 4, 0};
+  const SiteInfo fc1{"blocks.0.mlp.fc1", SiteKind::kLinear, 100, 100, 3, 16};
+  const SiteInfo fc2{"blocks.0.mlp.fc2", SiteKind::kLinear, 100, 100, 4, 64};
+  QuantConfig log;
+  log.activation.bits = 4;
+  log.activation.quantizer = ActivationQuantizer::kLog2;
+  EXPECT_TRUE(CheckConfigSuitsSite(log, av).ok());
+  Status s = CheckConfigSuitsSite(log, qk);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "site blocks.0.attn.qk_matmul activation: log2 quantizes post-softmax "
+                         "values only");
+  QuantConfig log_rhs;
+  log_rhs.activation_rhs = log.activation;  // v is not post-softmax
+  EXPECT_NE(CheckConfigSuitsSite(log_rhs, av).message().find("activation_rhs"), std::string::npos);
+
+  QuantConfig twin;
+  twin.weight.bits = 8;
+  twin.activation.bits = 4;
+  twin.activation.quantizer = ActivationQuantizer::kTwinUniform;
+  EXPECT_TRUE(CheckConfigSuitsSite(twin, fc2).ok());
+  EXPECT_NE(CheckConfigSuitsSite(twin, fc1).message().find("post-GELU"), std::string::npos);
+
+  QuantConfig per_head;
+  per_head.activation.bits = 8;
+  per_head.activation.granularity = Granularity::kPerHead;
+  EXPECT_TRUE(CheckConfigSuitsSite(per_head, fc2).ok());
+  EXPECT_TRUE(CheckConfigSuitsSite(per_head, qk).ok());
+  EXPECT_EQ(CheckConfigSuitsSite(per_head, fc1).message(),
+            "site blocks.0.mlp.fc1 activation: per_head: 3 heads do not divide the input width 16");
+
+  // A search's pins are checked when the plan is made, before any candidate is evaluated.
+  JobSpec spec = Spec();
+  spec.space.pin["blocks.0.attn.qk_matmul"] =
+      nlohmann::json::parse(R"({"activation": {"bits": 4, "quantizer": "log2"}})");
+  s = MakePlan(spec, Sites()).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("blocks.0.attn.qk_matmul activation: log2"), std::string::npos)
+      << s.message();
+}
+
 TEST(PlanTest, KeysAreStableAndDistinct) {
   auto plan = MakePlan(Spec(), Sites());
   ASSERT_TRUE(plan.ok());

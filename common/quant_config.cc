@@ -6,6 +6,7 @@
 
 #include "common/enum_names.h"
 #include "common/json_fields.h"
+#include "common/strings.h"
 
 namespace qs {
 namespace {
@@ -255,6 +256,33 @@ StatusOr<QuantConfig> QuantConfigFromJson(const json& j, SiteKind kind) {
   }
   QS_RETURN_IF_ERROR(ValidateQuantConfig(config, kind));
   return config;
+}
+
+ValueDomain OperandDomain(const std::string& site_name, SiteKind kind, int operand) {
+  if (kind == SiteKind::kMatmul && operand == 0 && EndsWith(site_name, ".attn.av_matmul")) {
+    return ValueDomain::kPostSoftmax;
+  }
+  if (kind == SiteKind::kLinear && EndsWith(site_name, ".mlp.fc2")) return ValueDomain::kPostGelu;
+  return ValueDomain::kGeneral;
+}
+
+Status CheckQuantizerSuitsDomain(const ActivationQuant& spec, ValueDomain domain,
+                                 const std::string& where) {
+  if (!spec.quantized()) return OkStatus();
+  switch (spec.quantizer) {
+    case ActivationQuantizer::kUniform:
+      return OkStatus();
+    case ActivationQuantizer::kLog2:
+    case ActivationQuantizer::kLogSqrt2:
+      if (domain == ValueDomain::kPostSoftmax) return OkStatus();
+      return InvalidArgumentError(where + ": " + ToString(spec.quantizer) +
+                                  " quantizes post-softmax values only");
+    case ActivationQuantizer::kTwinUniform:
+      if (domain != ValueDomain::kGeneral) return OkStatus();
+      return InvalidArgumentError(where +
+                                  ": twin_uniform quantizes post-softmax or post-GELU values only");
+  }
+  return InvalidArgumentError(where + ": unknown activation quantizer");
 }
 
 QuantConfig Recipe::Resolve(const std::string& site, SiteKind kind) const {

@@ -118,6 +118,19 @@ struct QuantConfig {
 // Checks the ranges and combinations of one config (bits 2..8, group size with kPerGroup, ...).
 Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind);
 
+// What the values of one operand are, for quantizers built for one kind of value.
+enum class ValueDomain { kGeneral, kPostSoftmax, kPostGelu };
+
+// The domain of operand `operand` (0: a linear's input or a matmul's left operand, 1: a matmul's
+// right operand) at the site named `site_name`: softmax·v's left operand is post-softmax, fc2's
+// input post-GELU, everything else general.
+ValueDomain OperandDomain(const std::string& site_name, SiteKind kind, int operand);
+
+// INVALID_ARGUMENT naming `where` when `spec`'s quantizer cannot take values of `domain` (log
+// grids need post-softmax values; twin-uniform needs post-softmax or post-GELU values).
+Status CheckQuantizerSuitsDomain(const ActivationQuant& spec, ValueDomain domain,
+                                 const std::string& where);
+
 nlohmann::json ToJson(const QuantConfig& config, SiteKind kind);
 // Fields left out keep their defaults; unknown fields are INVALID_ARGUMENT.
 StatusOr<QuantConfig> QuantConfigFromJson(const nlohmann::json& j, SiteKind kind);

@@ -17,13 +17,16 @@ constexpr std::pair<const char*, TaskKind> kTaskKinds[] = {
     {"write_weights", TaskKind::kWriteWeights},
 };
 
-// Fails naming the first of `keys` that `j` lacks, then checks for keys beyond `keys`.
-Status RequireKeys(const json& j, const std::set<std::string>& keys, const char* what) {
+// Fails naming the first of `keys` that `j` lacks, then checks for keys beyond `keys` and
+// `optional`.
+Status RequireKeys(const json& j, const std::set<std::string>& keys, const char* what,
+                   std::set<std::string> optional = {}) {
   if (!j.is_object()) return InvalidArgumentError(std::string(what) + " must be an object");
   for (const auto& k : keys) {
     if (!j.contains(k)) return InvalidArgumentError(std::string(what) + ": missing '" + k + "'");
   }
-  return CheckKeys(j, keys, what);
+  optional.insert(keys.begin(), keys.end());
+  return CheckKeys(j, optional, what);
 }
 
 std::map<std::string, SiteKind> SiteKinds(const std::vector<SiteInfo>& sites) {
@@ -46,7 +49,9 @@ json ToJson(const ModelFacts& f) {
     sites.push_back({{"name", s.name},
                      {"kind", ToString(s.kind)},
                      {"weight_params", s.weight_params},
-                     {"macs", s.macs}});
+                     {"macs", s.macs},
+                     {"num_heads", s.num_heads},
+                     {"input_width", s.input_width}});
   }
   return {{"model_digest", f.model_digest},
           {"calibration_digest", f.calibration_digest},
@@ -78,11 +83,20 @@ StatusOr<ModelFacts> ModelFactsFromJson(const json& j) {
   for (const auto& s : j.at("sites")) {
     SiteInfo site;
     std::string kind;
-    QS_RETURN_IF_ERROR(RequireKeys(s, {"name", "kind", "weight_params", "macs"}, "site"));
+    QS_RETURN_IF_ERROR(RequireKeys(s, {"name", "kind", "weight_params", "macs"}, "site",
+                                   {"num_heads", "input_width"}));
     QS_RETURN_IF_ERROR(ReadField(s, "name", &site.name));
     QS_RETURN_IF_ERROR(ReadField(s, "kind", &kind));
     QS_RETURN_IF_ERROR(ReadField(s, "weight_params", &site.weight_params));
     QS_RETURN_IF_ERROR(ReadField(s, "macs", &site.macs));
+    // Facts written before these two keys existed keep the defaults (one head, width unknown).
+    if (s.contains("num_heads")) QS_RETURN_IF_ERROR(ReadField(s, "num_heads", &site.num_heads));
+    if (s.contains("input_width")) {
+      QS_RETURN_IF_ERROR(ReadField(s, "input_width", &site.input_width));
+    }
+    if (site.num_heads < 1 || site.input_width < 0 || site.weight_params < 0 || site.macs < 0) {
+      return InvalidArgumentError("site " + site.name + ": counts out of range");
+    }
     if (kind != "linear" && kind != "matmul") {
       return InvalidArgumentError("site " + site.name + ": unknown kind '" + kind + "'");
     }

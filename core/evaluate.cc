@@ -562,11 +562,7 @@ StatusOr<torch::Tensor> CaptureSegmentInputs(const ViTModel& model, int64_t segm
 
 std::vector<SiteInfo> DescribeSites(const ViTModel& model) {
   std::vector<SiteInfo> out;
-  for (const auto& site : model.sites()) {
-    SiteInfo info{site.name, site.kind, 0, site.macs};
-    if (site.kind == SiteKind::kLinear) info.weight_params = model.tensor(site.weight).numel();
-    out.push_back(info);
-  }
+  for (const auto& site : model.sites()) out.push_back(DescribeSite(model, site));
   return out;
 }
 

@@ -20,11 +20,6 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // The weight method of `spec`, fed with the inputs this site receives.
 StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& x,
                                          const torch::Tensor& x_hat, const torch::Tensor& weight,
@@ -222,13 +217,18 @@ GroupLayout ActivationLayout(const ActivationQuant& spec, const Site& site, int6
 }
 
 ValueDomain OperandDomain(const Site& site, int operand) {
-  if (site.kind == SiteKind::kMatmul && operand == 0 && EndsWith(site.name, ".attn.av_matmul")) {
-    return ValueDomain::kPostSoftmax;
+  return OperandDomain(site.name, site.kind, operand);
+}
+
+SiteInfo DescribeSite(const ViTModel& model, const Site& site) {
+  SiteInfo info{site.name, site.kind, 0, site.macs, site.num_heads, 0};
+  if (site.kind == SiteKind::kLinear) {
+    const torch::Tensor& weight = model.tensor(site.weight);
+    info.weight_params = weight.numel();
+    // The patch embedding's weight is a convolution's [out, C, p, p]; it sees C·p·p columns.
+    info.input_width = weight.numel() / std::max<int64_t>(1, weight.size(0));
   }
-  if (site.kind == SiteKind::kLinear && EndsWith(site.name, ".mlp.fc2")) {
-    return ValueDomain::kPostGelu;
-  }
-  return ValueDomain::kGeneral;
+  return info;
 }
 
 StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
@@ -242,6 +242,10 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
   }
   if (calib_images.dim() != 4 || calib_images.size(0) == 0) {
     return InvalidArgumentError("calibration images must be a non-empty [N, C, H, W] batch");
+  }
+  for (const Site& site : model.sites()) {
+    QS_RETURN_IF_ERROR(
+        CheckConfigSuitsSite(recipe.Resolve(site.name, site.kind), DescribeSite(model, site)));
   }
   // Shape errors surface through Logits' own check on a zero-cost call.
   QS_RETURN_IF_ERROR(model.Logits(calib_images.narrow(0, 0, 0)).status());

@@ -16,6 +16,7 @@
 
 #include <torch/types.h>
 
+#include "common/plan.h"
 #include "common/quant_config.h"
 #include "common/status.h"
 #include "core/quantizer.h"
@@ -80,8 +81,9 @@ class QuantizedModel {
 
 
 // Quantizes `model` as `recipe` says, calibrating on `calib_images` (normalized, one batch).
-// INVALID_ARGUMENT when a site's config does not suit it (e.g. per_head on a width the heads do
-// not divide, log2 outside post-softmax) or the images do not fit the model.
+// INVALID_ARGUMENT, before any calibration, when a site's config does not suit it
+// (CheckConfigSuitsSite: e.g. per_head on a width the heads do not divide, log2 outside
+// post-softmax) or the images do not fit the model.
 StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
                                        const torch::Tensor& calib_images,
                                        const QuantizeOptions& options = {});
@@ -110,6 +112,8 @@ StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& con
 
 // The value domain of a site's operand, for quantizers that need one.
 ValueDomain OperandDomain(const Site& site, int operand);
+// `site` of `model` as the plan sees it (costs, heads, input width).
+SiteInfo DescribeSite(const ViTModel& model, const Site& site);
 // Which elements of a site's operand share an activation quantizer's parameters under `spec`.
 GroupLayout ActivationLayout(const ActivationQuant& spec, const Site& site, int64_t num_heads);
 

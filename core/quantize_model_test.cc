@@ -109,11 +109,20 @@ TEST(QuantizeModelTest, SiteSpecificQuantizersAndTheirErrors) {
   auto q = QuantizeModel(t.model, r, t.calib);
   ASSERT_TRUE(q.ok()) << q.status().ToString();
 
+  // Refused before calibration starts (CheckConfigSuitsSite's message, naming the site), not
+  // when the forward pass reaches the site.
   Recipe bad = r;
-  bad.sites["blocks.0.attn.qk_matmul"] = softmax;  // log grid on q, which is not post-softmax
+  bad.sites["blocks.1.attn.qk_matmul"] = softmax;  // log grid on q, which is not post-softmax
   auto s = QuantizeModel(t.model, bad, t.calib).status();
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("blocks.0.attn.qk_matmul"), std::string::npos);
+  EXPECT_EQ(s.message(), "site blocks.1.attn.qk_matmul activation: log_sqrt2 quantizes "
+                         "post-softmax values only");
+  Recipe heads = r;
+  QuantConfig per_head = r.linear_default;
+  per_head.activation.granularity = Granularity::kPerHead;
+  heads.sites["patch_embed.proj"] = per_head;  // 16 input columns, 4 heads: they divide
+  auto with_heads = QuantizeModel(t.model, heads, t.calib);
+  EXPECT_TRUE(with_heads.ok()) << with_heads.status().ToString();
 
   Recipe unknown = r;
   unknown.sites["blocks.5.mlp.fc1"] = r.linear_default;

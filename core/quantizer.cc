@@ -353,6 +353,7 @@ StatusOr<ActivationQuantizerState> ActivationQuantizerState::Fit(const torch::Te
   if (spec.bits < 2 || spec.bits > 8) {
     return InvalidArgumentError("activation bits must be 2..8, got " + std::to_string(spec.bits));
   }
+  QS_RETURN_IF_ERROR(CheckQuantizerSuitsDomain(spec, domain, "activation"));
   const bool absolute = spec.calibrator == RangeCalibrator::kMae;
   return GuardTorch("fit activation quantizer", [&]() -> StatusOr<ActivationQuantizerState> {
     auto xf = x.detach().to(torch::kFloat32);
@@ -367,10 +368,6 @@ StatusOr<ActivationQuantizerState> ActivationQuantizerState::Fit(const torch::Te
       }
       case ActivationQuantizer::kLog2:
       case ActivationQuantizer::kLogSqrt2: {
-        if (domain != ValueDomain::kPostSoftmax) {
-          return InvalidArgumentError(std::string(ToString(spec.quantizer)) +
-                                      " quantizes post-softmax values only");
-        }
         const bool sqrt2 = spec.quantizer == ActivationQuantizer::kLogSqrt2;
         double max = xf.max().item<double>();
         state.log_scale_ = max > 0 ? max : 1.0;
@@ -428,8 +425,7 @@ StatusOr<ActivationQuantizerState> ActivationQuantizerState::Fit(const torch::Te
           state.twin_small_ = neg;
           return state;
         }
-        return InvalidArgumentError(
-            "twin_uniform quantizes post-softmax or post-GELU values only");
+        return InternalError("twin_uniform: unchecked value domain");
       }
     }
     return InternalError("unknown activation quantizer");

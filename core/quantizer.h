@@ -96,9 +96,6 @@ StatusOr<QuantizedWeight> QuantizeWeightRtn(const torch::Tensor& weight, const W
 // Round to nearest on a grid already fitted to `weight` (FitWeightGrid).
 QuantizedWeight QuantizeOnGrid(const torch::Tensor& weight, const UniformGrid& grid);
 
-// What the values at an activation site are, for quantizers built for one kind of value.
-enum class ValueDomain { kGeneral, kPostSoftmax, kPostGelu };
-
 // A fitted activation quantizer of any kind.
 class ActivationQuantizerState {
  public:

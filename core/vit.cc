@@ -9,6 +9,7 @@
 
 #include "common/json_fields.h"
 #include "common/sha256.h"
+#include "common/strings.h"
 #include "core/quantized_format.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
@@ -837,15 +838,13 @@ std::map<std::string, torch::Tensor> InitViTTensors(const ViTConfig& config, uin
   torch::manual_seed(seed);
   std::map<std::string, torch::Tensor> out;
   for (const auto& [name, shape] : ExpectedTensorShapes(config, true, "norm")) {
-    auto ends_with = [&](const std::string& s) {
-      return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-    };
     torch::Tensor t;
-    if (ends_with("norm1.weight") || ends_with("norm2.weight") || ends_with("norm.weight")) {
+    if (EndsWith(name, "norm1.weight") || EndsWith(name, "norm2.weight") ||
+        EndsWith(name, "norm.weight")) {
       t = torch::ones(shape);
-    } else if (ends_with(".gamma")) {
+    } else if (EndsWith(name, ".gamma")) {
       t = torch::full(shape, config.init_values.value_or(1.0));
-    } else if (ends_with(".bias")) {
+    } else if (EndsWith(name, ".bias")) {
       t = torch::zeros(shape);
     } else {
       t = at::clamp(torch::randn(shape) * 0.02, -0.04, 0.04);

@@ -7,16 +7,12 @@
 #include <yaml-cpp/yaml.h>
 
 #include "common/file_util.h"
+#include "common/strings.h"
 
 namespace qs::server {
 namespace {
 
 using nlohmann::json;
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 json Scalar(const YAML::Node& node) {
   const std::string& text = node.Scalar();
