@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "storage/redis_client.h"
@@ -39,6 +40,19 @@ class ChunkedCache {
              const std::map<std::string, std::string>& meta);
   // The value, or nullopt on a miss (absent, partly evicted, or damaged).
   StatusOr<std::optional<Entry>> Get(const std::string& name);
+
+  // What a value's metadata hash records, as HGETALL returns it (field, value, field, ...).
+  struct Layout {
+    int64_t size = 0;
+    int64_t chunks = 0;
+    std::string sha256;
+    std::map<std::string, std::string> meta;  // the caller's fields
+  };
+  // DATA_LOSS naming the defect when the fields are not what Put writes: a reserved field missing
+  // or unknown, a size outside 0..2^40, a chunk count that cannot hold the size (0 for an empty
+  // value, else 1..size), a digest that is not 64 hex digits, an empty or repeated field. Get
+  // treats such a value as a miss and removes it.
+  static StatusOr<Layout> ParseLayout(const std::vector<std::string>& fields);
 
  private:
   std::shared_ptr<RedisClient> redis_;

@@ -169,5 +169,49 @@ TEST_F(RedisStorageTest, ChunkedCacheRoundTripsAndTreatsPartialEvictionAsAMiss) 
   EXPECT_EQ((*empty)->bytes, "");
 }
 
+TEST_F(RedisStorageTest, ChunkedCacheTreatsHostileMetadataAsAMiss) {
+  ChunkedCache cache(redis_, "qs:v1:act:", std::chrono::seconds(600), /*chunk_bytes=*/1000);
+  ASSERT_TRUE(cache.Put("x", std::string(2500, 'a'), {{"dtype", "float32"}}).ok());
+  // A size of a terabyte in a trillion chunks once meant a reservation of that size and a list of
+  // a trillion commands; now the metadata is refused, or the read stops at the first missing chunk.
+  for (const auto& [field, value] : std::vector<std::pair<std::string, std::string>>{
+           {"_size", "1099511627776"}, {"_chunks", "1000000000000"}, {"_size", "-1"},
+           {"_size", "12abc"}, {"_sha256", "zz"}, {"_chunks", "0"}, {"_extra", "1"}}) {
+    ASSERT_TRUE(cache.Put("h", std::string(2500, 'a'), {}).ok());
+    ASSERT_TRUE(redis_->Command({"HSET", "qs:v1:act:h:meta", field, value}).ok());
+    auto got = cache.Get("h");
+    ASSERT_TRUE(got.ok()) << field;
+    EXPECT_FALSE(got->has_value()) << field << "=" << value;
+    EXPECT_EQ(redis_->Command({"EXISTS", "qs:v1:act:h:meta"})->integer, 0) << field;
+  }
+  // Recorded chunks past the data that exists end the read as a miss.
+  ASSERT_TRUE(cache.Put("h", std::string(2500, 'a'), {}).ok());
+  ASSERT_TRUE(redis_->Command({"HSET", "qs:v1:act:h:meta", "_size", "1000000000000", "_chunks",
+                               "1000000000000"})
+                  .ok());
+  EXPECT_FALSE(cache.Get("h")->has_value());
+  EXPECT_TRUE(cache.Get("x")->has_value());
+}
+
+TEST(ChunkedCacheLayoutTest, ParsesWhatPutWritesAndRefusesTheRest) {
+  const std::string digest(64, 'a');
+  auto ok = ChunkedCache::ParseLayout({"_size", "10", "_chunks", "2", "_sha256", digest, "k", "v"});
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->size, 10);
+  EXPECT_EQ(ok->chunks, 2);
+  EXPECT_EQ(ok->meta.at("k"), "v");
+  for (const auto& fields : std::vector<std::vector<std::string>>{
+           {"_size", "10", "_chunks", "2", "_sha256", digest, "k"},
+           {"_size", "10", "_chunks", "11", "_sha256", digest},
+           {"_size", "0", "_chunks", "1", "_sha256", digest},
+           {"_size", "99999999999999999999", "_chunks", "1", "_sha256", digest},
+           {"_size", "10", "_chunks", "2", "_sha256", digest, "", "v"},
+           {"_size", "10", "_chunks", "2", "_sha256", digest, "k", "v", "k", "w"},
+           {"_chunks", "2", "_sha256", digest}}) {
+    EXPECT_EQ(ChunkedCache::ParseLayout(fields).status().code(), StatusCode::kDataLoss)
+        << fields.size();
+  }
+}
+
 }  // namespace
 }  // namespace qs::storage

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -192,7 +195,67 @@ std::string ModelSession::CheckpointName(int64_t segment) const {
   return "ckpt:" + model_digest_ + ":" + calibration_digest_ + ":" + std::to_string(segment);
 }
 
+CachedCheckpoint EncodeCheckpoint(const torch::Tensor& tensor, double seconds) {
+  const torch::Tensor t = tensor.contiguous().cpu();
+  std::string shape;
+  for (int64_t d : t.sizes()) shape += (shape.empty() ? "" : ",") + std::to_string(d);
+  return {std::string(static_cast<const char*>(t.data_ptr()), t.nbytes()),
+          {{"dtype", t.scalar_type() == torch::kFloat16 ? "float16" : "float32"},
+           {"shape", shape},
+           {"seconds", json(seconds).dump()}}};
+}
+
+StatusOr<std::pair<torch::Tensor, double>> DecodeCheckpoint(const CachedCheckpoint& entry,
+                                                            torch::ScalarType dtype,
+                                                            const std::vector<int64_t>& shape) {
+  auto field = [&](const char* key) {
+    auto it = entry.fields.find(key);
+    return it == entry.fields.end() ? std::string() : it->second;
+  };
+  const std::string want_dtype = dtype == torch::kFloat16 ? "float16" : "float32";
+  if (field("dtype") != want_dtype) {
+    return DataLossError("cached checkpoint: dtype is not " + want_dtype);
+  }
+  std::string want_shape;
+  for (int64_t d : shape) want_shape += (want_shape.empty() ? "" : ",") + std::to_string(d);
+  if (field("shape") != want_shape) {
+    return DataLossError("cached checkpoint: shape is not [" + want_shape + "]");
+  }
+  const int64_t element = dtype == torch::kFloat16 ? 2 : 4;
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  if (numel * element != static_cast<int64_t>(entry.bytes.size())) {
+    return DataLossError("cached checkpoint: " + std::to_string(entry.bytes.size()) +
+                         " bytes for " + std::to_string(numel) + " elements");
+  }
+  const std::string seconds_text = field("seconds");
+  char* end = nullptr;
+  const double seconds = std::strtod(seconds_text.c_str(), &end);
+  if (seconds_text.empty() || *end != '\0' || !std::isfinite(seconds) || seconds < 0) {
+    return DataLossError("cached checkpoint: seconds is not a non-negative number");
+  }
+  return core::GuardTorch("cached checkpoint", [&]() -> StatusOr<std::pair<torch::Tensor, double>> {
+    torch::Tensor t = torch::empty(shape, dtype);
+    std::memcpy(t.data_ptr(), entry.bytes.data(), entry.bytes.size());
+    return std::make_pair(t, seconds);
+  });
+}
+
 StatusOr<bool> ModelSession::RestoreCheckpoints(const torch::Device& device) {
+  // The shapes a checkpoint of this model and calibration set has: its segments run on one
+  // image. An entry of any other shape (another writer's, or damaged) is a miss.
+  QS_ASSIGN_OR_RETURN(auto shapes, core::GuardTorch("checkpoint shapes", [&]() -> StatusOr<
+                                                        std::vector<std::vector<int64_t>>> {
+    c10::InferenceMode guard;
+    std::vector<std::vector<int64_t>> out;
+    torch::Tensor x = calibration_images_.narrow(0, 0, 1).to(model_.device(), torch::kFloat32);
+    for (int64_t seg = 0; seg < model_.num_segments(); ++seg) {
+      out.push_back(x.sizes().vec());
+      out.back()[0] = calibration_images_.size(0);
+      x = model_.ForwardSegment(seg, x);
+    }
+    return out;
+  }));
   std::vector<torch::Tensor> restored;
   double seconds = 0;
   int64_t bytes = 0;
@@ -204,25 +267,12 @@ StatusOr<bool> ModelSession::RestoreCheckpoints(const torch::Device& device) {
     auto entry = options_.checkpoint_cache->Get(CheckpointName(seg));
     // An unreachable cache is a miss: the pass can always be run.
     if (!entry.ok() || !entry->has_value()) return report(false);
-    auto& meta = (*entry)->meta;
-    std::vector<int64_t> shape;
-    for (size_t pos = 0; pos < meta["shape"].size();) {
-      size_t comma = meta["shape"].find(',', pos);
-      if (comma == std::string::npos) comma = meta["shape"].size();
-      shape.push_back(std::strtoll(meta["shape"].substr(pos, comma - pos).c_str(), nullptr, 10));
-      pos = comma + 1;
-    }
-    const auto dtype = meta["dtype"] == "float16" ? torch::kFloat16 : torch::kFloat32;
-    int64_t numel = 1;
-    for (int64_t d : shape) numel *= d;
-    const std::string& raw = (*entry)->bytes;
-    if (dtype != capture_dtype_ || numel * (dtype == torch::kFloat16 ? 2 : 4) !=
-                                       static_cast<int64_t>(raw.size())) {
-      return report(false);
-    }
-    restored.push_back(torch::from_blob(const_cast<char*>(raw.data()), shape, dtype).clone().to(device));
-    seconds = std::strtod(meta["seconds"].c_str(), nullptr);
-    bytes += static_cast<int64_t>(raw.size());
+    auto decoded = DecodeCheckpoint({std::move((*entry)->bytes), std::move((*entry)->meta)},
+                                    capture_dtype_, shapes[seg]);
+    if (!decoded.ok()) return report(false);
+    bytes += static_cast<int64_t>(decoded->first.nbytes());
+    restored.push_back(decoded->first.to(device));
+    seconds = decoded->second;
   }
   checkpoints_ = std::move(restored);
   fp32_calibration_seconds_ = seconds;
@@ -233,17 +283,11 @@ StatusOr<bool> ModelSession::RestoreCheckpoints(const torch::Device& device) {
 void ModelSession::ShareCheckpoints() const {
   int64_t written = 0;
   for (int64_t seg = 0; seg < static_cast<int64_t>(checkpoints_.size()); ++seg) {
-    const torch::Tensor t = checkpoints_[seg].contiguous().cpu();
-    std::string shape;
-    for (int64_t d : t.sizes()) shape += (shape.empty() ? "" : ",") + std::to_string(d);
-    const std::string raw(static_cast<const char*>(t.data_ptr()), t.nbytes());
-    const Status s = options_.checkpoint_cache->Put(
-        CheckpointName(seg), raw,
-        {{"dtype", t.scalar_type() == torch::kFloat16 ? "float16" : "float32"},
-         {"shape", shape},
-         {"seconds", nlohmann::json(fp32_calibration_seconds_).dump()}});
+    const CachedCheckpoint entry = EncodeCheckpoint(checkpoints_[seg], fp32_calibration_seconds_);
+    const Status s =
+        options_.checkpoint_cache->Put(CheckpointName(seg), entry.bytes, entry.fields);
     if (!s.ok()) break;
-    written += static_cast<int64_t>(raw.size());
+    written += static_cast<int64_t>(entry.bytes.size());
   }
   if (options_.on_checkpoint_store) options_.on_checkpoint_store(written);
 }

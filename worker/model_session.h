@@ -47,6 +47,20 @@
 
 namespace qs::worker {
 
+// One calibration checkpoint as the shared cache holds it: raw bytes plus the fields "dtype"
+// ("float32" or "float16"), "shape" (comma-separated) and "seconds" (the calibration pass's time).
+struct CachedCheckpoint {
+  std::string bytes;
+  std::map<std::string, std::string> fields;
+};
+CachedCheckpoint EncodeCheckpoint(const torch::Tensor& tensor, double seconds);
+// The tensor and the pass's seconds back, when the entry is exactly a checkpoint of `dtype` and
+// `shape`; DATA_LOSS naming the defect otherwise (another dtype or shape, a size that disagrees,
+// a field that is not a number). Whatever the fields say, no more than the bytes present is read.
+StatusOr<std::pair<torch::Tensor, double>> DecodeCheckpoint(const CachedCheckpoint& entry,
+                                                            torch::ScalarType dtype,
+                                                            const std::vector<int64_t>& shape);
+
 struct SessionOptions {
   // Bytes of captured segment inputs kept at once (at least one segment is always kept).
   int64_t activation_cache_bytes = int64_t{2} << 30;

@@ -161,5 +161,63 @@ TEST_F(TaskServerTest, ASecondSessionRestoresTheCheckpointsAndMeasuresTheSame) {
   EXPECT_GT((*a)[0].mse, 0);
 }
 
+TEST_F(TaskServerTest, ACheckpointOfAnotherShapeInTheCacheIsAMiss) {
+  storage::testing::RedisServer server(/*aof=*/false);
+  ASSERT_TRUE(server.Start());
+  auto redis = storage::RedisClient::Connect(server.address());
+  ASSERT_TRUE(redis.ok());
+  std::shared_ptr<storage::RedisClient> client = std::move(*redis);
+  storage::ChunkedCache cache(client, "qs:v1:act:", std::chrono::seconds(600));
+  int hits = 0, misses = 0;
+  SessionOptions options;
+  options.checkpoint_cache = &cache;
+  options.on_checkpoint_lookup = [&](bool hit, int64_t) { (hit ? hits : misses)++; };
+  ASSERT_TRUE(ModelSession::Open(Spec(), options).ok());
+  // Rewrite segment 1's entry with the same bytes but a transposed shape: the byte count still
+  // agrees, which once was all that was checked.
+  auto keys = client->Command({"KEYS", "qs:v1:act:ckpt:*:1:meta"});
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->elements.size(), 1u);
+  const std::string meta = keys->elements[0].str;
+  const std::string name = meta.substr(std::string("qs:v1:act:").size(),
+                                       meta.size() - std::string("qs:v1:act:").size() - 5);
+  auto entry = cache.Get(name);
+  ASSERT_TRUE(entry.ok() && entry->has_value());
+  auto shape = (*entry)->meta["shape"];
+  const auto a = shape.find(','), b = shape.find(',', a + 1);
+  (*entry)->meta["shape"] = shape.substr(0, a) + shape.substr(b) + shape.substr(a, b - a);
+  ASSERT_NE((*entry)->meta["shape"], shape);
+  ASSERT_TRUE(cache.Put(name, (*entry)->bytes, (*entry)->meta).ok());
+  ASSERT_TRUE(ModelSession::Open(Spec(), options).ok());
+  EXPECT_EQ(hits, 0);
+  EXPECT_EQ(misses, 2);
+}
+
+TEST(CheckpointCodecTest, DecodesWhatItEncodesAndNothingElse) {
+  const torch::Tensor t = torch::arange(24, torch::kFloat32).reshape({2, 3, 4});
+  const CachedCheckpoint entry = EncodeCheckpoint(t, 1.5);
+  auto back = DecodeCheckpoint(entry, torch::kFloat32, {2, 3, 4});
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(torch::equal(back->first, t));
+  EXPECT_EQ(back->second, 1.5);
+  EXPECT_EQ(DecodeCheckpoint(entry, torch::kFloat16, {2, 3, 4}).status().code(),
+            StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeCheckpoint(entry, torch::kFloat32, {2, 4, 3}).status().code(),
+            StatusCode::kDataLoss);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"seconds", "nan"}, {"seconds", "-1"}, {"seconds", "1x"}, {"shape", "2,3,-4"},
+           {"shape", "9223372036854775807,2,3"}, {"dtype", "int8"}}) {
+    CachedCheckpoint bad = entry;
+    bad.fields[key] = value;
+    EXPECT_EQ(DecodeCheckpoint(bad, torch::kFloat32, {2, 3, 4}).status().code(),
+              StatusCode::kDataLoss)
+        << key << "=" << value;
+  }
+  CachedCheckpoint short_bytes = entry;
+  short_bytes.bytes.pop_back();
+  EXPECT_EQ(DecodeCheckpoint(short_bytes, torch::kFloat32, {2, 3, 4}).status().code(),
+            StatusCode::kDataLoss);
+}
+
 }  // namespace
 }  // namespace qs::worker
