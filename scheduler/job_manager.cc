@@ -11,6 +11,7 @@
 #include "common/enum_names.h"
 #include "common/job_spec.h"
 #include "common/sha256.h"
+#include "common/strings.h"
 #include "common/tasks.h"
 #include "scheduler/artifacts.h"
 #include "scheduler/search.h"
@@ -50,13 +51,6 @@ std::string NewJobId() {
   return s.str();
 }
 
-bool ValidRequestId(const std::string& id) {
-  if (id.empty() || id.size() > 64) return false;
-  for (char c : id) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') return false;
-  }
-  return true;
-}
 
 // Every blob reference in a spec: the model files and blob data sources.
 std::vector<std::string> BlobReferences(const json& spec) {
@@ -195,6 +189,34 @@ Status JobManager::CheckBlobs(const json& spec) {
   return OkStatus();
 }
 
+bool IsValidRequestId(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') return false;
+  }
+  return true;
+}
+
+StatusOr<JobSpec> CheckJobRequest(const json& spec) {
+  QS_ASSIGN_OR_RETURN(JobSpec parsed, ParseJobSpec(spec, ""));
+  QS_RETURN_IF_ERROR(CheckRequestBudget(parsed));
+  return parsed;
+}
+
+StatusOr<ListQuery> CheckListQuery(int page_size, const std::string& page_token) {
+  if (page_size < 0 || page_size > 1000) return InvalidArgumentError("page_size must be 0-1000");
+  ListQuery q;
+  if (page_size > 0) q.page_size = page_size;
+  if (!page_token.empty()) {
+    const auto start = ParseInt64(page_token);
+    if (!start || *start < 0 || *start > (int64_t{1} << 40)) {
+      return InvalidArgumentError("invalid page_token");
+    }
+    q.start = *start;
+  }
+  return q;
+}
+
 Status CheckRequestBudget(const JobSpec& spec) {
   auto over = [](const std::string& what, size_t n, size_t limit) {
     return ResourceExhaustedError(what + ": " + std::to_string(n) + " is over the service's limit of " +
@@ -225,14 +247,13 @@ Status CheckRequestBudget(const JobSpec& spec) {
 
 StatusOr<JobRecord> JobManager::Create(const json& spec, const std::string& request_id) {
   // The same checks `qsearch run` makes, and the service's budget, before anything is recorded.
-  QS_ASSIGN_OR_RETURN(JobSpec parsed, ParseJobSpec(spec, ""));
-  QS_RETURN_IF_ERROR(CheckRequestBudget(parsed));
+  QS_RETURN_IF_ERROR(CheckJobRequest(spec).status());
   QS_RETURN_IF_ERROR(CheckBlobs(spec));
   JobRecord r;
   r.spec = spec;
   r.spec_digest = Sha256Hex(spec.dump());
   if (!request_id.empty()) {
-    if (!ValidRequestId(request_id)) {
+    if (!IsValidRequestId(request_id)) {
       return InvalidArgumentError("request_id must be 1-64 characters of [0-9a-zA-Z_-]");
     }
     const std::string key = "qs:v1:idem:" + request_id;
@@ -278,14 +299,9 @@ StatusOr<JobRecord> JobManager::Get(const std::string& id) { return Load(id); }
 
 StatusOr<JobPage> JobManager::List(int page_size, const std::string& page_token,
                                    std::optional<JobPhase> state) {
-  if (page_size < 0 || page_size > 1000) return InvalidArgumentError("page_size must be 0-1000");
-  if (page_size == 0) page_size = 50;
-  int64_t start = 0;
-  if (!page_token.empty()) {
-    char* end = nullptr;
-    start = std::strtoll(page_token.c_str(), &end, 10);
-    if (*end != '\0' || start < 0) return InvalidArgumentError("invalid page_token");
-  }
+  QS_ASSIGN_OR_RETURN(const ListQuery query, CheckListQuery(page_size, page_token));
+  page_size = query.page_size;
+  int64_t start = query.start;
   JobPage page;
   // Newest first; a state filter reads on until the page is full.
   while (static_cast<int>(page.jobs.size()) < page_size) {

@@ -80,6 +80,19 @@ inline constexpr size_t kMaxSiteEntries = 10000;       // skip + pin entries
 inline constexpr size_t kMaxCalibrationImages = 65536;  // calibration.count
 inline constexpr size_t kMaxValidations = 64;          // accuracy.max_validations
 Status CheckRequestBudget(const JobSpec& spec);
+// The checks every new job passes before anything is recorded: the spec's own (ParseJobSpec,
+// INVALID_ARGUMENT naming the field), then the budget above.
+StatusOr<JobSpec> CheckJobRequest(const nlohmann::json& spec);
+// Whether `id` could name a request: 1-64 characters of [0-9a-zA-Z_-].
+bool IsValidRequestId(const std::string& id);
+
+// A page of ListJobs: `page_size` 0 (meaning 50) to 1000, `page_token` empty or the offset a
+// previous page returned (0..2^40). INVALID_ARGUMENT otherwise.
+struct ListQuery {
+  int page_size = 50;
+  int64_t start = 0;
+};
+StatusOr<ListQuery> CheckListQuery(int page_size, const std::string& page_token);
 
 struct JobManagerOptions {
   int max_running = 4;          // jobs running at once

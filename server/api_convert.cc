@@ -199,12 +199,4 @@ Status FromGrpc(const grpc::Status& s) {
   return Status(static_cast<StatusCode>(static_cast<int>(s.error_code())), s.error_message());
 }
 
-StatusOr<std::string> JobIdFromName(const std::string& name) {
-  const std::string prefix = "jobs/";
-  if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size()) {
-    return InvalidArgumentError("job name '" + name.substr(0, 80) + "' is not jobs/<id>");
-  }
-  return name.substr(prefix.size());
-}
-
 }  // namespace qs::server

@@ -31,9 +31,6 @@ storage::BlobDigest FromProto(const qsearch::v1::Digest& d);
 grpc::Status ToGrpc(const Status& s);
 Status FromGrpc(const grpc::Status& s);
 
-// "jobs/<id>" -> id; INVALID_ARGUMENT for another shape.
-StatusOr<std::string> JobIdFromName(const std::string& name);
-
 }  // namespace qs::server
 
 #endif  // QS_SERVER_API_CONVERT_H_

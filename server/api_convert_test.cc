@@ -55,9 +55,6 @@ TEST(ApiConvertTest, StatusCodesAndNames) {
   EXPECT_EQ(ToGrpc(NotFoundError("x")).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(FromGrpc(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "t")).code(),
             StatusCode::kUnauthenticated);
-  EXPECT_EQ(*JobIdFromName("jobs/abc"), "abc");
-  EXPECT_EQ(JobIdFromName("jobs/").status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(JobIdFromName("abc").status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

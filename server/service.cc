@@ -20,6 +20,7 @@
 #include "scheduler/job_manager.h"
 #include "server/api_convert.h"
 #include "server/metrics.h"
+#include "server/request_checks.h"
 #include "storage/blob_store.h"
 #include "storage/chunked_cache.h"
 #include "storage/redis_client.h"
@@ -33,8 +34,6 @@ namespace v1 = qsearch::v1;
 using Clock = std::chrono::steady_clock;
 
 constexpr char kVersion[] = "0.1.0";
-constexpr int kMaxMessageBytes = 4 << 20;
-constexpr int64_t kChunkBytes = 1 << 20;
 
 void Log(const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); }
 
@@ -85,9 +84,8 @@ class QuantSearchService final : public v1::QuantSearch::Service {
   grpc::Status CreateJob(grpc::ServerContext* ctx, const v1::CreateJobRequest* req,
                          v1::Job* out) override {
     return guard_.Run("qsearch.v1.QuantSearch", "CreateJob", ctx, [&]() -> Status {
-      if (!req->has_spec()) return InvalidArgumentError("CreateJob needs a spec");
-      QS_ASSIGN_OR_RETURN(auto spec, SpecJsonFromProto(req->spec()));
-      QS_ASSIGN_OR_RETURN(auto job, jobs_.Create(spec, req->request_id()));
+      QS_ASSIGN_OR_RETURN(CreateJobInput in, CheckCreateJob(*req));
+      QS_ASSIGN_OR_RETURN(auto job, jobs_.Create(in.spec, in.request_id));
       *out = ToProto(job);
       return OkStatus();
     });
@@ -95,7 +93,7 @@ class QuantSearchService final : public v1::QuantSearch::Service {
 
   grpc::Status GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* out) override {
     return guard_.Run("qsearch.v1.QuantSearch", "GetJob", ctx, [&]() -> Status {
-      QS_ASSIGN_OR_RETURN(std::string id, JobIdFromName(req->name()));
+      QS_ASSIGN_OR_RETURN(std::string id, CheckJobName(req->name()));
       QS_ASSIGN_OR_RETURN(auto job, jobs_.Get(id));
       *out = ToProto(job);
       return OkStatus();
@@ -105,12 +103,8 @@ class QuantSearchService final : public v1::QuantSearch::Service {
   grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
                         v1::ListJobsResponse* out) override {
     return guard_.Run("qsearch.v1.QuantSearch", "ListJobs", ctx, [&]() -> Status {
-      std::optional<scheduler::JobPhase> state;
-      if (req->state() != v1::JOB_STATE_UNSPECIFIED) {
-        state = PhaseFromProto(req->state());
-        if (!state) return InvalidArgumentError("unknown job state filter");
-      }
-      QS_ASSIGN_OR_RETURN(auto page, jobs_.List(req->page_size(), req->page_token(), state));
+      QS_ASSIGN_OR_RETURN(ListJobsInput in, CheckListJobs(*req));
+      QS_ASSIGN_OR_RETURN(auto page, jobs_.List(in.page.page_size, req->page_token(), in.state));
       for (const auto& j : page.jobs) *out->add_jobs() = ToProto(j);
       out->set_next_page_token(page.next_page_token);
       return OkStatus();
@@ -120,7 +114,7 @@ class QuantSearchService final : public v1::QuantSearch::Service {
   grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req,
                          v1::Job* out) override {
     return guard_.Run("qsearch.v1.QuantSearch", "CancelJob", ctx, [&]() -> Status {
-      QS_ASSIGN_OR_RETURN(std::string id, JobIdFromName(req->name()));
+      QS_ASSIGN_OR_RETURN(std::string id, CheckJobName(req->name()));
       QS_ASSIGN_OR_RETURN(auto job, jobs_.Cancel(id));
       *out = ToProto(job);
       return OkStatus();
@@ -130,9 +124,9 @@ class QuantSearchService final : public v1::QuantSearch::Service {
   grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::JobEvent>* writer) override {
     return guard_.Run("qsearch.v1.QuantSearch", "WatchJob", ctx, [&]() -> Status {
-      QS_ASSIGN_OR_RETURN(std::string id, JobIdFromName(req->name()));
-      if (req->after_seq() < 0) return InvalidArgumentError("after_seq must be >= 0");
-      int64_t after = req->after_seq();
+      QS_ASSIGN_OR_RETURN(auto watch, CheckWatchJob(*req));
+      const std::string& id = watch.first;
+      int64_t after = watch.second;
       while (!ctx->IsCancelled()) {
         QS_ASSIGN_OR_RETURN(auto events, jobs_.Events(id, after, std::chrono::milliseconds(2000)));
         for (const auto& e : events) {
@@ -157,7 +151,7 @@ class QuantSearchService final : public v1::QuantSearch::Service {
   grpc::Status GetResult(grpc::ServerContext* ctx, const v1::GetResultRequest* req,
                          v1::JobResult* out) override {
     return guard_.Run("qsearch.v1.QuantSearch", "GetResult", ctx, [&]() -> Status {
-      QS_ASSIGN_OR_RETURN(std::string id, JobIdFromName(req->name()));
+      QS_ASSIGN_OR_RETURN(std::string id, CheckJobName(req->name()));
       QS_ASSIGN_OR_RETURN(auto job, jobs_.Get(id));
       if (job.phase != scheduler::JobPhase::kSucceeded) {
         return FailedPreconditionError("job " + id + " has no result: it is " +
@@ -190,14 +184,10 @@ class BlobStoreService final : public v1::BlobStore::Service {
       bool first = true;
       int64_t committed = 0;
       while (reader->Read(&req)) {
+        QS_RETURN_IF_ERROR(CheckWriteChunk(req, first));
         if (first) {
-          if (!req.has_digest()) return InvalidArgumentError("the first message must name the digest");
           digest = FromProto(req.digest());
-          QS_RETURN_IF_ERROR(storage::CheckDigest(digest));
           first = false;
-        }
-        if (static_cast<int64_t>(req.data().size()) > kChunkBytes) {
-          return InvalidArgumentError("chunks are at most 1 MiB");
         }
         if (!req.data().empty() || req.write_offset() != committed) {
           QS_ASSIGN_OR_RETURN(committed, blobs_.Append(digest, req.write_offset(), req.data()));
@@ -217,7 +207,7 @@ class BlobStoreService final : public v1::BlobStore::Service {
   grpc::Status QueryWriteStatus(grpc::ServerContext* ctx, const v1::QueryWriteStatusRequest* req,
                                 v1::QueryWriteStatusResponse* out) override {
     return guard_.Run("qsearch.v1.BlobStore", "QueryWriteStatus", ctx, [&]() -> Status {
-      const auto d = FromProto(req->digest());
+      QS_ASSIGN_OR_RETURN(const storage::BlobDigest d, CheckDigest(req->digest()));
       QS_ASSIGN_OR_RETURN(int64_t committed, blobs_.CommittedSize(d));
       out->set_committed_size(committed);
       out->set_complete(blobs_.Has(d));
@@ -228,18 +218,14 @@ class BlobStoreService final : public v1::BlobStore::Service {
   grpc::Status Read(grpc::ServerContext* ctx, const v1::ReadBlobRequest* req,
                     grpc::ServerWriter<v1::ReadBlobResponse>* writer) override {
     return guard_.Run("qsearch.v1.BlobStore", "Read", ctx, [&]() -> Status {
-      const auto d = FromProto(req->digest());
-      QS_RETURN_IF_ERROR(storage::CheckDigest(d));
-      if (req->read_offset() < 0 || req->read_limit() < 0) {
-        return InvalidArgumentError("read_offset and read_limit must be >= 0");
-      }
-      int64_t offset = req->read_offset();
-      const int64_t end = req->read_limit() > 0 ? std::min(d.size, offset + req->read_limit()) : d.size;
+      QS_ASSIGN_OR_RETURN(const BlobRange range, CheckReadBlob(*req));
+      const storage::BlobDigest& d = range.digest;
       if (!blobs_.Has(d)) return NotFoundError("no blob " + d.sha256);
-      if (offset > d.size) return OutOfRangeError("read_offset is past the blob's end");
+      int64_t offset = range.offset;
+      const int64_t end = range.end;
       do {
         QS_ASSIGN_OR_RETURN(std::string data,
-                            blobs_.Read(d, offset, std::min(kChunkBytes, end - offset)));
+                            blobs_.Read(d, offset, std::min(kBlobChunkBytes, end - offset)));
         v1::ReadBlobResponse chunk;
         chunk.set_data(std::move(data));
         if (!writer->Write(chunk)) return Status(StatusCode::kCancelled, "the reader left");
@@ -253,8 +239,7 @@ class BlobStoreService final : public v1::BlobStore::Service {
                                 v1::FindMissingBlobsResponse* out) override {
     return guard_.Run("qsearch.v1.BlobStore", "FindMissingBlobs", ctx, [&]() -> Status {
       for (const auto& p : req->digests()) {
-        const auto d = FromProto(p);
-        QS_RETURN_IF_ERROR(storage::CheckDigest(d));
+        QS_ASSIGN_OR_RETURN(const storage::BlobDigest d, CheckDigest(p));
         if (!blobs_.Has(d)) *out->add_missing() = p;
       }
       return OkStatus();
