@@ -1,5 +1,6 @@
 #include "common/file_util.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -71,6 +72,24 @@ Status MakeDirectories(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return InternalError(dir + ": cannot create directory: " + ec.message());
+  return OkStatus();
+}
+
+Status CheckWritableDirectory(const std::string& dir) {
+  auto fail = [&](int err) {
+    const std::string message = dir + ": cannot write output here: " + std::strerror(err);
+    return err == EACCES || err == EPERM ? Status(StatusCode::kPermissionDenied, message)
+                                         : FailedPreconditionError(message);
+  };
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return fail(ec.value());
+  if (!std::filesystem::is_directory(dir, ec)) return fail(ENOTDIR);
+  const std::string probe = dir + "/.qsearch-probe-" + std::to_string(::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail(errno);
+  ::close(fd);
+  ::unlink(probe.c_str());
   return OkStatus();
 }
 

@@ -20,6 +20,12 @@ Status WriteFileAtomically(const std::string& path, const std::string& bytes);
 // Creates `dir` and its parents if missing.
 Status MakeDirectories(const std::string& dir);
 
+// Creates `dir` if missing and proves a file can be written there (a probe file, removed again),
+// so that an output directory is checked before the work whose results go there.
+// FAILED_PRECONDITION naming `dir` and the reason (not a directory, read-only, no space);
+// PERMISSION_DENIED when the process may not write there.
+Status CheckWritableDirectory(const std::string& dir);
+
 // `path` resolved against the directory of `base_file` unless it is absolute.
 std::string ResolveRelativeTo(const std::string& base_file, const std::string& path);
 

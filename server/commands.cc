@@ -92,6 +92,8 @@ StatusOr<Recipe> LoadRecipe(const std::string& arg, const core::ViTModel& model,
 
 int RunQuantize(const QuantizeArgs& a) {
   const auto t_start = std::chrono::steady_clock::now();
+  // Where the results go is checked before the work, not found unwritable after it.
+  if (Status s = CheckWritableDirectory(a.out); !s.ok()) return Fail(s.WithContext("--out"));
   auto model = core::ViTModel::Load(a.model.config, a.model.weights);
   if (!model.ok()) return Fail(model.status());
   auto recipe = LoadRecipe(a.recipe, *model, a.quantize_edges);
@@ -169,11 +171,8 @@ int RunQuantize(const QuantizeArgs& a) {
       {"per_site", per_site},
   };
 
-  Status s = MakeDirectories(a.out);
-  if (s.ok()) {
-    s = WriteFileAtomically(a.out + "/recipe.json",
-                            RecipeToJson(*recipe, model->SiteKinds()).dump(2) + "\n");
-  }
+  Status s = WriteFileAtomically(a.out + "/recipe.json",
+                                 RecipeToJson(*recipe, model->SiteKinds()).dump(2) + "\n");
   if (s.ok()) s = quantized->WriteWeights(a.out + "/weights.safetensors");
   if (s.ok()) s = WriteFileAtomically(a.out + "/metrics.json", metrics.dump(2) + "\n");
   if (!s.ok()) return Fail(s);

@@ -92,6 +92,8 @@ int RunSearchCommand(const RunArgs& args) {
   const auto start = std::chrono::steady_clock::now();
   auto spec = LoadSpecFile(args.spec);
   if (!spec.ok()) return Fail(spec.status());
+  // Where the results go is checked before the search, not found unwritable after it.
+  if (Status s = CheckWritableDirectory(args.out); !s.ok()) return Fail(s.WithContext("--out"));
   const std::string cache = args.cache.empty() ? DefaultCacheDir() : args.cache;
   auto store = storage::OpenDirectoryDocumentStore(cache + "/evaluations");
   if (!store.ok()) return Fail(store.status());
@@ -99,9 +101,6 @@ int RunSearchCommand(const RunArgs& args) {
   auto jobs = storage::OpenDirectoryDocumentStore(cache + "/jobs");
   if (!jobs.ok()) return Fail(jobs.status());
   const std::string job = "run-" + Sha256Hex(ToJson(*spec).dump()).substr(0, 32);
-  Status s = MakeDirectories(args.out);
-  if (!s.ok()) return Fail(s);
-
   auto queue = storage::NewInProcessTaskQueue();
   const core::ThreadPlan threads = core::PlanThreads(args.workers, core::UsableCores(), args.threads);
   scheduler::SearchResult result;
@@ -129,14 +128,14 @@ int RunSearchCommand(const RunArgs& args) {
     if (!written.ok()) return Fail(written.status());
     // The other documents first; metrics.json, which says the run is complete, last.
     for (const auto& [name, text] : scheduler::ArtifactDocuments(*spec, result)) {
-      s = WriteFileAtomically(args.out + "/" + name, text);
+      const Status s = WriteFileAtomically(args.out + "/" + name, text);
       if (!s.ok()) return Fail(s);
     }
     artifacts_seconds = Seconds(artifacts_start);
   }
   const json metrics =
       scheduler::MetricsDocument(*spec, result, artifacts_seconds, Seconds(start));
-  s = WriteFileAtomically(args.out + "/metrics.json", metrics.dump(2) + "\n");
+  Status s = WriteFileAtomically(args.out + "/metrics.json", metrics.dump(2) + "\n");
   if (!s.ok()) return Fail(s);
   s = (*jobs)->Delete(job);
   if (!s.ok()) return Fail(s);

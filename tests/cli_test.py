@@ -149,6 +149,25 @@ class CliTest(unittest.TestCase):
                 option = next(a for a in ("--threads", "--workers", "--seed") if a in args)
                 self.assertIn(option, r.stderr)
 
+            # An output directory that cannot be written is refused before any work: a file
+            # stands where the directory should be (reproducible as root, unlike a read-only
+            # directory). `run` leaves its evaluation cache empty; `quantize` prints nothing.
+            blocker = os.path.join(d, "blocker")
+            with open(blocker, "w") as f:
+                f.write("x")
+            cache = os.path.join(d, "cache")
+            r = run("run", "--spec", "examples/fixture_search.json", "--out",
+                    os.path.join(blocker, "out"), "--cache", cache)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("--out: " + os.path.join(blocker, "out"), r.stderr)
+            self.assertIn("FAILED_PRECONDITION", r.stderr)
+            evaluations = os.path.join(cache, "evaluations")
+            self.assertEqual(os.listdir(evaluations) if os.path.isdir(evaluations) else [], [])
+            r = quantize(os.path.join(blocker, "out"), "w8a8")
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("--out: ", r.stderr)
+            self.assertEqual(r.stdout, "")
+
             # bench from outside the repository: a clear error, not a crash.
             r = subprocess.run([os.path.abspath(QSEARCH), "bench", "--quick", "--json"], cwd=d,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
