@@ -249,6 +249,12 @@ StatusOr<JobRecord> JobManager::Create(const json& spec, const std::string& requ
   // The same checks `qsearch run` makes, and the service's budget, before anything is recorded.
   QS_RETURN_IF_ERROR(CheckJobRequest(spec).status());
   QS_RETURN_IF_ERROR(CheckBlobs(spec));
+  QS_ASSIGN_OR_RETURN(storage::RedisValue active, redis_->Command({"ZCARD", kActiveKey}));
+  if (active.integer >= options_.max_active_jobs) {
+    return ResourceExhaustedError(std::to_string(active.integer) +
+                                  " jobs are queued or running, the service's limit (" +
+                                  std::to_string(options_.max_active_jobs) + "); retry later");
+  }
   JobRecord r;
   r.spec = spec;
   r.spec_digest = Sha256Hex(spec.dump());

@@ -98,6 +98,7 @@ struct JobManagerOptions {
   int max_running = 4;          // jobs running at once
   size_t dispatch_window = 16;  // evaluation tasks a job keeps queued at once
   std::chrono::seconds job_deadline{24 * 3600};
+  int64_t max_active_jobs = 1000;  // queued + running; CreateJob past it is RESOURCE_EXHAUSTED
   std::chrono::milliseconds progress_interval{250};  // progress events at most this often
   std::chrono::seconds request_id_ttl{24 * 3600};
   // Hears every job state change (metrics). May be empty.
@@ -116,8 +117,9 @@ class JobManager {
   // Stops the runners; running jobs stay RUNNING in Redis for the next scheduler to resume.
   void Stop();
 
-  // Validates `spec` (INVALID_ARGUMENT naming the field; NOT_FOUND for a blob the store lacks),
-  // records the job and queues it. With `request_id`, a retry returns the first job;
+  // Validates `spec` (INVALID_ARGUMENT naming the field; NOT_FOUND for a blob the store lacks;
+  // RESOURCE_EXHAUSTED past the budget per job or with max_active_jobs already active), records
+  // the job and queues it. With `request_id`, a retry returns the first job;
   // the same id with another spec is ALREADY_EXISTS.
   StatusOr<JobRecord> Create(const nlohmann::json& spec, const std::string& request_id);
   // NOT_FOUND for an unknown id.

@@ -34,6 +34,7 @@ namespace v1 = qsearch::v1;
 using Clock = std::chrono::steady_clock;
 
 constexpr char kVersion[] = "0.1.0";
+constexpr int kMaxServerThreads = 256;
 
 void Log(const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); }
 
@@ -397,6 +398,8 @@ int RunScheduler(const ServiceConfig& c) {
   scheduler::JobManagerOptions options;
   options.max_running = c.max_running;
   options.dispatch_window = static_cast<size_t>(std::max(1, c.dispatch_window));
+  options.job_deadline = std::chrono::seconds(c.job_deadline_seconds);
+  options.max_active_jobs = c.max_active_jobs;
   options.on_phase = [&metrics](scheduler::JobPhase from, scheduler::JobPhase to) {
     if (from == scheduler::JobPhase::kQueued && to == scheduler::JobPhase::kQueued) metrics.JobCreated();
     if (scheduler::IsTerminal(to)) metrics.JobFinished(scheduler::ToString(to));
@@ -416,6 +419,16 @@ int RunScheduler(const ServiceConfig& c) {
   builder.RegisterService(&search);
   builder.RegisterService(&blob_service);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  // Time and threads are budgeted too: connections live at most an hour (streams in flight get
+  // ten more minutes; uploads resume from QueryWriteStatus and watches from their sequence
+  // number), idle ones close after five minutes, and at most kMaxServerThreads calls run at once
+  // (more are RESOURCE_EXHAUSTED, not a thread each).
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, 3600 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 600 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 300 * 1000);
+  grpc::ResourceQuota quota("qsearch-scheduler");
+  quota.SetMaxThreads(kMaxServerThreads);
+  builder.SetResourceQuota(quota);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

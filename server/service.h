@@ -21,6 +21,9 @@ struct ServiceConfig {
   int worker_threads = 0;                  // worker: task loops (0: one per core, at most 8)
   int max_running = 4;                     // scheduler: jobs running at once
   int dispatch_window = 16;                // scheduler: evaluation tasks per job in the queue
+  int job_deadline_seconds = 24 * 3600;    // scheduler: a job still running then ends
+                                           // DEADLINE_EXCEEDED
+  int max_active_jobs = 1000;              // scheduler: queued + running; more: RESOURCE_EXHAUSTED
   int lease_seconds = 60;                  // a silent worker's task is taken over after this
   int max_attempts = 3;                    // deliveries before a task is dead
 };

@@ -65,6 +65,8 @@ Status LoadConfigFile(const std::string& path, Settings* s) {
   std::map<std::string, int*> ints = {{"worker-threads", &s->service.worker_threads},
                                       {"max-running", &s->service.max_running},
                                       {"dispatch-window", &s->service.dispatch_window},
+                                      {"job-deadline", &s->service.job_deadline_seconds},
+                                      {"max-active-jobs", &s->service.max_active_jobs},
                                       {"lease-seconds", &s->service.lease_seconds},
                                       {"max-attempts", &s->service.max_attempts}};
   for (const auto& kv : root) {
@@ -314,6 +316,18 @@ std::function<int()> AddServiceCommands(CLI::App& app, int argc, char** argv) {
                    "evaluation tasks each job keeps queued (fair sharing of workers)")
       ->envname("QSEARCH_DISPATCH_WINDOW")
       ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  scheduler
+      ->add_option("--job-deadline", s->service.job_deadline_seconds,
+                   "seconds a job may run before it ends DEADLINE_EXCEEDED")
+      ->envname("QSEARCH_JOB_DEADLINE")
+      ->check(CLI::Range(60, 30 * 24 * 3600))
+      ->capture_default_str();
+  scheduler
+      ->add_option("--max-active-jobs", s->service.max_active_jobs,
+                   "jobs queued or running at once; CreateJob past it is RESOURCE_EXHAUSTED")
+      ->envname("QSEARCH_MAX_ACTIVE_JOBS")
+      ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
   auto* worker = app.add_subcommand("worker", "run a worker serving the service's task queue");
   AddProcessOptions(worker, s.get());
