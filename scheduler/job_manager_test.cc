@@ -80,6 +80,21 @@ TEST_F(JobManagerTest, CreateIsIdempotentByRequestIdAndChecksTheSpec) {
   EXPECT_EQ(jobs_->Get("../x").status().code(), StatusCode::kNotFound);
 }
 
+TEST_F(JobManagerTest, ActiveJobsAreBoundedAndEndedOnesFreeTheirPlace) {
+  JobManagerOptions options;
+  options.max_active_jobs = 2;
+  JobManager bounded(redis_, *evaluations_, *states_, *queue_, *blobs_, options);
+  auto a = bounded.Create(Spec(4), "");
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(bounded.Create(Spec(5), "").ok());
+  auto refused = bounded.Create(Spec(6), "");
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("2 jobs are queued or running"), std::string::npos)
+      << refused.status().message();
+  ASSERT_TRUE(bounded.Cancel(a->id).ok());
+  EXPECT_TRUE(bounded.Create(Spec(6), "").ok());
+}
+
 TEST_F(JobManagerTest, ListPagesNewestFirstAndFiltersByState) {
   std::vector<std::string> ids;
   for (int i = 0; i < 5; ++i) {
