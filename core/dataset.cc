@@ -133,7 +133,7 @@ StatusOr<torch::Tensor> ReadIdxFile(const std::string& path) {
   }
   return GuardTorch(path, [&]() -> StatusOr<torch::Tensor> {
     auto t = torch::empty(shape, torch::kUInt8);
-    std::memcpy(t.data_ptr(), data.data(), numel);
+    if (numel > 0) std::memcpy(t.data_ptr(), data.data(), numel);  // empty: no data pointer
     char extra;
     QS_ASSIGN_OR_RETURN(size_t more, in.Read(&extra, 1));
     if (more != 0) {

@@ -236,7 +236,7 @@ StatusOr<std::pair<torch::Tensor, double>> DecodeCheckpoint(const CachedCheckpoi
   }
   return core::GuardTorch("cached checkpoint", [&]() -> StatusOr<std::pair<torch::Tensor, double>> {
     torch::Tensor t = torch::empty(shape, dtype);
-    std::memcpy(t.data_ptr(), entry.bytes.data(), entry.bytes.size());
+    if (!entry.bytes.empty()) std::memcpy(t.data_ptr(), entry.bytes.data(), entry.bytes.size());
     return std::make_pair(t, seconds);
   });
 }
