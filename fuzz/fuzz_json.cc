@@ -1,5 +1,7 @@
-// Bytes a client could send as JSON: a job spec, a task payload, a stored evaluation, a recipe.
-// Each parser must return a Status for any input: no crash, no sanitizer report, no hang.
+// Bytes a client or a shared store could hand over as JSON: a job spec, a task payload, a stored
+// evaluation, a recipe, model facts, validation and test results, a job record, a saved job
+// state, a model config. Each parser must return a Status for any input: no crash, no sanitizer
+// report, no hang.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -10,6 +12,9 @@
 #include "common/job_spec.h"
 #include "common/quant_config.h"
 #include "common/tasks.h"
+#include "core/vit.h"
+#include "scheduler/job_manager.h"
+#include "scheduler/search.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
@@ -21,5 +26,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)qs::RecipeFromJson(j, {{"blocks.0.attn.qkv", qs::SiteKind::kLinear},
                               {"blocks.0.attn.qk_matmul", qs::SiteKind::kMatmul}});
   (void)qs::ModelFactsFromJson(j);
+  (void)qs::ValidationResultFromJson(j);
+  (void)qs::TestResultFromJson(j);
+  (void)qs::EvaluationFromJson(j);
+  (void)qs::scheduler::JobRecordFromJson(j);
+  (void)qs::scheduler::JobStateFromJson(j);
+  (void)qs::core::ParseViTConfig(j);
   return 0;
 }
