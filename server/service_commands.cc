@@ -1,5 +1,6 @@
 #include "server/service_commands.h"
 
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -34,6 +35,49 @@ struct Settings {
   bool wait = false, json_output = false;
 };
 
+// The integer settings: one place for each one's flag, help, command and range, so that a value
+// from the YAML file is checked exactly as the flag and its environment variable are.
+enum class Role { kProcess, kScheduler, kWorker };  // kProcess: scheduler and worker
+struct IntSetting {
+  const char* key;  // flag name without "--"; the YAML key; QSEARCH_<KEY> in the environment
+  int ServiceConfig::*field;
+  Role role;
+  int min, max;
+  const char* help;
+};
+const IntSetting kIntSettings[] = {
+    {"lease-seconds", &ServiceConfig::lease_seconds, Role::kProcess, 1, 86400,
+     "a task whose worker is silent this long is taken over"},
+    {"max-attempts", &ServiceConfig::max_attempts, Role::kProcess, 1, 100,
+     "deliveries before a task is dead"},
+    {"max-running", &ServiceConfig::max_running, Role::kScheduler, 1, 1000,
+     "jobs running at once"},
+    {"dispatch-window", &ServiceConfig::dispatch_window, Role::kScheduler, 1, 100000,
+     "evaluation tasks each job keeps queued (fair sharing of workers)"},
+    {"job-deadline", &ServiceConfig::job_deadline_seconds, Role::kScheduler, 60, 30 * 24 * 3600,
+     "seconds a job may run before it ends DEADLINE_EXCEEDED"},
+    {"max-active-jobs", &ServiceConfig::max_active_jobs, Role::kScheduler, 1, 1000000,
+     "jobs queued or running at once; CreateJob past it is RESOURCE_EXHAUSTED"},
+    {"worker-threads", &ServiceConfig::worker_threads, Role::kWorker, 0, 256,
+     "task loops (0: one per usable core, at most 8)"},
+};
+
+std::string EnvName(const std::string& key) {
+  std::string env = "QSEARCH_";
+  for (char c : key) env += c == '-' ? '_' : static_cast<char>(std::toupper(c));
+  return env;
+}
+
+void AddIntSettings(CLI::App* cmd, ServiceConfig* config, Role role) {
+  for (const IntSetting& setting : kIntSettings) {
+    if (setting.role != role) continue;
+    cmd->add_option(std::string("--") + setting.key, config->*setting.field, setting.help)
+        ->envname(EnvName(setting.key))
+        ->check(CLI::Range(setting.min, setting.max))
+        ->capture_default_str();
+  }
+}
+
 int Fail(const Status& s) {
   std::fprintf(stderr, "qsearch: error: %s\n", s.ToString().c_str());
   return 1;
@@ -62,20 +106,24 @@ Status LoadConfigFile(const std::string& path, Settings* s) {
       {"blob-dir", &s->service.blob_dir},     {"token-file", &s->service.token_file},
       {"tls-cert", &s->service.tls_cert},     {"tls-key", &s->service.tls_key},
       {"tls-ca", &s->service.tls_ca},         {"server", &s->client.server}};
-  std::map<std::string, int*> ints = {{"worker-threads", &s->service.worker_threads},
-                                      {"max-running", &s->service.max_running},
-                                      {"dispatch-window", &s->service.dispatch_window},
-                                      {"job-deadline", &s->service.job_deadline_seconds},
-                                      {"max-active-jobs", &s->service.max_active_jobs},
-                                      {"lease-seconds", &s->service.lease_seconds},
-                                      {"max-attempts", &s->service.max_attempts}};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
+    const IntSetting* int_setting = nullptr;
+    for (const IntSetting& setting : kIntSettings) {
+      if (key == setting.key) int_setting = &setting;
+    }
     try {
       if (auto it = strings.find(key); it != strings.end()) {
         *it->second = kv.second.as<std::string>();
-      } else if (auto jt = ints.find(key); jt != ints.end()) {
-        *jt->second = kv.second.as<int>();
+      } else if (int_setting != nullptr) {
+        const int value = kv.second.as<int>();
+        if (value < int_setting->min || value > int_setting->max) {
+          return InvalidArgumentError("config file " + path + ": key '" + key + "' is " +
+                                      std::to_string(value) + ", outside " +
+                                      std::to_string(int_setting->min) + ".." +
+                                      std::to_string(int_setting->max));
+        }
+        s->service.*int_setting->field = value;
       } else {
         return InvalidArgumentError("config file " + path + ": unknown key '" + key + "'");
       }
@@ -127,15 +175,7 @@ void AddProcessOptions(CLI::App* cmd, Settings* s) {
   cmd->add_option("--blob-dir", s->service.blob_dir, "blob directory shared with the workers")
       ->envname("QSEARCH_BLOB_DIR")
       ->capture_default_str();
-  cmd->add_option("--lease-seconds", s->service.lease_seconds,
-                  "a task whose worker is silent this long is taken over")
-      ->envname("QSEARCH_LEASE_SECONDS")
-      ->check(CLI::Range(1, 86400))
-      ->capture_default_str();
-  cmd->add_option("--max-attempts", s->service.max_attempts, "deliveries before a task is dead")
-      ->envname("QSEARCH_MAX_ATTEMPTS")
-      ->check(CLI::Range(1, 100))
-      ->capture_default_str();
+  AddIntSettings(cmd, &s->service, Role::kProcess);
 }
 
 // Writes the job's progress until it ends; the exit code says how it ended.
@@ -307,35 +347,10 @@ std::function<int()> AddServiceCommands(CLI::App& app, int argc, char** argv) {
   }
   auto* scheduler = app.add_subcommand("scheduler", "run the service's scheduler (gRPC API)");
   AddProcessOptions(scheduler, s.get());
-  scheduler->add_option("--max-running", s->service.max_running, "jobs running at once")
-      ->envname("QSEARCH_MAX_RUNNING")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
-  scheduler
-      ->add_option("--dispatch-window", s->service.dispatch_window,
-                   "evaluation tasks each job keeps queued (fair sharing of workers)")
-      ->envname("QSEARCH_DISPATCH_WINDOW")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  scheduler
-      ->add_option("--job-deadline", s->service.job_deadline_seconds,
-                   "seconds a job may run before it ends DEADLINE_EXCEEDED")
-      ->envname("QSEARCH_JOB_DEADLINE")
-      ->check(CLI::Range(60, 30 * 24 * 3600))
-      ->capture_default_str();
-  scheduler
-      ->add_option("--max-active-jobs", s->service.max_active_jobs,
-                   "jobs queued or running at once; CreateJob past it is RESOURCE_EXHAUSTED")
-      ->envname("QSEARCH_MAX_ACTIVE_JOBS")
-      ->check(CLI::Range(1, 1000000))
-      ->capture_default_str();
+  AddIntSettings(scheduler, &s->service, Role::kScheduler);
   auto* worker = app.add_subcommand("worker", "run a worker serving the service's task queue");
   AddProcessOptions(worker, s.get());
-  worker->add_option("--worker-threads", s->service.worker_threads,
-                     "task loops (0: one per usable core, at most 8)")
-      ->envname("QSEARCH_WORKER_THREADS")
-      ->check(CLI::Range(0, 256))
-      ->capture_default_str();
+  AddIntSettings(worker, &s->service, Role::kWorker);
 
   auto* submit = app.add_subcommand("submit", "submit a job spec to the service; prints its name");
   AddConnection(submit, s.get(), false);

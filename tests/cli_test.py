@@ -149,6 +149,23 @@ class CliTest(unittest.TestCase):
                 option = next(a for a in ("--threads", "--workers", "--seed") if a in args)
                 self.assertIn(option, r.stderr)
 
+            # A service setting from a YAML --config file is range-checked like its flag (it
+            # once went through unchecked: a negative deadline, zero running jobs).
+            settings = os.path.join(d, "settings.yaml")
+            for line, words in (("job-deadline: 5", ["job-deadline", "60..2592000"]),
+                                ("max-running: 0", ["max-running", "1..1000"]),
+                                ("max-running: many", ["max-running", "wrong type"]),
+                                ("deadline: 100", ["unknown key 'deadline'"])):
+                with open(settings, "w") as f:
+                    f.write(line + "\n")
+                r = run("scheduler", "--config", settings)
+                self.assertEqual(r.returncode, 1, line)
+                for word in words:
+                    self.assertIn(word, r.stderr, line)
+            r = run("scheduler", "--job-deadline", "5")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("--job-deadline", r.stderr)
+
             # An output directory that cannot be written is refused before any work: a file
             # stands where the directory should be (reproducible as root, unlike a read-only
             # directory). `run` leaves its evaluation cache empty; `quantize` prints nothing.
