@@ -6,57 +6,48 @@
 
 #include "server/request_checks.h"
 
-namespace v1 = qsearch::v1;
+namespace {
 
-template <typename Message>
-bool Parse(const uint8_t* data, size_t size, Message* m) {
-  return m->ParseFromArray(data, static_cast<int>(size));
+namespace v1 = qsearch::v1;
+using namespace qs::server;
+
+template <typename Message, typename Check>
+void ParseAndCheck(const uint8_t* data, size_t size, Check check) {
+  Message m;
+  if (m.ParseFromArray(data, static_cast<int>(size))) check(m);
 }
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const uint8_t rpc = data[0] % 7;
   ++data;
   --size;
-  using namespace qs::server;
   switch (rpc) {
-    case 0: {
-      v1::CreateJobRequest m;
-      if (Parse(data, size, &m)) (void)CheckCreateJob(m);
+    case 0:
+      ParseAndCheck<v1::CreateJobRequest>(data, size, [](auto& m) { (void)CheckCreateJob(m); });
       break;
-    }
-    case 1: {
-      v1::GetJobRequest m;
-      if (Parse(data, size, &m)) (void)CheckJobName(m.name());
+    case 1:
+      ParseAndCheck<v1::GetJobRequest>(data, size, [](auto& m) { (void)CheckJobName(m.name()); });
       break;
-    }
-    case 2: {
-      v1::ListJobsRequest m;
-      if (Parse(data, size, &m)) (void)CheckListJobs(m);
+    case 2:
+      ParseAndCheck<v1::ListJobsRequest>(data, size, [](auto& m) { (void)CheckListJobs(m); });
       break;
-    }
-    case 3: {
-      v1::WatchJobRequest m;
-      if (Parse(data, size, &m)) (void)CheckWatchJob(m);
+    case 3:
+      ParseAndCheck<v1::WatchJobRequest>(data, size, [](auto& m) { (void)CheckWatchJob(m); });
       break;
-    }
-    case 4: {
-      v1::WriteBlobRequest m;
-      if (Parse(data, size, &m)) (void)CheckWriteChunk(m, /*first=*/true);
+    case 4:
+      ParseAndCheck<v1::WriteBlobRequest>(data, size,
+                                          [](auto& m) { (void)CheckWriteChunk(m, true); });
       break;
-    }
-    case 5: {
-      v1::ReadBlobRequest m;
-      if (Parse(data, size, &m)) (void)CheckReadBlob(m);
+    case 5:
+      ParseAndCheck<v1::ReadBlobRequest>(data, size, [](auto& m) { (void)CheckReadBlob(m); });
       break;
-    }
-    default: {
-      v1::FindMissingBlobsRequest m;
-      if (Parse(data, size, &m)) {
+    default:
+      ParseAndCheck<v1::FindMissingBlobsRequest>(data, size, [](auto& m) {
         for (const auto& d : m.digests()) (void)CheckDigest(d);
-      }
-      break;
-    }
+      });
   }
   return 0;
 }

@@ -147,11 +147,12 @@ JobSpec Spec(double avg_bits) {
 }
 
 StatusOr<SearchResult> RunJob(const JobSpec& spec, FakeBackend& backend,
-                              storage::DocumentStore& store, int fail_bits = -1) {
+                              storage::DocumentStore& store, int fail_bits = -1,
+                              const SearchOptions& options = {}) {
   auto queue = storage::NewInProcessTaskQueue();
   auto jobs = storage::NewInMemoryDocumentStore();
   FakeWorkers workers(store, *queue, backend, fail_bits);
-  auto r = RunSearch("job", spec, store, *jobs, *queue);
+  auto r = RunSearch("job", spec, store, *jobs, *queue, options);
   if (workers.errors.load() != 0) ADD_FAILURE() << "fake workers hit store or queue errors";
   return r;
 }
@@ -448,13 +449,9 @@ TEST(SearchTest, NoWorkersMeansTheDeadlineEndsTheJob) {
 TEST(SearchTest, PrefetchedValidationsGiveTheSameResultAndNoExtraValidation) {
   FakeBackend b1, b2;
   auto plain = RunJob(Spec(4.0), b1, *storage::NewInMemoryDocumentStore());
-  auto store = storage::NewInMemoryDocumentStore();
-  auto jobs = storage::NewInMemoryDocumentStore();
-  auto queue = storage::NewInProcessTaskQueue();
-  FakeWorkers workers(*store, *queue, b2);
   SearchOptions options;
   options.prefetch_validation = true;
-  auto prefetched = RunSearch("job", Spec(4.0), *store, *jobs, *queue, options);
+  auto prefetched = RunJob(Spec(4.0), b2, *storage::NewInMemoryDocumentStore(), -1, options);
   ASSERT_TRUE(plain.ok() && prefetched.ok());
   EXPECT_EQ(RecipeDocument(*prefetched).dump(), RecipeDocument(*plain).dump());
   EXPECT_EQ(b2.validations.load(), b1.validations.load());
@@ -464,13 +461,9 @@ TEST(SearchTest, PrefetchedValidationsGiveTheSameResultAndNoExtraValidation) {
 TEST(SearchTest, ABoundedDispatchWindowGivesTheSameResult) {
   FakeBackend b1, b2;
   auto all_at_once = RunJob(Spec(4.0), b1, *storage::NewInMemoryDocumentStore());
-  auto store = storage::NewInMemoryDocumentStore();
-  auto jobs = storage::NewInMemoryDocumentStore();
-  auto queue = storage::NewInProcessTaskQueue();
-  FakeWorkers workers(*store, *queue, b2);
   SearchOptions options;
   options.dispatch_window = 1;
-  auto windowed = RunSearch("job", Spec(4.0), *store, *jobs, *queue, options);
+  auto windowed = RunJob(Spec(4.0), b2, *storage::NewInMemoryDocumentStore(), -1, options);
   ASSERT_TRUE(all_at_once.ok() && windowed.ok());
   EXPECT_EQ(RecipeDocument(*windowed).dump(), RecipeDocument(*all_at_once).dump());
 }

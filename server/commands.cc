@@ -90,6 +90,37 @@ StatusOr<Recipe> LoadRecipe(const std::string& arg, const core::ViTModel& model,
   return recipe;
 }
 
+// Each site's measured errors and bits, as metrics.json lists them.
+json PerSiteReports(const core::QuantizedModel& quantized) {
+  json per_site = json::array();
+  for (const auto& r : quantized.reports()) {
+    const QuantConfig& c = quantized.sites().at(r.site).config;
+    per_site.push_back({{"site", r.site},
+                        {"kind", ToString(r.kind)},
+                        {"sqnr_db", Finite(r.sqnr_db)},
+                        {"mse", r.mse},
+                        {"weight_sqnr_db", Finite(r.weight_sqnr_db)},
+                        {"input_sqnr_db", Finite(r.input_sqnr_db)},
+                        {"rhs_sqnr_db", Finite(r.rhs_sqnr_db)},
+                        {"weight_bits", c.weight.bits},
+                        {"activation_bits", c.activation.bits}});
+  }
+  return per_site;
+}
+
+// Mean bits per linear weight parameter, float weights counting 32, as the search counts them.
+double MeanWeightBits(const core::ViTModel& model, const core::QuantizedModel& quantized) {
+  double weight_bits = 0, weight_params = 0;
+  for (const auto& site : model.sites()) {
+    if (site.kind != SiteKind::kLinear) continue;
+    const int bits = quantized.sites().at(site.name).config.weight.bits;
+    const double params = static_cast<double>(model.tensor(site.weight).numel());
+    weight_bits += params * (bits > 0 ? bits : 32);
+    weight_params += params;
+  }
+  return weight_bits / weight_params;
+}
+
 int RunQuantize(const QuantizeArgs& a) {
   const auto t_start = std::chrono::steady_clock::now();
   // Where the results go is checked before the work, not found unwritable after it.
@@ -130,31 +161,9 @@ int RunQuantize(const QuantizeArgs& a) {
   const torch::Tensor labels = eval->labels();
   const double fp_top1 = core::Top1(*fp_logits, labels);
   const double q_top1 = core::Top1(*q_logits, labels);
-  json per_site = json::array();
-  for (const auto& r : quantized->reports()) {
-    const QuantConfig& c = quantized->sites().at(r.site).config;
-    per_site.push_back({{"site", r.site},
-                        {"kind", ToString(r.kind)},
-                        {"sqnr_db", Finite(r.sqnr_db)},
-                        {"mse", r.mse},
-                        {"weight_sqnr_db", Finite(r.weight_sqnr_db)},
-                        {"input_sqnr_db", Finite(r.input_sqnr_db)},
-                        {"rhs_sqnr_db", Finite(r.rhs_sqnr_db)},
-                        {"weight_bits", c.weight.bits},
-                        {"activation_bits", c.activation.bits}});
-  }
-  // Mean bits per linear weight parameter, float weights counting 32, as the search counts them.
-  double weight_bits = 0, weight_params = 0;
-  for (const auto& site : model->sites()) {
-    if (site.kind != SiteKind::kLinear) continue;
-    const int bits = quantized->sites().at(site.name).config.weight.bits;
-    const double params = static_cast<double>(model->tensor(site.weight).numel());
-    weight_bits += params * (bits > 0 ? bits : 32);
-    weight_params += params;
-  }
   json metrics = {
       {"fp32_top1", fp_top1},
-      {"avg_weight_bits", weight_bits / weight_params},
+      {"avg_weight_bits", MeanWeightBits(*model, *quantized)},
       {"quant_top1", q_top1},
       {"top1_agreement", core::Top1Agreement(*fp_logits, *q_logits)},
       {"output_kl", core::OutputKl(*fp_logits, *q_logits)},
@@ -168,7 +177,7 @@ int RunQuantize(const QuantizeArgs& a) {
       {"seconds",
        {{"fp32_eval", fp_seconds}, {"quantize", quantize_seconds}, {"quant_eval", q_eval_seconds},
         {"total", Seconds(t_start)}}},
-      {"per_site", per_site},
+      {"per_site", PerSiteReports(*quantized)},
   };
 
   Status s = WriteFileAtomically(a.out + "/recipe.json",
