@@ -93,6 +93,24 @@ Metrics::Metrics(const std::string& version) : registry_(std::make_shared<promet
                .Help("Worker threads working on a task")
                .Register(*registry_)
                .Add({});
+  worker_threads_ = &BuildGauge()
+                         .Name("qsearch_worker_threads")
+                         .Help("Task loops of this worker (utilization: busy threads over these)")
+                         .Register(*registry_)
+                         .Add({});
+  handed_back_ = &BuildCounter()
+                      .Name("qsearch_tasks_handed_back_total")
+                      .Help("Tasks handed back to the queue unfinished by a worker shutting down")
+                      .Register(*registry_)
+                      .Add({});
+  redis_used_ = &BuildGauge()
+                     .Name("qsearch_redis_memory_used_bytes")
+                     .Help("Memory Redis reports in use, by instance (queue or cache)")
+                     .Register(*registry_);
+  redis_max_ = &BuildGauge()
+                    .Name("qsearch_redis_memory_max_bytes")
+                    .Help("Redis maxmemory, by instance (0: no limit)")
+                    .Register(*registry_);
   tasks_ = &BuildCounter()
                 .Name("qsearch_tasks_completed_total")
                 .Help("Tasks ended on this worker, by kind and result (ok or error)")
@@ -248,6 +266,16 @@ void Metrics::Task(const std::string& kind, bool ok, double seconds, double queu
 }
 
 void Metrics::SetBusy(int busy_threads) { busy_->Set(busy_threads); }
+
+void Metrics::SetWorkerThreads(int threads) { worker_threads_->Set(threads); }
+
+void Metrics::TaskHandedBack() { handed_back_->Increment(); }
+
+void Metrics::SetRedisMemory(const std::string& instance, int64_t used_bytes, int64_t max_bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  redis_used_->Add({{"redis", instance}}).Set(static_cast<double>(used_bytes));
+  redis_max_->Add({{"redis", instance}}).Set(static_cast<double>(max_bytes));
+}
 
 void Metrics::ActivationCacheLookup(bool hit, int64_t bytes_read) {
   std::lock_guard<std::mutex> lock(mu_);

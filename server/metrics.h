@@ -49,6 +49,11 @@ class Metrics {
   // One task ended on a worker.
   void Task(const std::string& kind, bool ok, double seconds, double queue_wait_seconds);
   void SetBusy(int busy_threads);
+  void SetWorkerThreads(int threads);
+  // A task handed back to the queue unfinished (the worker is shutting down).
+  void TaskHandedBack();
+  // Redis memory from INFO memory, by instance ("queue", "cache"); max 0 means no limit.
+  void SetRedisMemory(const std::string& instance, int64_t used_bytes, int64_t max_bytes);
   // The activation cache: one lookup (hit or miss) with the bytes read, or a store.
   void ActivationCacheLookup(bool hit, int64_t bytes_read);
   void ActivationCacheStore(int64_t bytes_written);
@@ -64,7 +69,10 @@ class Metrics {
   prometheus::Counter* jobs_created_;
   prometheus::Family<prometheus::Counter>* jobs_finished_;
   prometheus::Family<prometheus::Gauge>* jobs_;
-  prometheus::Gauge *queue_lag_, *queue_pending_, *queue_length_, *dead_letters_, *busy_;
+  prometheus::Gauge *queue_lag_, *queue_pending_, *queue_length_, *dead_letters_, *busy_,
+      *worker_threads_;
+  prometheus::Counter* handed_back_;
+  prometheus::Family<prometheus::Gauge>*redis_used_, *redis_max_;
   prometheus::Family<prometheus::Counter>* tasks_;
   prometheus::Family<prometheus::Histogram>* task_seconds_;
   prometheus::Histogram* queue_wait_;

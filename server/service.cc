@@ -5,8 +5,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -14,6 +17,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "common/strings.h"
 #include "core/threads.h"
 #include "qsearch/v1/blob_store.grpc.pb.h"
 #include "qsearch/v1/quant_search.grpc.pb.h"
@@ -322,10 +326,47 @@ storage::RedisQueueOptions QueueOptionsOf(const ServiceConfig& c, const std::str
   return q;
 }
 
-// Queue depth and job counts for the gauges, every few seconds, off the scrape path.
-void PollGauges(storage::RedisClient& redis, scheduler::JobManager& jobs, Metrics& metrics,
+// used_memory and maxmemory from INFO memory's "key:value" lines; false when either is missing.
+bool ParseRedisMemory(const std::string& info, int64_t* used, int64_t* max) {
+  bool found_used = false, found_max = false;
+  size_t start = 0;
+  while (start < info.size()) {
+    size_t end = info.find('\n', start);
+    if (end == std::string::npos) end = info.size();
+    std::string line = info.substr(start, end - start);
+    start = end + 1;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    const std::string key = line.substr(0, colon);
+    const auto value = ParseInt64(line.substr(colon + 1));
+    if (!value) continue;
+    if (key == "used_memory") {
+      found_used = true;
+      *used = *value;
+    } else if (key == "maxmemory") {
+      found_max = true;
+      *max = *value;
+    }
+  }
+  return found_used && found_max;
+}
+
+// Queue depth, job counts and Redis memory for the gauges, every few seconds, off the scrape
+// path.
+void PollGauges(const Connections& redis_of, scheduler::JobManager& jobs, Metrics& metrics,
                 const std::atomic<bool>& stop) {
+  storage::RedisClient& redis = *redis_of.redis;
   while (!stop) {
+    for (const auto& [instance, client] :
+         {std::pair<const char*, storage::RedisClient*>{"queue", redis_of.redis.get()},
+          {"cache", redis_of.cache.get()}}) {
+      auto info = client->Command({"INFO", "memory"});
+      int64_t used = 0, max = 0;
+      if (info.ok() && ParseRedisMemory(info->str, &used, &max)) {
+        metrics.SetRedisMemory(instance, used, max);
+      }
+    }
     auto info = redis.Command({"XINFO", "GROUPS", "qs:v1:tasks"});
     auto length = redis.Command({"XLEN", "qs:v1:tasks"});
     auto dead = redis.Command({"XLEN", "qs:v1:tasks:dead"});
@@ -438,7 +479,7 @@ int RunScheduler(const ServiceConfig& c) {
   }
   server->GetHealthCheckService()->SetServingStatus(true);
   std::atomic<bool> stop{false};
-  std::thread poller([&] { PollGauges(*redis->redis, jobs, metrics, stop); });
+  std::thread poller([&] { PollGauges(*redis, jobs, metrics, stop); });
   Log("qsearch scheduler: serving on " + c.listen + " (port " + std::to_string(port) + "), " +
       redis->redis->address().ToString() + ", blobs in " + c.blob_dir +
       (tokens.empty() ? ", no auth" : ", bearer tokens") +
@@ -515,17 +556,61 @@ int RunWorker(const ServiceConfig& c) {
     }
     health->GetHealthCheckService()->SetServingStatus(true);
   }
-  std::atomic<bool> stop{false};
+  // Shutdown: no new tasks, then `drain_seconds` for the tasks in hand, then whatever still runs
+  // is handed back to the queue (another worker takes it at once, as the same attempt) and the
+  // process exits without waiting for those computations.
+  std::atomic<bool> stop{false}, hand_back{false};
+  serve.hand_back = &hand_back;
+  serve.on_hand_back = [&](const storage::Task& task, const Status& released) {
+    metrics.SetBusy(--busy);
+    if (released.ok()) metrics.TaskHandedBack();
+    Log("qsearch worker: task " + task.id + " of job " + task.job +
+        (released.ok() ? " handed back" : " not handed back: " + released.ToString()));
+  };
+  std::mutex loops_mu;
+  std::condition_variable loops_ended;
+  int loops_running = plan.workers;
   std::vector<std::thread> threads;
   for (int i = 0; i < plan.workers; ++i) {
-    threads.emplace_back([&] { worker::ServeTasks(sessions, *evaluations, **queue, stop, serve); });
+    threads.emplace_back([&] {
+      worker::ServeTasks(sessions, *evaluations, **queue, stop, serve);
+      std::lock_guard<std::mutex> lock(loops_mu);
+      --loops_running;
+      loops_ended.notify_all();
+    });
   }
+  metrics.SetWorkerThreads(plan.workers);
   Log("qsearch worker: " + std::to_string(plan.workers) + " task loops on " +
       redis->redis->address().ToString() + ", blobs in " + c.blob_dir + "; " +
       core::DescribeThreads(plan));
   const int sig = signals.Wait();
-  Log("qsearch worker: signal " + std::to_string(sig) + ", finishing the tasks in hand");
+  Log("qsearch worker: signal " + std::to_string(sig) + ", taking no more tasks; " +
+      std::to_string(busy.load()) + " in hand may run " + std::to_string(c.drain_seconds) +
+      " s before they are handed back");
+  if (health) health->GetHealthCheckService()->SetServingStatus(false);
   stop = true;
+  bool drained = false;
+  {
+    std::unique_lock<std::mutex> lock(loops_mu);
+    drained = loops_ended.wait_for(lock, std::chrono::seconds(c.drain_seconds),
+                                   [&] { return loops_running == 0; });
+  }
+  if (!drained) {
+    hand_back = true;
+    // Each loop's lease keeper hands its task back within a poll (one Redis call); a Redis that
+    // does not answer leaves the task to the lease, as a lost worker would.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (busy.load() > 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::unique_lock<std::mutex> lock(loops_mu);
+    if (loops_running > 0) {
+      Log("qsearch worker: exiting with " + std::to_string(loops_running) +
+          " abandoned computation(s); their tasks are back in the queue");
+      std::fflush(nullptr);
+      std::_Exit(0);  // the loops are still inside their tasks: no destructors may run under them
+    }
+  }
   for (auto& t : threads) t.join();
   if (health) health->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   return 0;

@@ -26,6 +26,8 @@ struct ServiceConfig {
   int max_active_jobs = 1000;              // scheduler: queued + running; more: RESOURCE_EXHAUSTED
   int lease_seconds = 60;                  // a silent worker's task is taken over after this
   int max_attempts = 3;                    // deliveries before a task is dead
+  int drain_seconds = 20;                  // worker: on SIGTERM, how long tasks in hand may run
+                                           // before they are handed back to the queue
 };
 
 // Runs until SIGINT or SIGTERM; returns the exit code.

@@ -60,6 +60,8 @@ const IntSetting kIntSettings[] = {
      "jobs queued or running at once; CreateJob past it is RESOURCE_EXHAUSTED"},
     {"worker-threads", &ServiceConfig::worker_threads, Role::kWorker, 0, 256,
      "task loops (0: one per usable core, at most 8)"},
+    {"drain-seconds", &ServiceConfig::drain_seconds, Role::kWorker, 0, 3600,
+     "on SIGTERM, seconds the tasks in hand may run before they are handed back to the queue"},
 };
 
 std::string EnvName(const std::string& key) {

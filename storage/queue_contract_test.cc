@@ -173,6 +173,38 @@ TEST_P(QueueContractTest, LeasesLostOnEveryAttemptEndDead) {
   EXPECT_EQ(outcomes->at("t").error.code(), StatusCode::kUnavailable);
 }
 
+TEST_P(QueueContractTest, ReleasedTasksComeBackAtOnceWithoutCostingAnAttempt) {
+  QueueOptions options;
+  options.lease = milliseconds(60000);  // a lease that never runs out within the test
+  options.max_attempts = 2;
+  auto q = Make(options);
+  ASSERT_TRUE(q->Push({"j", "t", "p"}).ok());
+  // Handed back more often than the attempts allow: each delivery is free, none is dead.
+  std::string previous_receipt;
+  for (int round = 0; round < 3; ++round) {
+    auto held = PopOne(*q);
+    ASSERT_TRUE(held) << "round " << round;
+    EXPECT_EQ(held->attempt, 0);
+    EXPECT_EQ(held->payload, "p");
+    EXPECT_NE(held->receipt, previous_receipt);
+    previous_receipt = held->receipt;
+    ASSERT_TRUE(q->Release(*held).ok());
+    // Released once: it is no longer this caller's.
+    EXPECT_EQ(q->Release(*held).code(), StatusCode::kNotFound);
+    EXPECT_EQ(q->Heartbeat(*held).code(), StatusCode::kNotFound);
+  }
+  auto last = PopOne(*q);
+  ASSERT_TRUE(last);
+  ASSERT_TRUE(q->Complete(*last, "done").ok());
+  EXPECT_EQ(q->Release(*last).code(), StatusCode::kNotFound);  // finished: nothing to hand back
+  EXPECT_FALSE(PopOne(*q, milliseconds(50)));
+  auto outcomes = q->Outcomes("j");
+  ASSERT_TRUE(outcomes.ok());
+  ASSERT_EQ(outcomes->size(), 1u);
+  EXPECT_EQ(outcomes->at("t").state, TaskState::kDone);
+  EXPECT_EQ(outcomes->at("t").attempts, 1);
+}
+
 TEST_P(QueueContractTest, CancelDropsTheJobsQueuedTasksOnly) {
   auto q = Make({});
   ASSERT_TRUE(q->Push({"j1", "a", "p"}).ok());

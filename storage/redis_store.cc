@@ -134,6 +134,18 @@ finish(ARGV[3], ARGV[2], 'dead', '', ARGV[9], ARGV[10], n)
 return 1
 )lua";
 
+// ARGV: group, entry, id, consumer, job, payload, delivery count. 0 when the caller no longer
+// holds the delivery; 1 when queued again, the delivery not counted as an attempt.
+constexpr char kRelease[] = R"lua(
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[4] or tostring(p[1][4]) ~= ARGV[7] then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[4], ARGV[3], -1)
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[5], 'id', ARGV[3], 'payload', ARGV[6])
+return 1
+)lua";
+
 // KEYS: stream. ARGV: group, entry, consumer, delivery count. 1 when renewed, 0 when no longer
 // held (taken over, or finished).
 constexpr char kHeartbeat[] = R"lua(
@@ -273,6 +285,18 @@ class RedisTaskQueue : public TaskQueue {
                       task.payload, std::to_string(options_.max_attempts),
                       IsTransient(error.code()) ? "1" : "0", StatusCodeName(error.code()),
                       error.message(), receipt.delivery}));
+    if (r.integer == 0) {
+      return NotFoundError("task " + task.id + " of job " + task.job + " is no longer leased");
+    }
+    return OkStatus();
+  }
+
+  Status Release(const Task& task) override {
+    QS_ASSIGN_OR_RETURN(Receipt receipt, ParseReceipt(task));
+    QS_ASSIGN_OR_RETURN(RedisValue r,
+                        redis_->Eval(kRelease, LifecycleKeys(task.job),
+                                     {options_.group, receipt.entry, task.id, receipt.consumer,
+                                      task.job, task.payload, receipt.delivery}));
     if (r.integer == 0) {
       return NotFoundError("task " + task.id + " of job " + task.job + " is no longer leased");
     }

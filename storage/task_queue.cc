@@ -100,6 +100,21 @@ class InProcessTaskQueue : public TaskQueue {
     return OkStatus();
   }
 
+  Status Release(const Task& task) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = leased_.find({task.job, task.id});
+    if (it == leased_.end() || it->second.task.receipt != task.receipt) {
+      return NotFoundError("task " + task.id + " of job " + task.job + " is no longer leased");
+    }
+    Task t = it->second.task;
+    leased_.erase(it);
+    t.receipt.clear();
+    // First in line: it was delivered before anything queued now.
+    queued_.push_front(t);
+    changed_.notify_all();
+    return OkStatus();
+  }
+
   StatusOr<std::map<std::string, TaskOutcome>> Outcomes(const std::string& job) override {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = outcomes_.find(job);

@@ -81,6 +81,10 @@ class TaskQueue {
   // Records a failure: a transient `error` (IsTransient) with attempts left delivers the task
   // again; otherwise the task is dead with `error`.
   virtual Status Fail(const Task& task, const Status& error) = 0;
+  // Hands a delivered task back unfinished (its worker is shutting down): it is queued again at
+  // once, and this delivery does not count as an attempt. NOT_FOUND when the caller no longer
+  // holds the delivery (taken over, or the task already has an outcome).
+  virtual Status Release(const Task& task) = 0;
   // The outcomes of `job`'s tasks so far, by task id (tasks still queued or leased are absent).
   virtual StatusOr<std::map<std::string, TaskOutcome>> Outcomes(const std::string& job) = 0;
   // Returns when `job` may have a new outcome, or after `wait` at the latest.

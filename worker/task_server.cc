@@ -15,11 +15,12 @@ namespace {
 
 using nlohmann::json;
 
-// Renews the lease of the task its thread is working on, from a thread of its own.
+// Renews the lease of the task its thread is working on, from a thread of its own, and hands the
+// task back when the worker shuts down.
 class LeaseKeeper {
  public:
-  LeaseKeeper(storage::TaskQueue& queue, std::chrono::milliseconds interval)
-      : queue_(queue), interval_(interval), thread_([this] { Loop(); }) {}
+  LeaseKeeper(storage::TaskQueue& queue, const ServeOptions& options)
+      : queue_(queue), options_(options), thread_([this] { Loop(); }) {}
   ~LeaseKeeper() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -32,19 +33,43 @@ class LeaseKeeper {
     std::lock_guard<std::mutex> lock(mu_);
     task_ = task;
     held_ = true;
+    handed_back_ = false;
   }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
+  // Ends the hold; true when the task was handed back meanwhile (then it is no longer ours).
+  bool Drop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    wake_.wait(lock, [&] { return !handing_back_; });
     held_ = false;
+    return handed_back_;
   }
 
  private:
+  bool ShuttingDown() const { return options_.hand_back != nullptr && options_.hand_back->load(); }
+
   void Loop() {
+    using Clock = std::chrono::steady_clock;
+    const auto tick =
+        options_.hand_back != nullptr ? std::min(options_.heartbeat, options_.hand_back_poll)
+                                      : options_.heartbeat;
+    auto next_heartbeat = Clock::now() + options_.heartbeat;
     std::unique_lock<std::mutex> lock(mu_);
     while (!done_) {
-      wake_.wait_for(lock, interval_, [&] { return done_; });
-      if (done_ || !held_) continue;
+      wake_.wait_for(lock, tick, [&] { return done_; });
+      if (done_ || !held_ || handed_back_) continue;
       const storage::Task task = task_;
+      if (ShuttingDown()) {
+        handing_back_ = true;
+        lock.unlock();
+        const Status released = queue_.Release(task);
+        if (options_.on_hand_back) options_.on_hand_back(task, released);
+        lock.lock();
+        handing_back_ = false;
+        handed_back_ = true;
+        wake_.notify_all();
+        continue;
+      }
+      if (Clock::now() < next_heartbeat) continue;
+      next_heartbeat = Clock::now() + options_.heartbeat;
       lock.unlock();
       // A lost lease is not an error here: the task goes on, and its writes are idempotent.
       (void)queue_.Heartbeat(task);
@@ -53,11 +78,13 @@ class LeaseKeeper {
   }
 
   storage::TaskQueue& queue_;
-  const std::chrono::milliseconds interval_;
+  const ServeOptions& options_;
   std::mutex mu_;
   std::condition_variable wake_;
   storage::Task task_;
   bool held_ = false;
+  bool handing_back_ = false;
+  bool handed_back_ = false;
   bool done_ = false;
   std::thread thread_;
 };
@@ -256,8 +283,9 @@ void ServeTasks(SessionCache& sessions, storage::DocumentStore& evaluations,
                 storage::TaskQueue& queue, const std::atomic<bool>& stop,
                 const ServeOptions& options) {
   if (options.threads != nullptr) core::ApplyWorkerThreads(*options.threads);
-  LeaseKeeper keeper(queue, options.heartbeat);
-  while (!stop.load()) {
+  LeaseKeeper keeper(queue, options);
+  auto handing_back = [&] { return options.hand_back != nullptr && options.hand_back->load(); };
+  while (!stop.load() && !handing_back()) {
     auto popped = queue.Pop(options.poll);
     if (!popped.ok()) {
       // The queue's backend is unreachable: wait, then try again.
@@ -270,7 +298,8 @@ void ServeTasks(SessionCache& sessions, storage::DocumentStore& evaluations,
     if (options.on_start) options.on_start(task);
     const auto start = std::chrono::steady_clock::now();
     auto result = DoTask(sessions, evaluations, task.payload, options);
-    keeper.Release();
+    // Handed back while it ran: the queue gives it to another worker, which records it.
+    if (keeper.Drop()) break;
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     // When recording fails the lease runs out and the task is delivered again; what it wrote

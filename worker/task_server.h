@@ -7,7 +7,9 @@
 // to the store one by one as they exist; a candidate's permanent failure (INVALID_ARGUMENT, a
 // non-finite result) is stored like a result, a transient one (out of memory) is not: the task
 // fails with it and the queue retries it, and the retry skips what was stored. Leases of tasks in
-// progress are renewed by a keeper thread, so a long task is not taken over while it runs.
+// progress are renewed by a keeper thread, so a long task is not taken over while it runs; the
+// same thread hands the task back at once when the worker is shutting down (`hand_back`), so
+// another worker takes it without waiting for the lease to run out.
 //
 //   SessionCache sessions({.max_sessions = 1});
 //   std::thread t([&] { ServeTasks(sessions, *evaluations, *queue, stop, {}); });
@@ -74,9 +76,16 @@ struct ServeOptions {
   // Hear each task as it starts and as it ends (the worker's metrics). May be empty.
   std::function<void(const storage::Task&)> on_start;
   std::function<void(const storage::Task&, const Status&, double seconds)> on_task;
+  // A worker shutting down sets it: the task in hand is handed back to the queue within
+  // `hand_back_poll` (TaskQueue::Release) and its loop records nothing for it and ends, while
+  // the computation, abandoned, may still be running (the process is about to exit). Null: never.
+  const std::atomic<bool>* hand_back = nullptr;
+  std::chrono::milliseconds hand_back_poll{50};
+  // Hears each task handed back (then `on_task` is not called for it). May be empty.
+  std::function<void(const storage::Task&, const Status& released)> on_hand_back;
 };
 
-// Serves `queue` until `stop` is set; see the file comment.
+// Serves `queue` until `stop` is set, or until its task is handed back; see the file comment.
 void ServeTasks(SessionCache& sessions, storage::DocumentStore& evaluations,
                 storage::TaskQueue& queue, const std::atomic<bool>& stop,
                 const ServeOptions& options = {});

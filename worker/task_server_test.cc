@@ -127,6 +127,45 @@ TEST_F(TaskServerTest, ServeTasksRecordsOutcomesOnTheQueue) {
   EXPECT_EQ(broken.error.code(), StatusCode::kInvalidArgument);
 }
 
+TEST_F(TaskServerTest, ATaskInHandIsHandedBackAtOnceWhenTheWorkerShutsDown) {
+  SessionCache sessions;
+  auto store = storage::NewInMemoryDocumentStore();
+  storage::QueueOptions queue_options;
+  queue_options.lease = std::chrono::minutes(10);  // handing back must not wait for it
+  auto queue = storage::NewInProcessTaskQueue(queue_options);
+  const json prepare = PrepareRequest(Spec());
+  ASSERT_TRUE(queue->Push({"j", TaskIdFor(prepare), prepare.dump()}).ok());
+  std::atomic<bool> stop{false}, hand_back{false};
+  std::atomic<int> handed_back{0}, recorded{0};
+  ServeOptions options;
+  options.hand_back = &hand_back;
+  // The shutdown comes while the task is in hand; the keeper hands it back before it ends.
+  options.on_start = [&](const storage::Task&) {
+    hand_back = true;
+    const auto start = std::chrono::steady_clock::now();
+    while (handed_back == 0 && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+  options.on_hand_back = [&](const storage::Task& task, const Status& released) {
+    EXPECT_TRUE(released.ok()) << released.ToString();
+    EXPECT_EQ(task.id, TaskIdFor(prepare));
+    ++handed_back;
+  };
+  options.on_task = [&](const storage::Task&, const Status&, double) { ++recorded; };
+  std::thread worker([&] { ServeTasks(sessions, *store, *queue, stop, options); });
+  worker.join();  // ends by itself: its task was handed back
+  EXPECT_EQ(handed_back.load(), 1);
+  EXPECT_EQ(recorded.load(), 0);
+  EXPECT_TRUE(queue->Outcomes("j")->empty());  // nothing recorded for it
+  // Another worker gets it at once, as the same attempt, and finishes it.
+  auto again = queue->Pop(std::chrono::milliseconds(100));
+  ASSERT_TRUE(again.ok() && again->has_value());
+  EXPECT_EQ((*again)->attempt, 0);
+  ASSERT_TRUE(queue->Complete(**again, "facts").ok());
+  EXPECT_EQ(queue->Outcomes("j")->at(TaskIdFor(prepare)).attempts, 1);
+}
+
 TEST_F(TaskServerTest, ASecondSessionRestoresTheCheckpointsAndMeasuresTheSame) {
   storage::testing::RedisServer server(/*aof=*/false);
   ASSERT_TRUE(server.Start());
