@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -393,6 +394,68 @@ int Fail(const std::string& who, const Status& s) {
   return 1;
 }
 
+// A worker's task metrics: busy threads, each task's kind, result, time and queue wait, and the
+// tasks handed back at shutdown.
+void ReportTasks(Metrics& metrics, std::atomic<int>& busy, worker::ServeOptions* serve) {
+  serve->on_start = [&](const storage::Task&) { metrics.SetBusy(++busy); };
+  serve->on_task = [&](const storage::Task& task, const Status& s, double seconds) {
+    metrics.SetBusy(--busy);
+    // The stream entry id starts with the enqueueing time in milliseconds.
+    double wait = -1;
+    const auto dash = task.receipt.find('-');
+    if (dash != std::string::npos) {
+      const double enqueued_ms = std::strtod(task.receipt.substr(0, dash).c_str(), nullptr);
+      const double now_ms = std::chrono::duration<double, std::milli>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+      wait = std::max(0.0, (now_ms - enqueued_ms) / 1000.0 - seconds);
+    }
+    metrics.Task(task.id.substr(0, task.id.find(':')), s.ok(), seconds, wait);
+  };
+  serve->on_hand_back = [&](const storage::Task& task, const Status& released) {
+    metrics.SetBusy(--busy);
+    if (released.ok()) metrics.TaskHandedBack();
+    Log("qsearch worker: task " + task.id + " of job " + task.job +
+        (released.ok() ? " handed back" : " not handed back: " + released.ToString()));
+  };
+}
+
+// A worker's task loops, each on a thread of its own, and whether they have ended.
+class TaskLoops {
+ public:
+  TaskLoops(int n, const std::function<void()>& loop) : running_(n) {
+    for (int i = 0; i < n; ++i) {
+      threads_.emplace_back([this, loop] {
+        loop();
+        std::lock_guard<std::mutex> lock(mu_);
+        --running_;
+        ended_.notify_all();
+      });
+    }
+  }
+  ~TaskLoops() { Join(); }
+  // True when every loop has ended, waiting up to `wait` for it.
+  bool WaitEnded(std::chrono::seconds wait) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return ended_.wait_for(lock, wait, [&] { return running_ == 0; });
+  }
+  int running() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return running_;
+  }
+  void Join() {
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable ended_;
+  int running_;
+  std::vector<std::thread> threads_;
+};
+
 }  // namespace
 
 StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
@@ -528,21 +591,7 @@ int RunWorker(const ServiceConfig& c) {
   serve.threads = &plan;
   serve.blobs = blobs->get();
   serve.heartbeat = std::chrono::milliseconds(std::max(1000, c.lease_seconds * 1000 / 4));
-  serve.on_start = [&](const storage::Task&) { metrics.SetBusy(++busy); };
-  serve.on_task = [&](const storage::Task& task, const Status& s, double seconds) {
-    metrics.SetBusy(--busy);
-    // The stream entry id starts with the enqueueing time in milliseconds.
-    double wait = -1;
-    const auto dash = task.receipt.find('-');
-    if (dash != std::string::npos) {
-      const double enqueued_ms = std::strtod(task.receipt.substr(0, dash).c_str(), nullptr);
-      const double now_ms = std::chrono::duration<double, std::milli>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count();
-      wait = std::max(0.0, (now_ms - enqueued_ms) / 1000.0 - seconds);
-    }
-    metrics.Task(task.id.substr(0, task.id.find(':')), s.ok(), seconds, wait);
-  };
+  ReportTasks(metrics, busy, &serve);
   // A health endpoint for probes; workers serve no other RPC.
   std::unique_ptr<grpc::Server> health;
   if (!c.listen.empty()) {
@@ -556,29 +605,10 @@ int RunWorker(const ServiceConfig& c) {
     }
     health->GetHealthCheckService()->SetServingStatus(true);
   }
-  // Shutdown: no new tasks, then `drain_seconds` for the tasks in hand, then whatever still runs
-  // is handed back to the queue (another worker takes it at once, as the same attempt) and the
-  // process exits without waiting for those computations.
   std::atomic<bool> stop{false}, hand_back{false};
   serve.hand_back = &hand_back;
-  serve.on_hand_back = [&](const storage::Task& task, const Status& released) {
-    metrics.SetBusy(--busy);
-    if (released.ok()) metrics.TaskHandedBack();
-    Log("qsearch worker: task " + task.id + " of job " + task.job +
-        (released.ok() ? " handed back" : " not handed back: " + released.ToString()));
-  };
-  std::mutex loops_mu;
-  std::condition_variable loops_ended;
-  int loops_running = plan.workers;
-  std::vector<std::thread> threads;
-  for (int i = 0; i < plan.workers; ++i) {
-    threads.emplace_back([&] {
-      worker::ServeTasks(sessions, *evaluations, **queue, stop, serve);
-      std::lock_guard<std::mutex> lock(loops_mu);
-      --loops_running;
-      loops_ended.notify_all();
-    });
-  }
+  TaskLoops loops(plan.workers,
+                  [&] { worker::ServeTasks(sessions, *evaluations, **queue, stop, serve); });
   metrics.SetWorkerThreads(plan.workers);
   Log("qsearch worker: " + std::to_string(plan.workers) + " task loops on " +
       redis->redis->address().ToString() + ", blobs in " + c.blob_dir + "; " +
@@ -589,13 +619,7 @@ int RunWorker(const ServiceConfig& c) {
       " s before they are handed back");
   if (health) health->GetHealthCheckService()->SetServingStatus(false);
   stop = true;
-  bool drained = false;
-  {
-    std::unique_lock<std::mutex> lock(loops_mu);
-    drained = loops_ended.wait_for(lock, std::chrono::seconds(c.drain_seconds),
-                                   [&] { return loops_running == 0; });
-  }
-  if (!drained) {
+  if (!loops.WaitEnded(std::chrono::seconds(c.drain_seconds))) {
     hand_back = true;
     // Each loop's lease keeper hands its task back within a poll (one Redis call); a Redis that
     // does not answer leaves the task to the lease, as a lost worker would.
@@ -603,15 +627,14 @@ int RunWorker(const ServiceConfig& c) {
     while (busy.load() > 0 && std::chrono::steady_clock::now() < until) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    std::unique_lock<std::mutex> lock(loops_mu);
-    if (loops_running > 0) {
-      Log("qsearch worker: exiting with " + std::to_string(loops_running) +
+    if (!loops.WaitEnded(std::chrono::seconds(0))) {
+      Log("qsearch worker: exiting with " + std::to_string(loops.running()) +
           " abandoned computation(s); their tasks are back in the queue");
       std::fflush(nullptr);
       std::_Exit(0);  // the loops are still inside their tasks: no destructors may run under them
     }
   }
-  for (auto& t : threads) t.join();
+  loops.Join();
   if (health) health->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   return 0;
 }

@@ -146,8 +146,8 @@ class Service:
         if self.scheduler.proc.poll() is not None:
             raise AssertionError("scheduler exited:\n" + self.scheduler.text())
 
-    def add_worker(self, metrics_port=None):
-        args = self.common_args() + ["--listen", "", "--worker-threads", "1"]
+    def add_worker(self, metrics_port=None, extra=()):
+        args = self.common_args() + ["--listen", "", "--worker-threads", "1", *extra]
         if metrics_port:
             args += ["--metrics-listen", "127.0.0.1:%d" % metrics_port]
         w = Process(self.qsearch, "worker", args,
