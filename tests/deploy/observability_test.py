@@ -206,26 +206,30 @@ class ObservabilityTest(unittest.TestCase):
         job = s.wait_done(name)
         self.assertEqual(job["state"], "SUCCEEDED", job)
 
-        # The counters move, on both workers: each scrape target reports its own share.
+        # The counters move, on both workers, to what the workers' own pages say: prepare, one
+        # evaluation per site, validations, the test and the weights.
+        direct = [sum(float(line.split()[-1]) for line in s.metrics(p).splitlines()
+                      if line.startswith("qsearch_tasks_completed_total") and 'result="ok"' in line)
+                  for p in worker_ports]
+        self.assertTrue(all(d > 0 for d in direct), direct)
+        self.assertGreater(sum(direct), 5)
+
         def per_worker():
             v = prom.query('sum by (instance) (qsearch_tasks_completed_total{job="qsearch-worker",'
                            'result="ok"})')
-            return v if len(v) == 2 and all(x > 0 for x in v.values()) else None
-        shares = wait_for(per_worker, 30, "both workers' task counters in prometheus")
-        # Prepare, one evaluation per site, validations, the test and the weights; the same
-        # count as the workers' own pages.
-        total = sum(shares.values())
-        self.assertGreater(total, 5)
-        direct = sum(float(line.split()[-1]) for p in worker_ports
-                     for line in s.metrics(p).splitlines()
-                     if line.startswith("qsearch_tasks_completed_total") and 'result="ok"' in line)
-        self.assertEqual(total, direct)
+            return sorted(v.values()) == sorted(direct) or None
+        wait_for(per_worker, 30, "prometheus to see each worker's %s tasks" % direct)
         wait_for(lambda: prom.value(
             'qsearch_jobs_finished_total{job="qsearch-scheduler",state="SUCCEEDED"}') == 1, 30,
             "the finished job in prometheus")
         # The first worker's session missed and captured; the other one's hit what it stored.
-        ratio = wait_for(lambda: prom.value(hit_ratio), 30, "a cache hit ratio")
-        self.assertAlmostEqual(ratio, 0.5, places=6)
+        self.assertEqual(wait_for(lambda: prom.value(
+            'sum(qsearch_activation_cache_requests_total{result="hit"}) / '
+            'sum(qsearch_activation_cache_requests_total)'), 30, "the lookups in prometheus"), 0.5)
+        # The panel's ratio of rates (rate() extrapolates the window's edges: near, not at, 1/2).
+        ratio = wait_for(lambda: prom.value(hit_ratio), 30, "the panel's cache hit ratio")
+        self.assertGreater(ratio, 0.3)
+        self.assertLess(ratio, 0.7)
         self.assertEqual(prom.value(
             'sum(qsearch_activation_cache_requests_total{result="hit"})'), 1)
         self.assertGreater(prom.value(
