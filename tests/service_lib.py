@@ -98,8 +98,10 @@ class Process:
 class Service:
     """Redis, a scheduler and `workers` workers, all on loopback in a temporary directory."""
 
-    def __init__(self, qsearch, workers=2, lease_seconds=3, token=None):
+    def __init__(self, qsearch, workers=2, lease_seconds=3, token=None, config=None):
         self.qsearch = qsearch
+        # A --config file for every process; the flags below win over it.
+        self.config = config
         self.dir = tempfile.mkdtemp(prefix="qs_service_")
         self.redis = Redis(self.dir)
         self.blobs = os.path.join(self.dir, "blobs")
@@ -120,8 +122,9 @@ class Service:
         return "127.0.0.1:%d" % self.port
 
     def common_args(self):
-        args = ["--redis", self.redis.url, "--blob-dir", self.blobs,
-                "--lease-seconds", str(self.lease_seconds)]
+        args = ["--config", self.config] if self.config else []
+        args += ["--redis", self.redis.url, "--blob-dir", self.blobs,
+                 "--lease-seconds", str(self.lease_seconds)]
         return args
 
     def start(self):

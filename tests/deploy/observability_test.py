@@ -27,6 +27,9 @@ import yaml  # noqa: E402  (python3-yaml)
 QSEARCH = "build/qsearch"
 DASHBOARD = os.path.join(ROOT, "deploy", "base", "grafana", "qsearch.json")
 ALERTS = os.path.join(ROOT, "deploy", "base", "monitoring", "alerts.rules.yaml")
+DEPLOYED_CONFIG = os.path.join(ROOT, "deploy", "base", "config", "config.yaml")
+# validate.mjs's copy of the binary's settings, checked against the binary below.
+SETTINGS_TABLE = os.path.join(HERE, "lib", "k8s.mjs")
 
 # Series Prometheus or kube-state-metrics make, not our processes.
 NOT_OURS = re.compile(r"^(up|scrape_\w+|kube_\w+)$")
@@ -184,8 +187,30 @@ class ObservabilityTest(unittest.TestCase):
         self.assertIsNone(family_of("c_total_bucket", fams))
         self.assertIsNone(family_of("nope", fams))
 
+    def test_deploy_checks_know_the_binarys_settings(self):
+        # tests/deploy/validate.mjs checks config.yaml and QSEARCH_* variables in the manifests
+        # without a binary; its table of settings must be the binary's.
+        with open(SETTINGS_TABLE) as f:
+            table = f.read()
+        ints = {m.group(1): tuple(int(eval(x)) for x in m.group(2, 3, 4)) for m in re.finditer(
+            r'^\s*"([a-z-]+)": \[([^,\]]+), ([^,\]]+), ([^,\]]+)\],$', table, re.M)}
+        strings = set(re.findall(r'"([a-z-]+)"', re.search(
+            r"STRING_SETTINGS = new Set\(\[(.*?)\]\)", table, re.S).group(1)))
+        self.assertIn("drain-seconds", ints)
+        binary_ints, binary_strings = {}, set()
+        for role in ("scheduler", "worker"):
+            text = subprocess.run([QSEARCH, role, "--help"], capture_output=True, text=True,
+                                  check=True).stdout
+            for m in re.finditer(r"--([a-z-]+) INT:INT in \[(-?\d+) - (-?\d+)\]=(-?\d+)", text):
+                binary_ints[m.group(1)] = tuple(int(x) for x in m.group(2, 3, 4))
+            binary_strings |= set(re.findall(r"--([a-z-]+) TEXT", text)) - {"config"}
+        self.assertEqual(ints, binary_ints)
+        # The client's --server is in the table too (one file for all the roles' keys).
+        self.assertEqual(strings - {"server"}, binary_strings)
+
     def test_prometheus_sees_tasks_and_the_cache_hit_ratio_move(self):
-        s = self.service(workers=0)
+        # The processes read the config the Kubernetes manifests mount (flags win over it).
+        s = self.service(workers=0, config=DEPLOYED_CONFIG)
         worker_ports = [free_port(), free_port()]
         for p in worker_ports:
             s.add_worker(metrics_port=p)
