@@ -84,6 +84,42 @@ if [[ -s $tmp/gpu.yaml ]]; then
   step "validate.mjs catches deliberate breakages" validate --self-test "$EXTERNAL" "$tmp/gpu.yaml"
 fi
 
+# --- Redis -----------------------------------------------------------------------------------------
+# redis_conf FILE POLICY: Debian's redis-server 7 starts with FILE (its address, data directory and
+# the password file the pod writes, moved to a temporary directory), answers with the password and
+# reports POLICY and persistence as configured.
+redis_conf() {
+  local conf=$1 policy=$2 dir port pid ok=1
+  command -v redis-server >/dev/null || { echo "redis-server missing (Debian package redis-server)"; return 1; }
+  dir=$(mktemp -d -p "$tmp")
+  port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'requirepass "check-password"\n' >"$dir/auth.conf"
+  sed -e "s|^bind .*|bind 127.0.0.1|" -e "s|^port .*|port $port|" -e "s|^dir .*|dir $dir|" \
+    -e "s|^include /run/redis/auth.conf|include $dir/auth.conf|" "$conf" >"$dir/redis.conf"
+  redis-server "$dir/redis.conf" >"$dir/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 50); do
+    REDISCLI_AUTH=check-password redis-cli -p "$port" PING 2>/dev/null | grep -q PONG && break
+    sleep 0.1
+  done
+  local cli=(env REDISCLI_AUTH=check-password redis-cli -p "$port")
+  if [[ $("${cli[@]}" CONFIG GET maxmemory-policy | tail -1) != "$policy" ]]; then
+    echo "$conf: maxmemory-policy is not $policy"; ok=0
+  fi
+  [[ $("${cli[@]}" CONFIG GET maxmemory | tail -1) -gt 0 ]] || { echo "$conf: no maxmemory"; ok=0; }
+  redis-cli -p "$port" PING 2>&1 | grep -q NOAUTH || { echo "$conf: answers without the password"; ok=0; }
+  echo "$conf: appendonly $("${cli[@]}" CONFIG GET appendonly | tail -1), policy $policy"
+  "${cli[@]}" SHUTDOWN NOSAVE >/dev/null 2>&1
+  wait "$pid" 2>/dev/null
+  ((ok)) || cat "$dir/log"
+  ((ok))
+}
+redis_persists() { redis_conf "$@" && grep -q '^appendonly yes' "$1"; }
+step "redis-queue.conf runs on redis-server (AOF, noeviction)" \
+  redis_persists deploy/base/redis/redis-queue.conf noeviction
+step "redis-cache.conf runs on redis-server (allkeys-lru)" \
+  redis_conf deploy/base/redis/redis-cache.conf allkeys-lru
+
 # --- alerts, dashboard ---------------------------------------------------------------------------
 step "promtool check rules" promtool check rules deploy/base/monitoring/alerts.rules.yaml
 step "promtool test rules (alerts_test.yaml)" promtool test rules "$HERE/alerts_test.yaml"
