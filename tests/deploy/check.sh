@@ -5,7 +5,9 @@
 #   - the alert rules pass `promtool check rules` and their unit tests (alerts_test.yaml), and
 #     the PrometheusRule generated from them is not stale;
 #   - the Grafana dashboard parses and reads only exported metrics (check_monitoring.mjs);
-#   - the Dockerfiles lint clean (check_docker.mjs) and the compose stack is consistent
+#   - both redis.conf files start redis-server with the policy they claim;
+#   - the Dockerfiles lint clean (check_docker.mjs), the sources they copy configure the binary, and
+#     the compose stack is consistent
 #     (check_compose.mjs, promtool check config);
 #   - each checker catches a list of deliberate breakages (--self-test), so a check that stopped
 #     checking fails here too.
@@ -134,6 +136,19 @@ step "Dockerfiles lint" node "$HERE/check_docker.mjs" docker/Dockerfile docker/D
 step "check_docker.mjs catches deliberate breakages" \
   bash -c "node $HERE/check_docker.mjs --self-test docker/Dockerfile &&
            node $HERE/check_docker.mjs --self-test docker/Dockerfile.cuda"
+# docker_context FILE: the sources FILE's build stage copies are enough to configure the qsearch
+# target the way it builds it (CMake checks that every source file exists).
+docker_context() {
+  local ctx
+  ctx=$(mktemp -d -p "$tmp")
+  grep -E '^COPY [A-Za-z]' "$1" | awk '{print $2}' | while read -r path; do cp -r "$path" "$ctx/"; done
+  cmake -S "$ctx" -B "$ctx/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DQS_BUILD_TESTS=OFF -DQS_BUILD_TOOLS=OFF -DQS_BUILD_BENCH=OFF >"$ctx/log" 2>&1 ||
+    { cat "$ctx/log"; return 1; }
+  ninja -C "$ctx/build" -n qsearch >/dev/null && echo "$1: the copied sources configure qsearch"
+}
+step "the Dockerfiles' sources configure qsearch" \
+  bash -c "$(declare -f docker_context); tmp=$tmp; docker_context docker/Dockerfile && docker_context docker/Dockerfile.cuda"
 step "compose stack" node "$HERE/check_compose.mjs" docker/compose.yaml
 step "check_compose.mjs catches deliberate breakages" node "$HERE/check_compose.mjs" --self-test
 step "promtool check config (compose Prometheus)" \
