@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <prometheus/text_serializer.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,8 +13,6 @@
 #include <exception>
 #include <sstream>
 
-#include <prometheus/text_serializer.h>
-
 namespace qs::server {
 namespace {
 
@@ -23,15 +22,25 @@ using prometheus::BuildHistogram;
 using prometheus::Histogram;
 
 const Histogram::BucketBoundaries& TaskBuckets() {
-  static const Histogram::BucketBoundaries b = {0.01, 0.05, 0.1, 0.5, 1,   2.5, 5,
-                                                10,   30,   60,  120, 300, 600, 1800, 3600};
+  static const Histogram::BucketBoundaries b = {0.01, 0.05, 0.1, 0.5, 1,   2.5,  5,   10,
+                                                30,   60,   120, 300, 600, 1800, 3600};
   return b;
 }
 
 const Histogram::BucketBoundaries& RpcBuckets() {
-  static const Histogram::BucketBoundaries b = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                0.1,   0.25,   0.5,   1,    2.5,   5,   10};
+  static const Histogram::BucketBoundaries b = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                0.25,  0.5,    1,     2.5,  5,     10};
   return b;
+}
+
+// A metric with no labels: a family of one series.
+prometheus::Gauge* UnlabeledGauge(prometheus::Registry& registry, const std::string& name,
+                                  const std::string& help) {
+  return &BuildGauge().Name(name).Help(help).Register(registry).Add({});
+}
+prometheus::Counter* UnlabeledCounter(prometheus::Registry& registry, const std::string& name,
+                                      const std::string& help) {
+  return &BuildCounter().Name(name).Help(help).Register(registry).Add({});
 }
 
 }  // namespace
@@ -58,51 +67,28 @@ Metrics::Metrics(const std::string& version) : registry_(std::make_shared<promet
                       .Name("grpc_server_handling_seconds")
                       .Help("Time to handle a gRPC call, by service and method")
                       .Register(*registry_);
-  jobs_created_ = &BuildCounter()
-                       .Name("qsearch_jobs_created_total")
-                       .Help("Jobs created")
-                       .Register(*registry_)
-                       .Add({});
+  jobs_created_ = UnlabeledCounter(*registry_, "qsearch_jobs_created_total", "Jobs created");
   jobs_finished_ = &BuildCounter()
                         .Name("qsearch_jobs_finished_total")
                         .Help("Jobs ended, by final state")
                         .Register(*registry_);
   jobs_ = &BuildGauge().Name("qsearch_jobs").Help("Jobs known, by state").Register(*registry_);
-  queue_lag_ = &BuildGauge()
-                    .Name("qsearch_queue_lag")
-                    .Help("Tasks in the stream not yet delivered to any worker")
-                    .Register(*registry_)
-                    .Add({});
-  queue_pending_ = &BuildGauge()
-                        .Name("qsearch_queue_pending")
-                        .Help("Tasks delivered and not yet finished (leased)")
-                        .Register(*registry_)
-                        .Add({});
-  queue_length_ = &BuildGauge()
-                       .Name("qsearch_queue_length")
-                       .Help("Entries in the task stream")
-                       .Register(*registry_)
-                       .Add({});
-  dead_letters_ = &BuildGauge()
-                       .Name("qsearch_queue_dead_letters")
-                       .Help("Tasks in the dead-letter stream (failed permanently or on every attempt)")
-                       .Register(*registry_)
-                       .Add({});
-  busy_ = &BuildGauge()
-               .Name("qsearch_worker_busy_threads")
-               .Help("Worker threads working on a task")
-               .Register(*registry_)
-               .Add({});
-  worker_threads_ = &BuildGauge()
-                         .Name("qsearch_worker_threads")
-                         .Help("Task loops of this worker (utilization: busy threads over these)")
-                         .Register(*registry_)
-                         .Add({});
-  handed_back_ = &BuildCounter()
-                      .Name("qsearch_tasks_handed_back_total")
-                      .Help("Tasks handed back to the queue unfinished by a worker shutting down")
-                      .Register(*registry_)
-                      .Add({});
+  queue_lag_ = UnlabeledGauge(*registry_, "qsearch_queue_lag",
+                              "Tasks in the stream not yet delivered to any worker");
+  queue_pending_ = UnlabeledGauge(*registry_, "qsearch_queue_pending",
+                                  "Tasks delivered and not yet finished (leased)");
+  queue_length_ = UnlabeledGauge(*registry_, "qsearch_queue_length", "Entries in the task stream");
+  dead_letters_ =
+      UnlabeledGauge(*registry_, "qsearch_queue_dead_letters",
+                     "Tasks in the dead-letter stream (failed permanently or on every attempt)");
+  busy_ =
+      UnlabeledGauge(*registry_, "qsearch_worker_busy_threads", "Worker threads working on a task");
+  worker_threads_ =
+      UnlabeledGauge(*registry_, "qsearch_worker_threads",
+                     "Task loops of this worker (utilization: busy threads over these)");
+  handed_back_ =
+      UnlabeledCounter(*registry_, "qsearch_tasks_handed_back_total",
+                       "Tasks handed back to the queue unfinished by a worker shutting down");
   redis_used_ = &BuildGauge()
                      .Name("qsearch_redis_memory_used_bytes")
                      .Help("Memory Redis reports in use, by instance (queue or cache)")
@@ -176,8 +162,8 @@ Status Metrics::Serve(const std::string& address) {
   ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
       ::listen(listen_fd_, 16) != 0) {
-    return Status(StatusCode::kUnavailable, "cannot serve metrics on " + address + ": " +
-                                                std::strerror(errno));
+    return Status(StatusCode::kUnavailable,
+                  "cannot serve metrics on " + address + ": " + std::strerror(errno));
   }
   http_ = std::thread([this] {
     while (!stop_) {
@@ -197,8 +183,9 @@ Status Metrics::Serve(const std::string& address) {
       }
       const std::string response = "HTTP/1.1 " + status +
                                    "\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                                   "Content-Length: " + std::to_string(body.size()) +
-                                   "\r\nConnection: close\r\n\r\n" + body;
+                                   "Content-Length: " +
+                                   std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+                                   body;
       size_t sent = 0;
       while (sent < response.size()) {
         const ssize_t k = ::send(fd, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
@@ -211,8 +198,7 @@ Status Metrics::Serve(const std::string& address) {
   return OkStatus();
 }
 
-void Metrics::Rpc(const std::string& service, const std::string& method, int code,
-                  double seconds) {
+void Metrics::Rpc(const std::string& service, const std::string& method, int code, double seconds) {
   static const char* kCodes[] = {"OK",
                                  "CANCELLED",
                                  "UNKNOWN",
@@ -247,7 +233,8 @@ void Metrics::JobFinished(const std::string& state) {
 
 void Metrics::SetJobs(const std::map<std::string, int64_t>& by_state) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [state, n] : by_state) jobs_->Add({{"state", state}}).Set(static_cast<double>(n));
+  for (const auto& [state, n] : by_state)
+    jobs_->Add({{"state", state}}).Set(static_cast<double>(n));
 }
 
 void Metrics::SetQueue(int64_t lag, int64_t pending, int64_t length) {

@@ -57,11 +57,9 @@ class InProcessTaskQueue : public TaskQueue {
 
   Status Heartbeat(const Task& task) override {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = leased_.find({task.job, task.id});
-    if (it == leased_.end() || it->second.task.receipt != task.receipt) {
-      return NotFoundError("task " + task.id + " of job " + task.job + " is no longer leased");
-    }
-    it->second.expires = Clock::now() + lease_;
+    Lease* lease = LeaseOfLocked(task);
+    if (lease == nullptr) return NoLongerLeased(task);
+    lease->expires = Clock::now() + lease_;
     return OkStatus();
   }
 
@@ -81,12 +79,9 @@ class InProcessTaskQueue : public TaskQueue {
 
   Status Fail(const Task& task, const Status& error) override {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = leased_.find({task.job, task.id});
-    if (it == leased_.end() || it->second.task.receipt != task.receipt) {
-      return NotFoundError("task " + task.id + " of job " + task.job + " is no longer leased");
-    }
-    Task t = it->second.task;
-    leased_.erase(it);
+    std::optional<Task> leased = TakeLeaseLocked(task);
+    if (!leased) return NoLongerLeased(task);
+    Task t = std::move(*leased);
     if (cancelled_.count(t.job)) {
       CancelLocked(t, t.attempt + 1);
     } else if (IsTransient(error.code()) && t.attempt + 1 < max_attempts_) {
@@ -102,12 +97,9 @@ class InProcessTaskQueue : public TaskQueue {
 
   Status Release(const Task& task) override {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = leased_.find({task.job, task.id});
-    if (it == leased_.end() || it->second.task.receipt != task.receipt) {
-      return NotFoundError("task " + task.id + " of job " + task.job + " is no longer leased");
-    }
-    Task t = it->second.task;
-    leased_.erase(it);
+    std::optional<Task> leased = TakeLeaseLocked(task);
+    if (!leased) return NoLongerLeased(task);
+    Task t = std::move(*leased);
     t.receipt.clear();
     // First in line: it was delivered before anything queued now.
     queued_.push_front(t);
@@ -176,6 +168,24 @@ class InProcessTaskQueue : public TaskQueue {
     Clock::time_point expires;
   };
 
+  // The lease of this delivery of `task` (same receipt), or nullptr once it was taken over.
+  Lease* LeaseOfLocked(const Task& task) {
+    auto it = leased_.find({task.job, task.id});
+    if (it == leased_.end() || it->second.task.receipt != task.receipt) return nullptr;
+    return &it->second;
+  }
+  // Ends that lease and returns the task as leased, or nullopt as above.
+  std::optional<Task> TakeLeaseLocked(const Task& task) {
+    Lease* lease = LeaseOfLocked(task);
+    if (lease == nullptr) return std::nullopt;
+    Task t = std::move(lease->task);
+    leased_.erase({task.job, task.id});
+    return t;
+  }
+  static Status NoLongerLeased(const Task& task) {
+    return NotFoundError("task " + task.id + " of job " + task.job + " is no longer leased");
+  }
+
   void PushLocked(const Task& task) {
     const TaskKey key{task.job, task.id};
     if (known_.count(key)) return;
@@ -211,9 +221,9 @@ class InProcessTaskQueue : public TaskQueue {
       ++t.attempt;
       if (t.attempt >= max_attempts_) {
         DropLocked(t, t.attempt, TaskState::kDead,
-                   Status(StatusCode::kUnavailable,
-                          "lease expired on every attempt (" + std::to_string(t.attempt) +
-                              "): the worker was lost"));
+                   Status(StatusCode::kUnavailable, "lease expired on every attempt (" +
+                                                        std::to_string(t.attempt) +
+                                                        "): the worker was lost"));
       } else {
         t.receipt.clear();
         queued_.push_front(t);
