@@ -63,7 +63,8 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
   QS_RETURN_IF_ERROR(CheckKeys(j,
                                {"weight_methods", "weight_bits", "weight_granularities",
                                 "group_size", "weight_calibrators", "activation_bits",
-                                "activation_calibrators", "softmax_quantizers", "skip", "pin"},
+                                "activation_calibrators", "softmax_quantizers", "reparam", "skip",
+                                "pin"},
                                "search"));
   QS_RETURN_IF_ERROR(ReadArrayField<WeightMethod>(
       j, "weight_methods", EnumReader<WeightMethod>(ParseWeightMethod), &space->weight_methods));
@@ -92,6 +93,14 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
   QS_RETURN_IF_ERROR(ReadArrayField<ActivationQuantizer>(
       j, "softmax_quantizers", EnumReader<ActivationQuantizer>(ParseActivationQuantizer),
       &space->softmax_quantizers));
+  QS_RETURN_IF_ERROR(ReadArrayField<bool>(
+      j, "reparam",
+      [](const json& v, bool* on) -> Status {
+        if (!v.is_boolean()) return InvalidArgumentError("expected true or false");
+        *on = v.get<bool>();
+        return OkStatus();
+      },
+      &space->reparam));
   if (j.contains("skip")) {
     QS_RETURN_IF_ERROR(ReadField(j, "skip", &space->skip));
   }
@@ -280,6 +289,18 @@ json ToJson(const JobSpec& spec) {
   json objective = {{ToString(spec.budget_kind), spec.budget}, {"metric", ToString(spec.metric)}};
   json accuracy = {{"max_validations", spec.max_validations},
                    {"refine", spec.refine_validation}};
+  json search = {{"weight_methods", names(spec.space.weight_methods)},
+                 {"weight_bits", spec.space.weight_bits},
+                 {"weight_granularities", names(spec.space.weight_granularities)},
+                 {"group_size", spec.space.group_size},
+                 {"weight_calibrators", names(spec.space.weight_calibrators)},
+                 {"activation_bits", spec.space.activation_bits},
+                 {"activation_calibrators", names(spec.space.activation_calibrators)},
+                 {"softmax_quantizers", names(spec.space.softmax_quantizers)},
+                 {"skip", spec.space.skip},
+                 {"pin", pin}};
+  // Only when asked for: specs without it keep the text they always had.
+  if (spec.space.reparam != std::vector<bool>{false}) search["reparam"] = spec.space.reparam;
   if (spec.max_abs_top1_drop >= 0) accuracy["max_abs_top1_drop"] = spec.max_abs_top1_drop;
   if (spec.max_rel_top1_drop >= 0) accuracy["max_rel_top1_drop"] = spec.max_rel_top1_drop;
   return json{
@@ -299,17 +320,7 @@ json ToJson(const JobSpec& spec) {
            : json{{"source", spec.test_source},
                   {"limit", spec.test_limit},
                   {"sampling", spec.test_sampling}}},
-      {"search",
-       {{"weight_methods", names(spec.space.weight_methods)},
-        {"weight_bits", spec.space.weight_bits},
-        {"weight_granularities", names(spec.space.weight_granularities)},
-        {"group_size", spec.space.group_size},
-        {"weight_calibrators", names(spec.space.weight_calibrators)},
-        {"activation_bits", spec.space.activation_bits},
-        {"activation_calibrators", names(spec.space.activation_calibrators)},
-        {"softmax_quantizers", names(spec.space.softmax_quantizers)},
-        {"skip", spec.space.skip},
-        {"pin", pin}}},
+      {"search", search},
       {"objective", objective},
       {"accuracy", accuracy},
       {"compute", {{"device", spec.device}, {"capture_dtype", spec.capture_dtype}}},

@@ -43,6 +43,9 @@ struct CandidateSpace {
   // Range calibrators of quantized activations (linear inputs and both matmul operands).
   std::vector<RangeCalibrator> activation_calibrators = {RangeCalibrator::kOmse};
   std::vector<ActivationQuantizer> softmax_quantizers = {ActivationQuantizer::kUniform};
+  // RepQ-ViT reparameterization off and/or on, at the sites where it applies (ReparamApplies)
+  // and activations are quantized; {false, true} puts both in the candidate space.
+  std::vector<bool> reparam = {false};
   std::vector<std::string> skip;  // site-name prefixes kept in float
   std::map<std::string, nlohmann::json> pin;  // site -> fixed config (recipe site JSON)
 };

@@ -41,6 +41,15 @@ TEST(JobSpecTest, ParsesTheDocumentedInterface) {
   auto again = ParseJobSpec(ToJson(*spec), "/elsewhere/spec.json");
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(ToJson(*again).dump(), ToJson(*spec).dump());
+  // Reparam is off unless asked for, and left out of the canonical form while it is.
+  EXPECT_EQ(spec->space.reparam, std::vector<bool>{false});
+  EXPECT_FALSE(ToJson(*spec)["search"].contains("reparam"));
+  json j = Minimal();
+  j["search"]["reparam"] = json::array({false, true});
+  auto both = ParseJobSpec(j, "spec.json");
+  ASSERT_TRUE(both.ok()) << both.status().ToString();
+  EXPECT_EQ(both->space.reparam, (std::vector<bool>{false, true}));
+  EXPECT_EQ(ToJson(*both)["search"]["reparam"], json::array({false, true}));
 }
 
 TEST(JobSpecTest, ErrorsNameTheField) {
@@ -66,6 +75,8 @@ TEST(JobSpecTest, ErrorsNameTheField) {
       {[](json& j) { j["search"]["weight_granularities"] = json::array({"per_head"}); },
        "per_head"},
       {[](json& j) { j["search"]["bits"] = 4; }, "bits"},
+      {[](json& j) { j["search"]["reparam"] = json::array({false, "on"}); }, "reparam[1]"},
+      {[](json& j) { j["search"]["reparam"] = true; }, "reparam"},
       {[](json& j) { j["objective"] = json::object(); }, "exactly one budget"},
       {[](json& j) { j["objective"]["model_bytes"] = 1000; }, "exactly one budget"},
       {[](json& j) { j["objective"]["avg_weight_bits"] = -1; }, "positive"},

@@ -1,5 +1,6 @@
 #include "common/plan.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -21,6 +22,17 @@ std::vector<RangeCalibrator> CalibratorsFor(int bits, const CandidateSpace& spac
   return space.activation_calibrators;
 }
 
+// The reparam settings to cross with: both only where it applies and changes something.
+std::vector<bool> ReparamChoices(const std::string& site, SiteKind kind, int abits,
+                                 const CandidateSpace& space) {
+  if (abits == 0 || !ReparamApplies(site, kind)) return {false};
+  std::vector<bool> out;
+  for (bool r : space.reparam) {
+    if (std::find(out.begin(), out.end(), r) == out.end()) out.push_back(r);
+  }
+  return out;
+}
+
 std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpace& space) {
   std::vector<Candidate> out;
   for (WeightMethod method : space.weight_methods) {
@@ -29,14 +41,17 @@ std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpa
         for (RangeCalibrator cal : space.weight_calibrators) {
           for (int abits : space.activation_bits) {
             for (RangeCalibrator acal : CalibratorsFor(abits, space)) {
-              Candidate c{site.name, SiteKind::kLinear, {}};
-              c.config.weight.method = method;
-              c.config.weight.bits = bits;
-              c.config.weight.granularity = g;
-              if (g == Granularity::kPerGroup) c.config.weight.group_size = space.group_size;
-              c.config.weight.calibrator = cal;
-              c.config.activation = Uniform(abits, acal);
-              out.push_back(c);
+              for (bool reparam : ReparamChoices(site.name, SiteKind::kLinear, abits, space)) {
+                Candidate c{site.name, SiteKind::kLinear, {}};
+                c.config.weight.method = method;
+                c.config.weight.bits = bits;
+                c.config.weight.granularity = g;
+                if (g == Granularity::kPerGroup) c.config.weight.group_size = space.group_size;
+                c.config.weight.calibrator = cal;
+                c.config.activation = Uniform(abits, acal);
+                c.config.reparam = reparam;
+                out.push_back(c);
+              }
             }
           }
         }
@@ -49,18 +64,29 @@ std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpa
 std::vector<Candidate> MatmulCandidates(const SiteInfo& site, const CandidateSpace& space) {
   const bool softmax =
       OperandDomain(site.name, SiteKind::kMatmul, 0) == ValueDomain::kPostSoftmax;
+  bool offers_log_sqrt2 = false;
+  for (auto q : space.softmax_quantizers) offers_log_sqrt2 |= q == ActivationQuantizer::kLogSqrt2;
   std::vector<Candidate> out;
   for (int abits : space.activation_bits) {
     std::vector<ActivationQuantizer> lhs_kinds = {ActivationQuantizer::kUniform};
     if (softmax && abits > 0) lhs_kinds = space.softmax_quantizers;
     for (ActivationQuantizer kind : lhs_kinds) {
       if (kind == ActivationQuantizer::kTwinUniform && abits < 3) continue;
+      // Reparam turns a uniform softmax grid into log√2: a candidate of its own unless log√2
+      // is offered anyway.
+      std::vector<bool> reparams = {false};
+      if (kind == ActivationQuantizer::kUniform && !offers_log_sqrt2) {
+        reparams = ReparamChoices(site.name, SiteKind::kMatmul, abits, space);
+      }
       for (RangeCalibrator acal : CalibratorsFor(abits, space)) {
-        Candidate c{site.name, SiteKind::kMatmul, {}};
-        c.config.activation = Uniform(abits, acal);
-        c.config.activation.quantizer = kind;
-        c.config.activation_rhs = Uniform(abits, acal);
-        out.push_back(c);
+        for (bool reparam : reparams) {
+          Candidate c{site.name, SiteKind::kMatmul, {}};
+          c.config.activation = Uniform(abits, acal);
+          c.config.activation.quantizer = kind;
+          c.config.activation_rhs = Uniform(abits, acal);
+          c.config.reparam = reparam;
+          out.push_back(c);
+        }
       }
     }
   }
@@ -73,6 +99,7 @@ Status CheckConfigSuitsSite(const QuantConfig& config, const SiteInfo& site) {
   const std::string where = "site " + site.name;
   QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind).WithContext(where));
   const bool matmul = site.kind == SiteKind::kMatmul;
+  QS_RETURN_IF_ERROR(CheckReparam(config, site.name, site.kind).WithContext(where));
   const ActivationQuant* operands[] = {&config.activation, &config.activation_rhs};
   for (int operand = 0; operand < (matmul ? 2 : 1); ++operand) {
     const ActivationQuant& a = *operands[operand];

@@ -114,6 +114,46 @@ TEST(PlanTest, ConfigsThatCannotApplyToASiteAreRefusedByName) {
       << s.message();
 }
 
+TEST(PlanTest, ReparamDoublesOnlyTheSitesItChanges) {
+  JobSpec spec = Spec();
+  spec.space.activation_bits = {0, 8};
+  spec.space.reparam = {false, true};
+  auto plan = MakePlan(spec, Sites());
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  // qkv: methods × bits × (float activations + 8-bit without and with reparam).
+  EXPECT_EQ(plan->sites[1].candidates.size(), 2u * 3u * 3u);
+  int on = 0;
+  for (const auto& c : plan->sites[1].candidates) {
+    on += c.config.reparam;
+    if (c.config.reparam) EXPECT_EQ(c.config.activation.bits, 8);
+  }
+  EXPECT_EQ(on, 2 * 3);
+  // The patch embedding, the head and q·kᵀ: nothing to reparameterize.
+  for (size_t s : {0u, 2u, 4u}) {
+    for (const auto& c : plan->sites[s].candidates) EXPECT_FALSE(c.config.reparam);
+  }
+  // softmax·v: float, uniform, uniform with reparam (log√2), log2.
+  EXPECT_EQ(plan->sites[3].candidates.size(), 4u);
+  std::set<std::string> keys;
+  for (const auto& s : plan->sites) {
+    for (const auto& c : s.candidates) keys.insert(CandidateKey("m", "c", c));
+  }
+  EXPECT_EQ(keys.size(), plan->candidate_count());
+  // When log√2 is offered anyway, reparam adds no softmax candidate of its own.
+  spec.space.softmax_quantizers = {ActivationQuantizer::kUniform, ActivationQuantizer::kLogSqrt2};
+  plan = MakePlan(spec, Sites());
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->sites[3].candidates.size(), 3u);
+  // Reparam with a per-channel activation contradicts itself: refused by site name.
+  QuantConfig c;
+  c.activation.bits = 8;
+  c.activation.granularity = Granularity::kPerChannel;
+  c.reparam = true;
+  Status s = CheckConfigSuitsSite(c, Sites()[1]);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("blocks.0.attn.qkv"), std::string::npos) << s.message();
+}
+
 TEST(PlanTest, KeysAreStableAndDistinct) {
   auto plan = MakePlan(Spec(), Sites());
   ASSERT_TRUE(plan.ok());

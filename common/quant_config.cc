@@ -167,7 +167,8 @@ bool ActivationQuant::operator==(const ActivationQuant& o) const {
   return ActivationToJson(*this) == ActivationToJson(o);
 }
 bool QuantConfig::operator==(const QuantConfig& o) const {
-  return weight == o.weight && activation == o.activation && activation_rhs == o.activation_rhs;
+  return weight == o.weight && activation == o.activation && activation_rhs == o.activation_rhs &&
+         reparam == o.reparam;
 }
 
 Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
@@ -234,16 +235,23 @@ json ToJson(const QuantConfig& config, SiteKind kind) {
     j["activation"] = ActivationToJson(config.activation);
     j["activation_rhs"] = ActivationToJson(config.activation_rhs);
   }
+  // Only when set: configs without it keep the text (and the content keys) they always had.
+  if (config.reparam) j["reparam"] = true;
   return j;
 }
 
 StatusOr<QuantConfig> QuantConfigFromJson(const json& j, SiteKind kind) {
   if (kind == SiteKind::kLinear) {
-    QS_RETURN_IF_ERROR(CheckKeys(j, {"weight", "activation"}, "linear site config"));
+    QS_RETURN_IF_ERROR(CheckKeys(j, {"weight", "activation", "reparam"}, "linear site config"));
   } else {
-    QS_RETURN_IF_ERROR(CheckKeys(j, {"activation", "activation_rhs"}, "matmul site config"));
+    QS_RETURN_IF_ERROR(
+        CheckKeys(j, {"activation", "activation_rhs", "reparam"}, "matmul site config"));
   }
   QuantConfig config;
+  if (j.contains("reparam")) {
+    if (!j["reparam"].is_boolean()) return InvalidArgumentError("'reparam' must be true or false");
+    config.reparam = j["reparam"].get<bool>();
+  }
   if (j.contains("weight")) {
     QS_ASSIGN_OR_RETURN(config.weight, WeightFromJson(j["weight"]));
   }
@@ -264,6 +272,35 @@ ValueDomain OperandDomain(const std::string& site_name, SiteKind kind, int opera
   }
   if (kind == SiteKind::kLinear && EndsWith(site_name, ".mlp.fc2")) return ValueDomain::kPostGelu;
   return ValueDomain::kGeneral;
+}
+
+bool ReparamApplies(const std::string& site_name, SiteKind kind) {
+  if (kind == SiteKind::kMatmul) return EndsWith(site_name, ".attn.av_matmul");
+  return EndsWith(site_name, ".attn.qkv") || EndsWith(site_name, ".mlp.fc1");
+}
+
+Status CheckReparam(const QuantConfig& config, const std::string& site_name, SiteKind kind) {
+  if (!config.reparam) return OkStatus();
+  if (!ReparamApplies(site_name, kind)) {
+    return InvalidArgumentError("reparam applies only to attn.qkv, mlp.fc1 and attn.av_matmul");
+  }
+  const ActivationQuant& a = config.activation;
+  if (!a.quantized()) return OkStatus();
+  // Reparameterization deploys one per-tensor uniform grid on the folded input, and log√2 on
+  // post-softmax values: other choices for the same operand contradict it.
+  if (kind == SiteKind::kLinear &&
+      (a.quantizer != ActivationQuantizer::kUniform || a.granularity != Granularity::kPerTensor)) {
+    return InvalidArgumentError(
+        "reparam needs a per_tensor uniform activation (it calibrates per channel and folds the "
+        "scales away)");
+  }
+  if (kind == SiteKind::kMatmul && a.quantizer != ActivationQuantizer::kUniform &&
+      a.quantizer != ActivationQuantizer::kLogSqrt2) {
+    return InvalidArgumentError(std::string("reparam quantizes post-softmax values with "
+                                            "log_sqrt2, not ") +
+                                ToString(a.quantizer));
+  }
+  return OkStatus();
 }
 
 Status CheckQuantizerSuitsDomain(const ActivationQuant& spec, ValueDomain domain,
@@ -287,8 +324,11 @@ Status CheckQuantizerSuitsDomain(const ActivationQuant& spec, ValueDomain domain
 
 QuantConfig Recipe::Resolve(const std::string& site, SiteKind kind) const {
   auto it = sites.find(site);
-  if (it != sites.end()) return it->second;
-  return kind == SiteKind::kLinear ? linear_default : matmul_default;
+  QuantConfig config = it != sites.end()                ? it->second
+                       : kind == SiteKind::kLinear ? linear_default
+                                                   : matmul_default;
+  if (!ReparamApplies(site, kind)) config.reparam = false;
+  return config;
 }
 
 json RecipeToJson(const Recipe& recipe, const std::map<std::string, SiteKind>& site_kinds) {
@@ -331,6 +371,11 @@ StatusOr<Recipe> RecipeFromJson(const json& j, const std::map<std::string, SiteK
       }
       auto c = QuantConfigFromJson(item.value(), kind->second);
       if (!c.ok()) return c.status().WithContext("recipe site '" + item.key() + "'");
+      if (c->reparam && !ReparamApplies(item.key(), kind->second)) {
+        return InvalidArgumentError("recipe site '" + item.key() +
+                                    "': reparam applies only to attn.qkv, mlp.fc1 and "
+                                    "attn.av_matmul sites");
+      }
       recipe.sites[item.key()] = *c;
     }
   }

@@ -111,6 +111,11 @@ struct QuantConfig {
   WeightQuant weight;
   ActivationQuant activation;
   ActivationQuant activation_rhs;
+  // RepQ-ViT reparameterization, where it applies (ReparamApplies): a post-LayerNorm input is
+  // calibrated per channel and folded into the LayerNorm affine and this linear's weight, so that
+  // a per-tensor quantizer serves it; post-softmax values get the log√2 grid. Elsewhere it has no
+  // effect, and Recipe::Resolve clears it.
+  bool reparam = false;
 
   bool operator==(const QuantConfig& o) const;
 };
@@ -125,6 +130,15 @@ enum class ValueDomain { kGeneral, kPostSoftmax, kPostGelu };
 // right operand) at the site named `site_name`: softmax·v's left operand is post-softmax, fc2's
 // input post-GELU, everything else general.
 ValueDomain OperandDomain(const std::string& site_name, SiteKind kind, int operand);
+
+// Whether RepQ-ViT reparameterization applies at the site named `site_name`: the linear layers
+// whose input is a LayerNorm output (a block's attn.qkv and mlp.fc1, ViT and Swin), and the
+// softmax·v matmul (its post-softmax operand).
+bool ReparamApplies(const std::string& site_name, SiteKind kind);
+// INVALID_ARGUMENT when `config` asks for reparam at a site where it does not apply, or with an
+// activation quantizer it contradicts (a linear input must be per_tensor uniform; softmax·v's
+// left operand uniform or log_sqrt2).
+Status CheckReparam(const QuantConfig& config, const std::string& site_name, SiteKind kind);
 
 // INVALID_ARGUMENT naming `where` when `spec`'s quantizer cannot take values of `domain` (log
 // grids need post-softmax values; twin-uniform needs post-softmax or post-GELU values).
@@ -141,7 +155,8 @@ struct Recipe {
   QuantConfig matmul_default;
   std::map<std::string, QuantConfig> sites;  // site name -> full config
 
-  // The per-site entry if present, else the default for `kind`.
+  // The per-site entry if present, else the default for `kind`; `reparam` cleared where it does
+  // not apply.
   QuantConfig Resolve(const std::string& site, SiteKind kind) const;
 };
 

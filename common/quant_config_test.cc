@@ -99,6 +99,38 @@ TEST(RecipeJsonTest, RoundTripsAndIsCanonical) {
   EXPECT_FALSE(j["sites"]["head"]["weight"].contains("erq_wqer_lambda"));
 }
 
+TEST(RecipeJsonTest, ReparamRoundTripsAndResolvesOnlyWhereItApplies) {
+  auto sites = kSites;
+  sites["blocks.0.mlp.fc1"] = sites["blocks.0.mlp.fc2"] = SiteKind::kLinear;
+  auto r = ParseUniformRecipe("w4a4");
+  ASSERT_TRUE(r.ok());
+  r->linear_default.reparam = r->matmul_default.reparam = true;
+  QuantConfig fc1 = r->linear_default;
+  r->sites["blocks.0.mlp.fc1"] = fc1;
+  auto j = RecipeToJson(*r, sites);
+  EXPECT_EQ(j["linear_default"]["reparam"], true);
+  EXPECT_EQ(j["sites"]["blocks.0.mlp.fc1"]["reparam"], true);
+  auto back = RecipeFromJson(j, sites);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->sites.at("blocks.0.mlp.fc1").reparam);
+  EXPECT_TRUE(back->Resolve("blocks.0.attn.qkv", SiteKind::kLinear).reparam);
+  EXPECT_TRUE(back->Resolve("blocks.0.attn.av_matmul", SiteKind::kMatmul).reparam);
+  EXPECT_FALSE(back->Resolve("blocks.0.attn.qk_matmul", SiteKind::kMatmul).reparam);
+  EXPECT_FALSE(back->Resolve("blocks.0.mlp.fc2", SiteKind::kLinear).reparam);
+  EXPECT_FALSE(back->Resolve("head", SiteKind::kLinear).reparam);
+  // Off, the field is left out: recipes without it read and key as they always did.
+  QuantConfig off;
+  EXPECT_FALSE(ToJson(off, SiteKind::kLinear).contains("reparam"));
+  // A site entry asking for it where it cannot apply, or a non-boolean, is refused by name.
+  j["sites"]["blocks.0.mlp.fc2"] = j["sites"]["blocks.0.mlp.fc1"];
+  auto bad = RecipeFromJson(j, sites);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("blocks.0.mlp.fc2"), std::string::npos);
+  nlohmann::json config = {{"reparam", "yes"}};
+  EXPECT_EQ(QuantConfigFromJson(config, SiteKind::kLinear).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST(UniformRecipeTest, MethodSuffixSelectsGptqAndErq) {
   EXPECT_EQ(ParseUniformRecipe("w3a4:gptq")->linear_default.weight.method, WeightMethod::kGptq);
   EXPECT_EQ(ParseUniformRecipe("w3a4:erq")->linear_default.weight.method, WeightMethod::kErq);

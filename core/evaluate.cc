@@ -329,18 +329,49 @@ Status PrepareLinearSite(const Context& c, bool need_inputs, bool need_gram, boo
   });
 }
 
-// Fits `act` on the site's inputs, applies it, and (with `blocks`) computes C and D.
+// `s` as its candidates with reparam see it (core/reparam.h): the folded input X' = X/r − δ and
+// layer W' = W·diag(r), b' = b + W'δ, with A' = TᵀAT for X̃' = X̃T, T = [[diag(1/r), 0], [−δᵀ, 1]].
+// The float output, and so the signal and y, are the same.
+Status ReparamLinearSite(const LinearSite& s, const ReparamFit& fit, LinearSite* out) {
+  return GuardTorch("reparam", [&]() -> Status {
+    *out = s;
+    const ScaleReparam& rp = fit.reparam;
+    LinearFold folded = rp.FoldIntoLinear(s.weight, s.bias);
+    out->weight = folded.weight;
+    out->bias = folded.bias;
+    out->x = rp.Apply(s.x);
+    out->rows = out->x.reshape({-1, s.n});
+    out->b64 = out->bias.to(torch::kFloat64);
+    out->w_t = at::cat({out->weight.to(torch::kFloat64), out->b64.unsqueeze(1)}, 1);
+    if (s.gram.defined()) {
+      auto t = torch::eye(s.n + 1, s.gram.options());
+      t.narrow(0, 0, s.n).narrow(1, 0, s.n).diagonal().copy_(1.0 / rp.ratio.to(torch::kFloat64));
+      t[s.n].narrow(0, 0, s.n).copy_(-rp.shift.to(torch::kFloat64));
+      out->gram = t.t().mm(s.gram).mm(t);
+      out->gram32 = out->gram.to(torch::kFloat32);
+      out->w_gram = out->w_t.mm(out->gram);
+    }
+    return OkStatus();
+  });
+}
+
+// Fits `act` on the site's inputs (or takes `preset`, a grid fitted already), applies it, and
+// (with `blocks`) computes C and D.
 Status FitActivation(const Context& c, const LinearSite& s, const ActivationQuant& act,
-                     bool blocks, ActivationBlocks* out) {
+                     bool blocks, const UniformGrid* preset, ActivationBlocks* out) {
   out->x_hat_rows = s.rows;
   if (!act.quantized()) return OkStatus();
   return GuardTorch("activation quantizer", [&]() -> Status {
     {
       Timed timed(&c.costs->activation_seconds);
-      QS_ASSIGN_OR_RETURN(auto state, ActivationQuantizerState::Fit(
-                                          s.x, act,
-                                          ActivationLayout(act, c.site, c.site.num_heads),
-                                          OperandDomain(c.site, 0)));
+      ActivationQuantizerState state;
+      if (preset != nullptr) {
+        state = ActivationQuantizerState::FromUniformGrid(act, *preset);
+      } else {
+        QS_ASSIGN_OR_RETURN(state, ActivationQuantizerState::Fit(
+                                       s.x, act, ActivationLayout(act, c.site, c.site.num_heads),
+                                       OperandDomain(c.site, 0)));
+      }
       out->x_hat_rows = state.Apply(s.rows);
     }
     if (!blocks) return OkStatus();
@@ -422,7 +453,8 @@ void EvaluateLinearSite(const Context& c) {
   bool need_gram = false, need_inputs = c.options.measure_mae, need_output = c.options.measure_mae;
   for (size_t i = 0; i < c.candidates.size(); ++i) {
     const QuantConfig& config = c.candidates[i].config;
-    Status valid = ValidateQuantConfig(config, c.site.kind);
+    Status valid = CheckReparam(config, c.site.name, c.site.kind);
+    if (valid.ok()) valid = ValidateQuantConfig(config, c.site.kind);
     if (!valid.ok()) {
       results[i].SetError(valid);
       continue;
@@ -444,26 +476,50 @@ void EvaluateLinearSite(const Context& c) {
   WeightGridCache local_grids;
   WeightGridCache* grids = c.options.weight_grids ? c.options.weight_grids : &local_grids;
   for (const auto& group : GroupBy(c.candidates, all, [](const QuantConfig& q) {
-         return q.activation;
+         return std::make_pair(q.activation, q.reparam && q.activation.quantized());
        })) {
     const auto group_start = Clock::now();
     bool blocks = false;
     for (size_t i : group) blocks |= MeasuredFromGram(c.model, c.site, c.candidates[i].config);
+    const ActivationQuant& act = c.candidates[group[0]].config.activation;
+    // Reparameterized candidates see a folded input and weight of their own, and their weight
+    // grids are not the float weight's (a cache of the group's own).
+    const bool reparam = c.candidates[group[0]].config.reparam && act.quantized();
+    const LinearSite* view = &site;
+    LinearSite folded;
+    std::optional<ReparamFit> fit;
+    WeightGridCache folded_grids;
+    if (reparam) {
+      Status made = GuardTorch("reparam", [&]() -> Status {
+        if (!site.bias.defined()) {
+          return InvalidArgumentError("reparam moves a shift into the bias, and this layer has "
+                                      "none (qkv_bias false)");
+        }
+        QS_ASSIGN_OR_RETURN(fit, FitScaleReparam(site.x, act));
+        return ReparamLinearSite(site, *fit, &folded);
+      });
+      if (!made.ok()) {
+        FailAll(group, made, &results);
+        continue;
+      }
+      view = &folded;
+    }
     ActivationBlocks activation;
-    Status fitted =
-        FitActivation(c, site, c.candidates[group[0]].config.activation, blocks, &activation);
+    Status fitted = FitActivation(c, *view, act, blocks, fit ? &fit->per_tensor : nullptr,
+                                  &activation);
     if (!fitted.ok()) {
       FailAll(group, fitted, &results);
       continue;
     }
     const double shared = Since(group_start) / static_cast<double>(group.size());
     std::optional<GroupSolves> solves;  // GPTQ and ERQ are always measured from the blocks
-    if (site.gram.defined()) solves.emplace(site.gram, activation.cross, activation.error_gram);
+    if (view->gram.defined()) solves.emplace(view->gram, activation.cross, activation.error_gram);
     for (size_t i : group) {
       const auto start = Clock::now();
       Status s = GuardTorch("evaluate", [&]() -> Status {
-        return EvaluateLinearCandidate(c, site, activation, c.candidates[i].config,
-                                       solves ? &*solves : nullptr, grids, &results[i]);
+        return EvaluateLinearCandidate(c, *view, activation, c.candidates[i].config,
+                                       solves ? &*solves : nullptr,
+                                       reparam ? &folded_grids : grids, &results[i]);
       });
       if (!s.ok()) results[i].SetError(s);
       (*c.own_seconds)[i] = shared + Since(start);
@@ -476,7 +532,8 @@ void EvaluateMatmulSite(const Context& c) {
   auto& results = *c.results;
   std::vector<size_t> all;
   for (size_t i = 0; i < c.candidates.size(); ++i) {
-    Status valid = ValidateQuantConfig(c.candidates[i].config, site.kind);
+    Status valid = CheckReparam(c.candidates[i].config, site.name, site.kind);
+    if (valid.ok()) valid = ValidateQuantConfig(c.candidates[i].config, site.kind);
     if (valid.ok()) {
       all.push_back(i);
     } else {
@@ -525,7 +582,7 @@ void EvaluateMatmulSite(const Context& c) {
     const auto start = Clock::now();
     const QuantConfig& config = c.candidates[i].config;
     Status s = GuardTorch("evaluate", [&]() -> Status {
-      QS_ASSIGN_OR_RETURN(torch::Tensor a, operand(0, config.activation, &lhs_memo));
+      QS_ASSIGN_OR_RETURN(torch::Tensor a, operand(0, MatmulLhsSpec(config, site.name), &lhs_memo));
       QS_ASSIGN_OR_RETURN(torch::Tensor b, operand(1, config.activation_rhs, &rhs_memo));
       auto out = Gemm(c.costs, macs, [&] { return at::matmul(a, b); });
       return SetFromOutputs(y, out, /*with_mae=*/true, &results[i]);

@@ -153,6 +153,44 @@ TEST(EvaluateTest, EveryPathEqualsTheStraightforwardMeasurement) {
   }
 }
 
+TEST(EvaluateTest, ReparamCandidatesEqualTheStraightforwardMeasurement) {
+  // Their own folded input, layer and Gram matrix (A' = TᵀAT), with and without the others.
+  auto f = Make();
+  for (const char* name : {"blocks.0.attn.qkv", "blocks.1.mlp.fc1"}) {
+    const Site& site = *f.model.FindSite(name);
+    const auto& in = f.inputs.at(name);
+    std::vector<SiteCandidate> candidates;
+    for (auto method : {WeightMethod::kRtn, WeightMethod::kGptq, WeightMethod::kErq}) {
+      for (bool reparam : {false, true}) {
+        QuantConfig c = Linear(4, 4, method);
+        c.reparam = reparam;
+        candidates.push_back({c, std::string(ToString(method)) + (reparam ? "+r" : "")});
+      }
+    }
+    SiteData data{in, torch::Tensor()};
+    auto together = EvaluateSite(f.model, site, candidates, &data, {});
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      const QuantConfig& c = candidates[i].config;
+      const std::string what = std::string(name) + " " + candidates[i].key;
+      ASSERT_TRUE(together[i].ok()) << what << ": " << together[i].error;
+      auto ref = Reference(f, site, c);
+      const double tol = c.weight.method == WeightMethod::kRtn ? 1e-3 : 0.2;
+      EXPECT_NEAR(together[i].sqnr_db, ref.sqnr_db, tol) << what;
+      auto alone = EvaluateCandidate(f.model, site, c, in, "k", {});
+      EXPECT_EQ(alone.sqnr_db, together[i].sqnr_db) << what;
+    }
+    // Per-tensor 4-bit inputs: reparam's per-channel calibration measures better here.
+    EXPECT_GT(together[1].sqnr_db, together[0].sqnr_db) << name;
+  }
+  // Where it does not apply, a reparam candidate is an error, not a silent duplicate.
+  QuantConfig c = Linear(4, 4);
+  c.reparam = true;
+  auto e = EvaluateCandidate(f.model, *f.model.FindSite("blocks.0.mlp.fc2"), c,
+                             f.inputs.at("blocks.0.mlp.fc2"), "k", {});
+  EXPECT_FALSE(e.ok());
+  EXPECT_NE(e.error.find("reparam applies only"), std::string::npos) << e.error;
+}
+
 // The blocks are float32 GEMMs accumulated in float64: on the fixture's real activations the
 // noise they give stays within 1e-5 of a float64 computation of the same quantized output.
 TEST(EvaluateTest, Float32BlocksMatchFloat64OnTheFixture) {

@@ -129,6 +129,12 @@ class FakeQuantHandler : public SiteHandler {
   torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
                        const torch::Tensor& bias) override {
     const QuantizedSite& q = sites_.at(site.name);
+    if (q.reparam) {
+      const auto& w = q.weight ? q.weight->dequantized : q.folded.weight;
+      const auto& b = q.weight && q.weight->bias.defined() ? q.weight->bias : q.folded.bias;
+      return at::linear(q.input.Apply(q.reparam->Apply(x)), w.to(weight.device()),
+                        b.to(weight.device()));
+    }
     if (!q.weight) return at::linear(q.input.Apply(x), weight, bias);
     const auto& b = q.weight->bias.defined() ? q.weight->bias.to(bias.device()) : bias;
     return at::linear(q.input.Apply(x), q.weight->dequantized.to(weight.device()), b);
@@ -151,26 +157,41 @@ StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& con
                                         const torch::Tensor& weight, const torch::Tensor& bias,
                                         const QuantizeOptions& options) {
   QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
+  QS_RETURN_IF_ERROR(CheckReparam(config, site.name, site.kind));
   return GuardTorch("quantize", [&]() -> StatusOr<SiteResult> {
     SiteResult r;
     r.site.config = config;
     r.report = {site.name, site.kind, kInf, 0, kInf, kInf, kInf};
-    QS_ASSIGN_OR_RETURN(r.site.input,
-                        ActivationQuantizerState::Fit(
-                            x, config.activation, ActivationLayout(config.activation, site, num_heads),
-                            OperandDomain(site, 0)));
-    auto x_hat = r.site.input.Apply(x);
-    torch::Tensor w_hat = weight, b_hat = bias;
+    // What the layer multiplies: the float input and layer, or their folded forms (reparam).
+    torch::Tensor x_in = x, w = weight, b = bias;
+    WeightGridCache* grids = options.weight_grids;
+    if (config.reparam && config.activation.quantized()) {
+      QS_ASSIGN_OR_RETURN(ReparamFit fit, FitScaleReparam(x, config.activation));
+      r.site.folded = fit.reparam.FoldIntoLinear(weight, bias);
+      x_in = fit.reparam.Apply(x);
+      w = r.site.folded.weight;
+      b = r.site.folded.bias;
+      r.site.input = ActivationQuantizerState::FromUniformGrid(config.activation, fit.per_tensor);
+      r.site.reparam = std::move(fit.reparam);
+      grids = nullptr;  // the cache holds grids of float weights, not of folded ones
+    } else {
+      QS_ASSIGN_OR_RETURN(r.site.input, ActivationQuantizerState::Fit(
+                                            x, config.activation,
+                                            ActivationLayout(config.activation, site, num_heads),
+                                            OperandDomain(site, 0)));
+    }
+    auto x_hat = r.site.input.Apply(x_in);
+    torch::Tensor w_hat = w, b_hat = b;
     if (config.weight.quantized()) {
-      QS_ASSIGN_OR_RETURN(r.site.weight, QuantizeWeight(site, x, x_hat, weight, bias,
-                                                        config.weight, options.weight_grids));
+      QS_ASSIGN_OR_RETURN(r.site.weight,
+                          QuantizeWeight(site, x_in, x_hat, w, b, config.weight, grids));
       w_hat = r.site.weight->dequantized;
       if (r.site.weight->bias.defined()) b_hat = r.site.weight->bias;
-      if (options.site_reports) r.report.weight_sqnr_db = SqnrDb(weight, w_hat);
+      if (options.site_reports) r.report.weight_sqnr_db = SqnrDb(w, w_hat);
     }
     r.output = at::linear(x_hat, w_hat, b_hat);
     if (!options.site_reports) return r;
-    if (config.activation.quantized()) r.report.input_sqnr_db = Sqnr(x, x_hat);
+    if (config.activation.quantized()) r.report.input_sqnr_db = Sqnr(x_in, x_hat);
     r.reference_output = at::linear(x, weight, bias);
     SetOutputReport(r.reference_output, r.output, &r.report);
     return r;
@@ -181,14 +202,16 @@ StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& con
                                         int64_t num_heads, const torch::Tensor& lhs,
                                         const torch::Tensor& rhs, const QuantizeOptions& options) {
   QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
+  QS_RETURN_IF_ERROR(CheckReparam(config, site.name, site.kind));
   return GuardTorch("quantize", [&]() -> StatusOr<SiteResult> {
     SiteResult r;
     r.site.config = config;
+    r.site.config.activation = MatmulLhsSpec(config, site.name);
     r.report = {site.name, site.kind, kInf, 0, kInf, kInf, kInf};
     QS_ASSIGN_OR_RETURN(
         r.site.input,
-        ActivationQuantizerState::Fit(lhs, config.activation,
-                                      ActivationLayout(config.activation, site, num_heads),
+        ActivationQuantizerState::Fit(lhs, r.site.config.activation,
+                                      ActivationLayout(r.site.config.activation, site, num_heads),
                                       OperandDomain(site, 0)));
     QS_ASSIGN_OR_RETURN(
         r.site.input_rhs,
@@ -244,8 +267,14 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
     return InvalidArgumentError("calibration images must be a non-empty [N, C, H, W] batch");
   }
   for (const Site& site : model.sites()) {
-    QS_RETURN_IF_ERROR(
-        CheckConfigSuitsSite(recipe.Resolve(site.name, site.kind), DescribeSite(model, site)));
+    const QuantConfig config = recipe.Resolve(site.name, site.kind);
+    QS_RETURN_IF_ERROR(CheckConfigSuitsSite(config, DescribeSite(model, site)));
+    if (config.reparam && site.kind == SiteKind::kLinear &&
+        !model.tensors().count(site.weight.substr(0, site.weight.size() - 6) + "bias")) {
+      return InvalidArgumentError("site " + site.name +
+                                  ": reparam moves a shift into the bias, and this layer has "
+                                  "none (qkv_bias false)");
+    }
   }
   // Shape errors surface through Logits' own check on a zero-cost call.
   QS_RETURN_IF_ERROR(model.Logits(calib_images.narrow(0, 0, 0)).status());
@@ -273,22 +302,35 @@ Status QuantizedModel::WriteWeights(const std::string& path) const {
   std::map<std::string, torch::Tensor> out;
   nlohmann::json layout = nlohmann::json::object();
   std::set<std::string> replaced;
+  auto replace = [&](const std::string& name, const torch::Tensor& t) {
+    out[name] = t.to(torch::kCPU, torch::kFloat32).contiguous();
+    replaced.insert(name);
+  };
   for (const auto& site : float_model_.sites()) {
     auto it = sites_.find(site.name);
-    if (site.kind != SiteKind::kLinear || it == sites_.end() || !it->second.weight) continue;
-    const QuantizedWeight& w = *it->second.weight;
-    const WeightQuant& spec = it->second.config.weight;
+    if (site.kind != SiteKind::kLinear || it == sites_.end()) continue;
+    const QuantizedSite& q = it->second;
+    const std::string bias_name = site.weight.substr(0, site.weight.size() - 6) + "bias";
+    if (q.reparam) {
+      // The folded LayerNorm affine, and the folded layer where the method left it float.
+      const std::string norm = ReparamNorm(site.name);
+      auto [gamma, beta] = q.reparam->FoldIntoLayerNorm(float_model_.tensor(norm + ".weight"),
+                                                        float_model_.tensor(norm + ".bias"));
+      replace(norm + ".weight", gamma);
+      replace(norm + ".bias", beta);
+      if (!q.weight) replace(site.weight, q.folded.weight);
+      replace(bias_name, q.folded.bias);
+    }
+    if (!q.weight) continue;
+    const QuantizedWeight& w = *q.weight;
+    const WeightQuant& spec = q.config.weight;
     PackedWeightInput input{site.name, site.weight,
                             float_model_.tensor(site.weight).sizes().vec(), &w,
                             spec.granularity == Granularity::kPerGroup ? spec.group_size : 0};
     QS_RETURN_IF_ERROR(AddPackedWeight(input, &out, &layout));
     replaced.insert(site.weight);
-    if (w.bias.defined()) {
-      // The method moved the bias (ERQ): the float tensor under its timm name is the new one.
-      std::string bias_name = site.weight.substr(0, site.weight.size() - 6) + "bias";
-      out[bias_name] = w.bias;
-      replaced.insert(bias_name);
-    }
+    // The method moved the bias (ERQ): the float tensor under its timm name is the new one.
+    if (w.bias.defined()) replace(bias_name, w.bias);
   }
   for (const auto& [name, t] : float_model_.tensors()) {
     if (!replaced.count(name)) out[name] = t;

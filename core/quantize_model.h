@@ -20,6 +20,7 @@
 #include "common/quant_config.h"
 #include "common/status.h"
 #include "core/quantizer.h"
+#include "core/reparam.h"
 #include "core/vit.h"
 
 namespace qs::core {
@@ -42,6 +43,10 @@ struct QuantizedSite {
   std::optional<QuantizedWeight> weight;  // linear sites with weight bits > 0
   ActivationQuantizerState input;         // linear input, or matmul left operand
   ActivationQuantizerState input_rhs;     // matmul right operand
+  // RepQ-ViT reparameterization at a post-LayerNorm linear (config.reparam): `input` quantizes
+  // reparam->Apply(x), and the layer multiplies `folded` (or the weight quantized from it).
+  std::optional<ScaleReparam> reparam;
+  LinearFold folded;
 };
 
 struct QuantizeOptions {
@@ -67,7 +72,8 @@ class QuantizedModel {
   // Writes the quantized weights in the "qsearch.quantized.v1" format (core/quantized_format.h):
   // bit-packed codes, scales and zero points for every quantized linear weight (the
   // patch-embedding conv flattened in (C, p, p) order), every other tensor in F32 under its timm
-  // name (biases moved by ERQ included), and the recipe JSON in the metadata.
+  // name (biases moved by ERQ included; reparameterized sites' LayerNorm affine and linear
+  // weight and bias folded), and the recipe JSON in the metadata.
   Status WriteWeights(const std::string& path) const;
 
  private:
@@ -97,7 +103,9 @@ struct SiteResult {
 };
 
 // Fits `config` at the linear site whose input is `x` ([..., in]): the input's activation
-// quantizer, then the weight method on the quantized input. INVALID_ARGUMENT when the config does
+// quantizer, then the weight method on the quantized input. With config.reparam at a site where
+// it applies, the input is reparameterized first (core/reparam.h) and the method sees the folded
+// input and weight. INVALID_ARGUMENT when the config does
 // not suit the site; method errors (e.g. FAILED_PRECONDITION from a singular solve) as they come.
 // Without options.site_reports, `report` holds only the site and `reference_output` is undefined.
 StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& config,
@@ -105,6 +113,7 @@ StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& con
                                         const torch::Tensor& weight, const torch::Tensor& bias,
                                         const QuantizeOptions& options = {});
 // The same for an attention matmul site with operands `lhs` [B, H, N, K] and `rhs` [B, H, K, M].
+// config.reparam at softmax·v quantizes the post-softmax operand on the log√2 grid.
 StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& config,
                                         int64_t num_heads, const torch::Tensor& lhs,
                                         const torch::Tensor& rhs,

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "core/dataset.h"
+#include "core/evaluate.h"
 #include "common/file_util.h"
 #include "core/metrics.h"
 #include "core/quantized_format.h"
@@ -326,6 +327,154 @@ TEST(QuantizeModelTest, EveryFamilyQuantizesWithRtnGptqAndErq) {
     EXPECT_GT(w4a8["gptq"], w4a8["rtn"]);
     EXPECT_GT(w4a8["erq"], w4a8["rtn"]);
   }
+}
+
+// --- RepQ-ViT reparameterization -----------------------------------------------------------
+
+Recipe WithReparam(Recipe recipe) {
+  recipe.linear_default.reparam = recipe.matmul_default.reparam = true;
+  return recipe;
+}
+
+TEST(QuantizeModelTest, ReparamWithFloatWeightsIsPerChannelActivationQuantization) {
+  // Folding is exact and the folded per-tensor grid gives the per-channel codes, so with float
+  // weights reparam quantizes as per-channel activation grids (and log√2 on softmax) would, in
+  // every family: the same output at each site given the same input. Through a whole model
+  // the odd code that float rounding flips changes later calibrations a little, so there the
+  // sites agree until the first such flip and the logits about as well.
+  for (const auto& config : {testing::TinyConfig(), testing::TinySwinConfig()}) {
+    SCOPED_TRACE(config.architecture);
+    auto model = ViTModel::FromTensors(config, TinyTensors(config, 41));
+    ASSERT_TRUE(model.ok());
+    torch::manual_seed(42);
+    const auto calib = torch::randn({16, config.in_chans, config.img_size, config.img_size});
+    const auto eval = torch::randn({32, config.in_chans, config.img_size, config.img_size});
+    Recipe per_channel = Uniform("w32a6");
+    for (const auto& site : model->sites()) {
+      if (!ReparamApplies(site.name, site.kind)) continue;
+      QuantConfig c = per_channel.Resolve(site.name, site.kind);
+      if (site.kind == SiteKind::kLinear) {
+        c.activation.granularity = Granularity::kPerChannel;
+      } else {
+        c.activation.quantizer = ActivationQuantizer::kLogSqrt2;
+      }
+      per_channel.sites[site.name] = c;
+    }
+    const Recipe reparam = WithReparam(Uniform("w32a6"));
+    auto inputs = CaptureSiteInputs(*model, calib);
+    ASSERT_TRUE(inputs.ok());
+    for (const auto& site : model->sites()) {
+      if (site.kind != SiteKind::kLinear || !ReparamApplies(site.name, site.kind)) continue;
+      const auto& x = inputs->at(site.name)[0];
+      const auto& w = model->tensor(site.weight);
+      const auto& b = model->tensor(site.weight.substr(0, site.weight.size() - 6) + "bias");
+      auto want = QuantizeLinearSite(site, per_channel.Resolve(site.name, site.kind),
+                                     site.num_heads, x, w, b);
+      auto got = QuantizeLinearSite(site, reparam.Resolve(site.name, site.kind), site.num_heads,
+                                    x, w, b);
+      ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
+      EXPECT_GT(SqnrDb(want->output, got->output), 60.0) << site.name;
+      EXPECT_LT(got->report.sqnr_db, 40.0) << site.name;  // quantized, not float
+    }
+    auto want = QuantizeModel(*model, per_channel, calib);
+    auto got = QuantizeModel(*model, reparam, calib);
+    ASSERT_TRUE(want.ok() && got.ok()) << got.status().ToString();
+    for (size_t i = 0; i < model->SegmentSites(1).size() + 1; ++i) {
+      EXPECT_NEAR(want->reports()[i].sqnr_db, got->reports()[i].sqnr_db, 0.05)
+          << want->reports()[i].site;
+    }
+    const auto fp = *model->Logits(eval);
+    EXPECT_NEAR(SqnrDb(fp, *want->Logits(eval)), SqnrDb(fp, *got->Logits(eval)), 1.5);
+    int folded = 0;
+    for (const auto& [name, site] : got->sites()) folded += site.reparam.has_value();
+    EXPECT_EQ(folded, 2 * static_cast<int>(config.is_swin() ? 4 : config.depth));
+  }
+}
+
+TEST(QuantizeModelTest, ReparamArtifactCarriesTheFoldedLayerNormsAndLayers) {
+  auto t = MakeTiny();
+  // Float weights, quantized activations: the written tensors are the folded float model, which
+  // computes what the original does.
+  auto q = QuantizeModel(t.model, WithReparam(Uniform("w32a8")), t.calib);
+  ASSERT_TRUE(q.ok()) << q.status().ToString();
+  const auto dir = std::filesystem::temp_directory_path();
+  const std::string weights = (dir / "qs_qm_reparam.safetensors").string();
+  const std::string config = (dir / "qs_qm_reparam.json").string();
+  ASSERT_TRUE(q->WriteWeights(weights).ok());
+  ASSERT_TRUE(WriteFileAtomically(config, ToJson(t.model.config()).dump()).ok());
+  auto loaded = ViTModel::Load(config, weights);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_FALSE(torch::equal(loaded->tensor("blocks.0.norm1.weight"),
+                            t.model.tensor("blocks.0.norm1.weight")));
+  EXPECT_FALSE(torch::equal(loaded->tensor("blocks.1.mlp.fc1.bias"),
+                            t.model.tensor("blocks.1.mlp.fc1.bias")));
+  EXPECT_TRUE(torch::equal(loaded->tensor("blocks.1.mlp.fc2.weight"),
+                           t.model.tensor("blocks.1.mlp.fc2.weight")));
+  auto fp = *t.model.Logits(t.eval);
+  EXPECT_TRUE(torch::allclose(*loaded->Logits(t.eval), fp, 1e-4, 1e-4));
+  // With quantized weights the packed codes are the folded layer's.
+  auto q4 = QuantizeModel(t.model, WithReparam(Uniform("w4a8")), t.calib);
+  ASSERT_TRUE(q4.ok());
+  ASSERT_TRUE(q4->WriteWeights(weights).ok());
+  auto file = SafetensorsFile::Open(weights);
+  ASSERT_TRUE(file.ok());
+  auto written = ReadQuantizedWeights(*file);
+  ASSERT_TRUE(written.ok()) << written.status().ToString();
+  const auto& site = q4->sites().at("blocks.0.attn.qkv");
+  EXPECT_TRUE(torch::allclose(written->at("blocks.0.attn.qkv.weight"), site.weight->dequantized,
+                              1e-6, 1e-7));
+  EXPECT_TRUE(torch::equal(written->at("blocks.0.attn.qkv.bias"), site.folded.bias));
+  std::remove(weights.c_str());
+  std::remove(config.c_str());
+}
+
+TEST(QuantizeModelTest, ReparamIsRefusedWhereItContradictsTheSite) {
+  auto t = MakeTiny();
+  Recipe r = WithReparam(Uniform("w4a8"));
+  QuantConfig per_channel = r.linear_default;
+  per_channel.activation.granularity = Granularity::kPerChannel;
+  r.sites["blocks.0.attn.qkv"] = per_channel;
+  auto q = QuantizeModel(t.model, r, t.calib);
+  ASSERT_EQ(q.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(q.status().message().find("blocks.0.attn.qkv"), std::string::npos);
+  // Defaults apply it only where it can: the other sites are untouched.
+  auto plain = QuantizeModel(t.model, WithReparam(Uniform("w4a8")), t.calib);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->sites().at("blocks.0.mlp.fc2").reparam.has_value());
+  EXPECT_FALSE(plain->sites().at("blocks.0.mlp.fc2").config.reparam);
+  EXPECT_TRUE(plain->sites().at("blocks.0.mlp.fc1").reparam.has_value());
+  EXPECT_EQ(plain->sites().at("blocks.0.attn.av_matmul").config.activation.quantizer,
+            ActivationQuantizer::kLogSqrt2);
+}
+
+// The outlier model of the issue: the fixture with 4 post-LayerNorm channels 40 times larger.
+TEST(QuantizeModelTest, ReparamRescuesPerTensorActivationsFromLayerNormOutliers) {
+  auto fixture = ViTModel::Load(kFixtureConfig, kFixtureWeights);
+  ASSERT_TRUE(fixture.ok()) << fixture.status().ToString();
+  auto model = fixture->WithTensors(testing::WithLayerNormOutliers(*fixture, 4, 40.0));
+  ASSERT_TRUE(model.ok());
+  auto train = LoadDataset("fashion-mnist:train");
+  auto test = LoadDataset("fashion-mnist:test");
+  ASSERT_TRUE(train.ok() && test.ok());
+  auto calib_x = NormalizeImages(DrawSubset(*train, 128, 0), model->config());
+  auto eval_set = Head(*test, 1000);
+  auto eval_x = NormalizeImages(eval_set, model->config());
+  ASSERT_TRUE(calib_x.ok() && eval_x.ok());
+  const auto& labels = eval_set.labels;
+  const double fp = Top1(*fixture->Logits(*eval_x), labels);
+  EXPECT_EQ(Top1(*model->Logits(*eval_x), labels), fp);  // the outliers change no float output
+  auto top1 = [&](const Recipe& r) {
+    auto q = QuantizeModel(*model, r, *calib_x);
+    EXPECT_TRUE(q.ok()) << q.status().ToString();
+    return q.ok() ? Top1(*q->Logits(*eval_x), labels) : 0.0;
+  };
+  const double plain6 = top1(Uniform("w6a6", false));
+  const double reparam6 = top1(WithReparam(Uniform("w6a6", false)));
+  EXPECT_LT(plain6, fp - 0.05) << "plain per-tensor W6A6 should collapse";
+  EXPECT_GT(reparam6, fp - 0.01);
+  const double erq4 = top1(Uniform("w4a4:erq", false));
+  const double erq4_reparam = top1(WithReparam(Uniform("w4a4:erq", false)));
+  EXPECT_GT(erq4_reparam, erq4);
 }
 
 }  // namespace

@@ -342,6 +342,14 @@ torch::Tensor LogFakeQuantize(const torch::Tensor& x, double scale, int bits, bo
   return at::where((x <= 0).logical_or(code > max_code), torch::zeros_like(out), out);
 }
 
+ActivationQuantizerState ActivationQuantizerState::FromUniformGrid(const ActivationQuant& spec,
+                                                                 UniformGrid grid) {
+  ActivationQuantizerState state;
+  state.spec_ = spec;
+  state.uniform_ = std::move(grid);
+  return state;
+}
+
 StatusOr<ActivationQuantizerState> ActivationQuantizerState::Fit(const torch::Tensor& x,
                                                                  const ActivationQuant& spec,
                                                                  const GroupLayout& layout,

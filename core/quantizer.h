@@ -104,6 +104,8 @@ class ActivationQuantizerState {
   // kPostSoftmax; twin-uniform needs kPostSoftmax or kPostGelu).
   static StatusOr<ActivationQuantizerState> Fit(const torch::Tensor& x, const ActivationQuant& spec,
                                                 const GroupLayout& layout, ValueDomain domain);
+  // A uniform quantizer on a grid fitted elsewhere (a reparameterized input's per-tensor grid).
+  static ActivationQuantizerState FromUniformGrid(const ActivationQuant& spec, UniformGrid grid);
   // Fake-quantizes `x` with the fitted parameters. Float passthrough when spec.bits == 0.
   torch::Tensor Apply(const torch::Tensor& x) const;
 

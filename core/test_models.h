@@ -2,6 +2,7 @@
 #ifndef QS_CORE_TEST_MODELS_H_
 #define QS_CORE_TEST_MODELS_H_
 
+#include "core/reparam.h"
 #include "core/vit.h"
 
 namespace qs::core::testing {
@@ -73,6 +74,35 @@ inline std::map<std::string, torch::Tensor> TinyTensors(const ViTConfig& c, uint
     }
   }
   return t;
+}
+
+// `model`'s tensors with outlier channels after the LayerNorms that feed attn.qkv and mlp.fc1,
+// as real ImageNet ViTs have: `channels` channels of each such LayerNorm get their gain and bias
+// multiplied by `factor`, and the next layer's matching input columns divided by it, so the float
+// model computes the same function (to float rounding). The channels are spread over the width,
+// the same in every block (real outliers sit in a few fixed residual channels).
+inline std::map<std::string, torch::Tensor> WithLayerNormOutliers(const ViTModel& model,
+                                                                  int64_t channels,
+                                                                  double factor) {
+  std::map<std::string, torch::Tensor> out;
+  for (const Site& site : model.sites()) {
+    const std::string norm = ReparamNorm(site.name);
+    if (site.kind != SiteKind::kLinear || norm.empty()) continue;
+    auto gamma = model.tensor(norm + ".weight").clone();
+    auto beta = model.tensor(norm + ".bias").clone();
+    auto weight = model.tensor(site.weight).clone();
+    const int64_t width = gamma.size(0);
+    for (int64_t k = 0; k < channels && k < width; ++k) {
+      const int64_t c = (k * width / channels + width / (2 * channels) + 1) % width;
+      gamma[c] *= factor;
+      beta[c] *= factor;
+      weight.select(1, c).div_(factor);
+    }
+    out[norm + ".weight"] = gamma;
+    out[norm + ".bias"] = beta;
+    out[site.weight] = weight;
+  }
+  return out;
 }
 
 }  // namespace qs::core::testing
