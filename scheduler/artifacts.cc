@@ -73,6 +73,7 @@ std::string ConfigLabel(const QuantConfig& c, SiteKind kind) {
   } else {
     s << act(c.activation) << " × " << act(c.activation_rhs);
   }
+  if (c.reparam) s << " · reparam";
   return s.str();
 }
 

@@ -230,7 +230,8 @@ Status CheckRequestBudget(const JobSpec& spec) {
            {"search.weight_calibrators", s.weight_calibrators.size()},
            {"search.activation_bits", s.activation_bits.size()},
            {"search.activation_calibrators", s.activation_calibrators.size()},
-           {"search.softmax_quantizers", s.softmax_quantizers.size()}}) {
+           {"search.softmax_quantizers", s.softmax_quantizers.size()},
+           {"search.reparam", s.reparam.size()}}) {
     if (n > kMaxListEntries) return over(name + " entries", n, kMaxListEntries);
   }
   if (s.skip.size() + s.pin.size() > kMaxSiteEntries) {

@@ -52,6 +52,7 @@ StatusOr<json> SpecJsonFromProto(const v1::JobSpec& spec) {
       search["activation_calibrators"] = List(s.activation_calibrators());
     }
     if (s.softmax_quantizers_size()) search["softmax_quantizers"] = List(s.softmax_quantizers());
+    if (s.reparam_size()) search["reparam"] = List(s.reparam());
     if (s.skip_size()) search["skip"] = List(s.skip());
     if (!s.pin().empty()) {
       json pin = json::object();
@@ -121,6 +122,9 @@ v1::JobSpec ProtoFromSpec(const JobSpec& spec) {
     search->add_activation_calibrators(v.get<std::string>());
   }
   for (const auto& v : s.at("softmax_quantizers")) search->add_softmax_quantizers(v.get<std::string>());
+  if (spec.space.reparam != std::vector<bool>{false}) {
+    for (bool v : spec.space.reparam) search->add_reparam(v);
+  }
   for (const auto& v : spec.space.skip) search->add_skip(v);
   for (const auto& [site, config] : spec.space.pin) (*search->mutable_pin())[site] = config.dump();
   p.mutable_objective()->set_budget_kind(ToString(spec.budget_kind));

@@ -15,7 +15,7 @@ TEST(ApiConvertTest, TypedSpecAndJsonSpecConvertBothWays) {
     "test": {"source": "imagefolder:/data/test", "limit": 200, "sampling": "uniform"},
     "search": {"weight_methods": ["rtn", "erq"], "weight_bits": [3, 4],
                "weight_granularities": ["per_group"], "group_size": 32,
-               "activation_bits": [0, 8], "skip": ["head"],
+               "activation_bits": [0, 8], "reparam": [true, false], "skip": ["head"],
                "pin": {"blocks.0.mlp.fc1": {"weight": {"bits": 8}}}},
     "objective": {"bops": 1.5e9, "metric": "mse"},
     "accuracy": {"max_rel_top1_drop": 0.02, "max_validations": 5, "refine": false},
@@ -26,6 +26,8 @@ TEST(ApiConvertTest, TypedSpecAndJsonSpecConvertBothWays) {
   const qsearch::v1::JobSpec typed = ProtoFromSpec(*spec);
   EXPECT_EQ(typed.calibration().count(), 64);
   EXPECT_EQ(typed.objective().budget_kind(), "bops");
+  ASSERT_EQ(typed.search().reparam_size(), 2);
+  EXPECT_TRUE(typed.search().reparam(0));
   auto back = SpecJsonFromProto(typed);
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   auto again = ParseJobSpec(*back, "");

@@ -75,6 +75,7 @@ struct QuantizeArgs {
   uint64_t seed = 0;
   std::string sampling = "balanced";
   bool quantize_edges = false;
+  bool reparam = false;
   bool json_output = false;
 };
 
@@ -103,7 +104,8 @@ json PerSiteReports(const core::QuantizedModel& quantized) {
                         {"input_sqnr_db", Finite(r.input_sqnr_db)},
                         {"rhs_sqnr_db", Finite(r.rhs_sqnr_db)},
                         {"weight_bits", c.weight.bits},
-                        {"activation_bits", c.activation.bits}});
+                        {"activation_bits", c.activation.bits},
+                        {"reparam", c.reparam}});
   }
   return per_site;
 }
@@ -129,6 +131,13 @@ int RunQuantize(const QuantizeArgs& a) {
   if (!model.ok()) return Fail(model.status());
   auto recipe = LoadRecipe(a.recipe, *model, a.quantize_edges);
   if (!recipe.ok()) return Fail(recipe.status());
+  if (a.reparam) {
+    // Wherever it applies: the defaults (Resolve drops it elsewhere) and those per-site entries.
+    recipe->linear_default.reparam = recipe->matmul_default.reparam = true;
+    for (auto& [site, config] : recipe->sites) {
+      config.reparam = ReparamApplies(site, model->SiteKinds().at(site));
+    }
+  }
   if (a.calib_count < 1) return Fail(InvalidArgumentError("--calib-count must be >= 1"));
 
   const core::ViTConfig& config = model->config();
@@ -345,6 +354,10 @@ int RunCli(int argc, char** argv) {
       ->check(CLI::IsMember({"balanced", "uniform"}));
   quantize->add_flag("--quantize-edges", q.quantize_edges,
                      "shorthand recipes: quantize patch embedding and head too (default W8A8)");
+  quantize->add_flag("--reparam", q.reparam,
+                     "RepQ-ViT reparameterization wherever it applies: post-LayerNorm inputs "
+                     "calibrated per channel and folded into per-tensor quantizers, log√2 for "
+                     "post-softmax values");
   quantize->add_flag("--json", q.json_output, "print metrics.json on stdout");
 
   EvalArgs e;

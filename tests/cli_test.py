@@ -103,6 +103,33 @@ class CliTest(unittest.TestCase):
             m = json.loads(r.stdout)
             self.assertLessEqual(abs(m["quant_top1"] - m["fp32_top1"]), 0.02)
 
+    def test_reparam_flag_folds_where_it_applies_and_replays(self):
+        with tempfile.TemporaryDirectory() as d:
+            first = os.path.join(d, "first")
+            r = quantize(first, "w6a6", "--reparam", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            m = json.loads(r.stdout)
+            folded = {s["site"] for s in m["per_site"] if s["reparam"]}
+            self.assertEqual(folded, {"blocks.%d.%s" % (b, n) for b in range(4)
+                                      for n in ("attn.qkv", "mlp.fc1", "attn.av_matmul")})
+            with open(os.path.join(first, "recipe.json")) as f:
+                recipe = json.load(f)
+            self.assertTrue(recipe["linear_default"]["reparam"])
+            self.assertNotIn("reparam", recipe["sites"]["head"])
+            # The recipe carries it: replayed without the flag, the same accuracy.
+            r = quantize(os.path.join(d, "second"), os.path.join(first, "recipe.json"), "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["quant_top1"], m["quant_top1"])
+            # A recipe asking for it at a site it cannot apply to is refused by name.
+            recipe["sites"]["blocks.0.mlp.fc2"] = {"reparam": True}
+            bad = os.path.join(d, "bad.json")
+            with open(bad, "w") as f:
+                json.dump(recipe, f)
+            r = quantize(os.path.join(d, "third"), bad)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("INVALID_ARGUMENT", r.stderr)
+            self.assertIn("blocks.0.mlp.fc2", r.stderr)
+
     def test_errors_are_clear_and_exit_nonzero(self):
         with tempfile.TemporaryDirectory() as d:
             r = run("quantize", "--weights", WEIGHTS, "--recipe", "w8a8", "--out", d)

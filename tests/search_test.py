@@ -251,6 +251,52 @@ class SearchTest(unittest.TestCase):
                 self.assertIn("share 12", r.stderr)
                 self.assertIn("validation", r.stderr)
 
+    def test_reparam_in_the_candidate_space_replays_with_quantize(self):
+        # RepQ-ViT reparameterization searched per site on a shifted-window Swin at 6-bit
+        # activations: chosen only where it applies, and the recipe replays to the same test
+        # top-1 through `qsearch quantize`, which folds it the same way.
+        sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+        import torch
+        import vit_reference as ref
+        with tempfile.TemporaryDirectory() as d:
+            config, tensors, images = ref.family_variant("swin_shifted_windows", count=96)
+            ref.write_safetensors(os.path.join(d, "model.safetensors"), tensors)
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(config, f)
+            torch.manual_seed(8)
+            labels = torch.randint(0, config["num_classes"], (96,), dtype=torch.int64)
+            ref.write_safetensors(os.path.join(d, "data.safetensors"),
+                                  {"images": images, "labels": labels})
+            s = spec(d, "s.json", model={"config": "config.json", "weights": "model.safetensors"},
+                     calibration={"source": "data.safetensors[:48]", "count": 32, "seed": 1},
+                     validation={"source": "data.safetensors[24:72]"},
+                     test={"source": "data.safetensors[72:]"},
+                     search={"weight_methods": ["rtn", "erq"], "weight_bits": [4, 8],
+                             "activation_bits": [6], "reparam": [False, True]},
+                     objective={"avg_weight_bits": 6.0})
+            r = run(s, os.path.join(d, "out"), os.path.join(d, "cache"))
+            m = json.loads(r.stdout)
+            self.assertEqual(m["evaluations_failed"], 0)
+            with open(os.path.join(d, "out", "recipe.json")) as f:
+                recipe = json.load(f)
+            chosen = {site for site, c in recipe["sites"].items() if c.get("reparam")}
+            self.assertTrue(chosen, "no site chose reparam")
+            for site in chosen:
+                self.assertRegex(site, r"\.(attn\.qkv|mlp\.fc1|attn\.av_matmul)$")
+            self.assertIn("reparam", json.dumps(recipe["search"]))
+            q = subprocess.run([QSEARCH, "quantize", "--config", os.path.join(d, "config.json"),
+                                "--weights", os.path.join(d, "model.safetensors"),
+                                "--recipe", os.path.join(d, "out", "recipe.json"),
+                                "--calib", os.path.join(d, "data.safetensors[:48]"),
+                                "--calib-count", "32", "--seed", "1",
+                                "--eval", os.path.join(d, "data.safetensors[72:]"),
+                                "--out", os.path.join(d, "replay"), "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(q.returncode, 0, q.stderr)
+            replay = json.loads(q.stdout)
+            self.assertEqual(replay["quant_top1"], m["test_top1"])
+            self.assertEqual({p["site"] for p in replay["per_site"] if p["reparam"]}, chosen)
+
     @unittest.skipUnless(CHROMIUM, "chromium is not installed (scripts/setup.sh installs it)")
     def test_report_renders_in_headless_chromium(self):
         with tempfile.TemporaryDirectory() as d:
