@@ -35,6 +35,7 @@ constexpr std::pair<const char*, WeightMethod> kWeightMethods[] = {
     {"rtn", WeightMethod::kRtn},
     {"gptq", WeightMethod::kGptq},
     {"erq", WeightMethod::kErq},
+    {"liu", WeightMethod::kLiu},
 };
 
 json WeightToJson(const WeightQuant& w) {
@@ -58,6 +59,13 @@ json WeightToJson(const WeightQuant& w) {
     j["erq_wqer_lambda"] = w.erq_wqer_lambda;
     j["erq_wqer_iterations"] = w.erq_wqer_iterations;
   }
+  if (w.method == WeightMethod::kLiu) {
+    j["liu_alpha"] = w.liu_alpha;
+    j["liu_beta"] = w.liu_beta;
+    j["liu_grid"] = w.liu_grid;
+    j["liu_rounds"] = w.liu_rounds;
+    j["liu_bias_correction"] = w.liu_bias_correction;
+  }
   return j;
 }
 
@@ -76,7 +84,8 @@ StatusOr<WeightQuant> WeightFromJson(const json& j) {
   QS_RETURN_IF_ERROR(CheckKeys(
       j, {"method", "bits", "granularity", "group_size", "calibrator", "symmetric", "percentile",
           "gptq_damp", "gptq_block_size", "gptq_act_order", "gptq_static_groups",
-          "erq_aqer_lambda", "erq_aqer_lambda_pooled", "erq_wqer_lambda", "erq_wqer_iterations"},
+          "erq_aqer_lambda", "erq_aqer_lambda_pooled", "erq_wqer_lambda", "erq_wqer_iterations",
+          "liu_alpha", "liu_beta", "liu_grid", "liu_rounds", "liu_bias_correction"},
       "weight"));
   WeightQuant w;
   QS_RETURN_IF_ERROR(ReadEnumField(j, "method", ParseWeightMethod, &w.method));
@@ -94,6 +103,11 @@ StatusOr<WeightQuant> WeightFromJson(const json& j) {
   QS_RETURN_IF_ERROR(ReadField(j, "erq_aqer_lambda_pooled", &w.erq_aqer_lambda_pooled));
   QS_RETURN_IF_ERROR(ReadField(j, "erq_wqer_lambda", &w.erq_wqer_lambda));
   QS_RETURN_IF_ERROR(ReadField(j, "erq_wqer_iterations", &w.erq_wqer_iterations));
+  QS_RETURN_IF_ERROR(ReadField(j, "liu_alpha", &w.liu_alpha));
+  QS_RETURN_IF_ERROR(ReadField(j, "liu_beta", &w.liu_beta));
+  QS_RETURN_IF_ERROR(ReadField(j, "liu_grid", &w.liu_grid));
+  QS_RETURN_IF_ERROR(ReadField(j, "liu_rounds", &w.liu_rounds));
+  QS_RETURN_IF_ERROR(ReadField(j, "liu_bias_correction", &w.liu_bias_correction));
   return w;
 }
 
@@ -190,6 +204,15 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
     }
     if (w.erq_wqer_iterations < 0) {
       return InvalidArgumentError("weight erq_wqer_iterations must be >= 0");
+    }
+    if (!(w.liu_alpha > 0 && w.liu_alpha <= 1 && w.liu_beta >= 1 && w.liu_beta <= 10)) {
+      return InvalidArgumentError("weight liu_alpha must be in (0, 1] and liu_beta in [1, 10]");
+    }
+    if (w.liu_grid < 2 || w.liu_grid > 10000) {
+      return InvalidArgumentError("weight liu_grid must be 2..10000");
+    }
+    if (w.liu_rounds < 1 || w.liu_rounds > 10) {
+      return InvalidArgumentError("weight liu_rounds must be 1..10");
     }
     if (w.quantized()) {
       if (w.granularity == Granularity::kPerHead) {

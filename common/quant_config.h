@@ -47,6 +47,7 @@ enum class WeightMethod {
   kRtn,   // round to nearest on the calibrated grid
   kGptq,  // GPTQ: column-by-column rounding with Hessian-weighted error feedback
   kErq,   // ERQ: Aqer (ridge absorbs activation error) then Wqer (rounding refinement + ridge)
+  kLiu,   // Liu et al. 2021: weight and input intervals searched for output Pearson correlation
 };
 
 enum class SiteKind {
@@ -86,6 +87,15 @@ struct WeightQuant {
   double erq_aqer_lambda_pooled = 0.1;    // Aqer λ₁ for pooled 2-D inputs (the head)
   double erq_wqer_lambda = 1000.0;        // Wqer ridge λ₂
   int erq_wqer_iterations = 100;          // rounding-refinement steps per row and round
+
+  // Liu et al. 2021 (kLiu only): scale multipliers of the min-max grids searched on a linear
+  // grid over [liu_alpha, liu_beta] (1 always included), weight then input, for `liu_rounds`
+  // rounds; then the mean output shift is moved into the bias.
+  double liu_alpha = 0.5;
+  double liu_beta = 1.2;
+  int liu_grid = 100;
+  int liu_rounds = 1;
+  bool liu_bias_correction = true;
 
   bool quantized() const { return bits > 0; }
   bool operator==(const WeightQuant& o) const;

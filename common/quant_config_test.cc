@@ -174,6 +174,26 @@ TEST(ValidateQuantConfigTest, RejectsImpossibleConfigs) {
   EXPECT_TRUE(ValidateQuantConfig(c, SiteKind::kLinear).ok());
   EXPECT_FALSE(ValidateQuantConfig(c, SiteKind::kMatmul).ok());  // matmuls have no weight
 
+  QuantConfig liu;
+  liu.weight.method = WeightMethod::kLiu;
+  liu.weight.bits = 6;
+  EXPECT_TRUE(ValidateQuantConfig(liu, SiteKind::kLinear).ok());
+  liu.weight.liu_alpha = 1.5;  // the interval must contain 1 (min-max)
+  EXPECT_FALSE(ValidateQuantConfig(liu, SiteKind::kLinear).ok());
+  liu.weight.liu_alpha = 0.5;
+  liu.weight.liu_grid = 1;
+  EXPECT_FALSE(ValidateQuantConfig(liu, SiteKind::kLinear).ok());
+  liu.weight.liu_grid = 50;
+  liu.weight.liu_rounds = 0;
+  EXPECT_FALSE(ValidateQuantConfig(liu, SiteKind::kLinear).ok());
+  liu.weight.liu_rounds = 2;
+  liu.weight.liu_bias_correction = false;
+  auto back = QuantConfigFromJson(ToJson(liu, SiteKind::kLinear), SiteKind::kLinear);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(*back == liu);
+  EXPECT_EQ(back->weight.liu_grid, 50);
+  EXPECT_FALSE(ToJson(c, SiteKind::kLinear)["weight"].contains("liu_grid"));  // rtn
+
   QuantConfig log_on_linear;
   log_on_linear.activation.bits = 4;
   log_on_linear.activation.quantizer = ActivationQuantizer::kLog2;

@@ -420,6 +420,23 @@ Status MeasureFromBlocks(const Context& c, const LinearSite& s, const Activation
   return OkStatus();
 }
 
+// A Liu et al. candidate: its weight and input intervals are searched together, so it is
+// quantized as calibration does it, on the site's float inputs, and measured directly.
+Status EvaluateLiuCandidate(const Context& c, const LinearSite& s, const QuantConfig& config,
+                            Evaluation* e) {
+  std::optional<Timed> timed(&c.costs->weight_seconds);
+  std::optional<Timed> by_method(&c.costs->method_seconds[static_cast<int>(config.weight.method)]);
+  QuantizeOptions options;
+  options.site_reports = false;
+  QS_ASSIGN_OR_RETURN(SiteResult r, QuantizeLinearSite(c.site, config, c.site.num_heads, s.x,
+                                                       s.weight, s.bias, options));
+  timed.reset();
+  by_method.reset();
+  const auto& folded = r.site.reparam ? r.site.folded.weight : s.weight;
+  e->weight_sqnr_db = SqnrDb(folded, r.site.weight->dequantized);
+  return SetFromOutputs(s.y, r.output.reshape(s.y.sizes()), /*with_mae=*/true, e);
+}
+
 // Quantizes one candidate's weight and measures it, from the blocks or directly.
 Status EvaluateLinearCandidate(const Context& c, const LinearSite& s, const ActivationBlocks& a,
                                const QuantConfig& config, GroupSolves* solves,
@@ -517,8 +534,11 @@ void EvaluateLinearSite(const Context& c) {
     for (size_t i : group) {
       const auto start = Clock::now();
       Status s = GuardTorch("evaluate", [&]() -> Status {
-        return EvaluateLinearCandidate(c, *view, activation, c.candidates[i].config,
-                                       solves ? &*solves : nullptr,
+        const QuantConfig& config = c.candidates[i].config;
+        if (config.weight.quantized() && config.weight.method == WeightMethod::kLiu) {
+          return EvaluateLiuCandidate(c, site, config, &results[i]);  // folds for itself
+        }
+        return EvaluateLinearCandidate(c, *view, activation, config, solves ? &*solves : nullptr,
                                        reparam ? &folded_grids : grids, &results[i]);
       });
       if (!s.ok()) results[i].SetError(s);
@@ -628,12 +648,13 @@ void EvaluationCosts::Add(const EvaluationCosts& o) {
   gemm_seconds += o.gemm_seconds;
   activation_seconds += o.activation_seconds;
   weight_seconds += o.weight_seconds;
-  for (int i = 0; i < 3; ++i) method_seconds[i] += o.method_seconds[i];
+  for (int i = 0; i < 4; ++i) method_seconds[i] += o.method_seconds[i];
   total_seconds += o.total_seconds;
 }
 
 bool MeasuredFromGram(const ViTModel& model, const Site& site, const QuantConfig& config) {
   if (site.kind != SiteKind::kLinear) return false;
+  if (config.weight.quantized() && config.weight.method == WeightMethod::kLiu) return false;
   if (config.weight.quantized() && config.weight.method != WeightMethod::kRtn) return true;
   // RTN (or a float weight) needs nothing of the inputs but its error: measured directly a
   // candidate costs a [tokens, in] × [in, out] GEMM, against about 2·tokens·in² per activation

@@ -191,6 +191,40 @@ TEST(EvaluateTest, ReparamCandidatesEqualTheStraightforwardMeasurement) {
   EXPECT_NE(e.error.find("reparam applies only"), std::string::npos) << e.error;
 }
 
+TEST(EvaluateTest, LiuCandidatesAreTheSiteQuantizedAsCalibrationDoesIt) {
+  // Searched with its input's interval, a Liu candidate is measured directly: the same numbers as
+  // the straightforward measurement, alone or among others, with reparam too.
+  auto f = Make();
+  for (const char* name : {"blocks.0.attn.qkv", "blocks.1.mlp.fc2", "head"}) {
+    const Site& site = *f.model.FindSite(name);
+    const auto& in = f.inputs.at(name);
+    std::vector<SiteCandidate> candidates;
+    for (int abits : {0, 6}) {
+      for (auto method : {WeightMethod::kRtn, WeightMethod::kLiu}) {
+        QuantConfig c = Linear(4, abits, method);
+        candidates.push_back({c, std::string(ToString(method)) + std::to_string(abits)});
+      }
+    }
+    if (ReparamApplies(name, SiteKind::kLinear)) {
+      QuantConfig c = Linear(4, 6, WeightMethod::kLiu);
+      c.reparam = true;
+      candidates.push_back({c, "liu6+r"});
+    }
+    SiteData data{in, torch::Tensor()};
+    auto together = EvaluateSite(f.model, site, candidates, &data, {});
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      const std::string what = std::string(name) + " " + candidates[i].key;
+      ASSERT_TRUE(together[i].ok()) << what << ": " << together[i].error;
+      if (candidates[i].config.weight.method != WeightMethod::kLiu) continue;
+      EXPECT_FALSE(MeasuredFromGram(f.model, site, candidates[i].config));
+      auto ref = Reference(f, site, candidates[i].config);
+      EXPECT_NEAR(together[i].sqnr_db, ref.sqnr_db, 1e-6) << what;
+      auto alone = EvaluateCandidate(f.model, site, candidates[i].config, in, "k", {});
+      EXPECT_EQ(alone.sqnr_db, together[i].sqnr_db) << what;
+    }
+  }
+}
+
 // The blocks are float32 GEMMs accumulated in float64: on the fixture's real activations the
 // noise they give stays within 1e-5 of a float64 computation of the same quantized output.
 TEST(EvaluateTest, Float32BlocksMatchFloat64OnTheFixture) {

@@ -10,6 +10,7 @@
 
 #include "core/erq.h"
 #include "core/gptq.h"
+#include "core/liu.h"
 #include "core/metrics.h"
 #include "core/quantized_format.h"
 #include "core/safetensors.h"
@@ -56,8 +57,10 @@ StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& 
       if (!gram.ok()) return gram.status();
       return ReduceWeightErrorFromGram(layer, *gram, spec, conv, grid.get());
     }
+    case WeightMethod::kLiu:
+      break;  // searched together with the input's interval (QuantizeLinearSite)
   }
-  return InternalError("unknown weight method");
+  return InternalError("no weight quantization for method " + std::string(ToString(spec.method)));
 }
 
 // SQNR in dB from one pass of error sums (the large activations need no float64 copies).
@@ -182,9 +185,29 @@ StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& con
     }
     auto x_hat = r.site.input.Apply(x_in);
     torch::Tensor w_hat = w, b_hat = b;
-    if (config.weight.quantized()) {
+    if (config.weight.quantized() && config.weight.method == WeightMethod::kLiu) {
+      // Liu et al. search the input's interval too, where it is a plain uniform grid (a folded
+      // input keeps the grid the fold gives it).
+      const ActivationQuant& a = config.activation;
+      std::optional<UniformGrid> base_input;
+      if (a.quantized() && a.quantizer == ActivationQuantizer::kUniform && !r.site.reparam) {
+        QS_ASSIGN_OR_RETURN(
+            base_input, FitUniformGrid(x_in, ActivationLayout(a, site, num_heads),
+                                       RangeOptions{a.bits, a.symmetric, RangeCalibrator::kMinMax}));
+      }
+      QS_ASSIGN_OR_RETURN(LiuSearch liu,
+                          SearchLiuIntervals(x_in, x_hat, base_input ? &*base_input : nullptr, w,
+                                             b, config.weight));
+      if (liu.input_grid) {
+        r.site.input = ActivationQuantizerState::FromUniformGrid(a, *liu.input_grid);
+        x_hat = r.site.input.Apply(x_in);
+      }
+      r.site.weight = std::move(liu.weight);
+    } else if (config.weight.quantized()) {
       QS_ASSIGN_OR_RETURN(r.site.weight,
                           QuantizeWeight(site, x_in, x_hat, w, b, config.weight, grids));
+    }
+    if (r.site.weight) {
       w_hat = r.site.weight->dequantized;
       if (r.site.weight->bias.defined()) b_hat = r.site.weight->bias;
       if (options.site_reports) r.report.weight_sqnr_db = SqnrDb(w, w_hat);

@@ -1,0 +1,136 @@
+#include "core/liu.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/torch_status.h"
+
+namespace qs::core {
+namespace {
+
+// The candidate multipliers: a linear grid over [alpha, beta], with 1 (the min-max interval)
+// among them, so the search never ends below its starting point.
+std::vector<double> Multipliers(const WeightQuant& spec) {
+  std::vector<double> out;
+  bool one = false;
+  for (int i = 0; i < spec.liu_grid; ++i) {
+    const double m = spec.liu_alpha + (spec.liu_beta - spec.liu_alpha) * i / (spec.liu_grid - 1);
+    one = one || m == 1.0;
+    out.push_back(m);
+  }
+  if (!one) out.push_back(1.0);
+  return out;
+}
+
+UniformGrid Scaled(const UniformGrid& grid, double multiplier) {
+  UniformGrid g = grid;
+  g.scale = grid.scale * multiplier;
+  return g;
+}
+
+}  // namespace
+
+double PearsonCorrelation(const torch::Tensor& a, const torch::Tensor& b) {
+  auto x = a.detach().flatten().to(torch::kFloat64);
+  auto y = b.detach().flatten().to(torch::kFloat64);
+  x = x - x.mean();
+  y = y - y.mean();
+  const double sx = x.pow(2).sum().item<double>(), sy = y.pow(2).sum().item<double>();
+  if (!(sx > 0) || !(sy > 0)) return 0;
+  return (x * y).sum().item<double>() / std::sqrt(sx * sy);
+}
+
+double RankingLoss(const torch::Tensor& reference, const torch::Tensor& approx, double margin) {
+  const int64_t n = reference.size(-1);
+  auto ref = reference.detach().reshape({-1, n}).to(torch::kFloat64);
+  auto app = approx.detach().reshape({-1, n}).to(torch::kFloat64);
+  const int64_t rows = ref.size(0);
+  if (rows == 0 || n < 2) return 0;
+  auto upper = torch::ones({n, n}, torch::kBool).triu(1);  // pairs j < k
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / (n * n));
+  double total = 0;
+  for (int64_t start = 0; start < rows; start += chunk) {
+    const int64_t len = std::min(chunk, rows - start);
+    auto r = ref.narrow(0, start, len), q = app.narrow(0, start, len);
+    auto order = (r.unsqueeze(2) - r.unsqueeze(1)).sign();
+    auto gap = q.unsqueeze(2) - q.unsqueeze(1);
+    // Ties in the reference (sign 0) ask nothing of the order.
+    auto hinge = (margin - gap * order).clamp_min(0).masked_fill(order == 0, 0);
+    total += hinge.masked_select(upper.expand({len, n, n})).sum().item<double>();
+  }
+  return total / static_cast<double>(rows);
+}
+
+StatusOr<LiuSearch> SearchLiuIntervals(const torch::Tensor& x, const torch::Tensor& fixed_input_hat,
+                                       const UniformGrid* base_input, const torch::Tensor& weight,
+                                       const torch::Tensor& bias, const WeightQuant& spec) {
+  if (!spec.quantized() || spec.method != WeightMethod::kLiu) {
+    return InvalidArgumentError("the liu interval search needs a quantized liu weight");
+  }
+  if (base_input == nullptr && !fixed_input_hat.defined()) {
+    return InvalidArgumentError("the liu interval search needs the input's grid or its values");
+  }
+  return GuardTorch("liu", [&]() -> StatusOr<LiuSearch> {
+    const int64_t n = weight.size(1);
+    auto rows = x.reshape({-1, n}).to(torch::kFloat32);
+    auto rows_hat = base_input ? torch::Tensor() : fixed_input_hat.reshape({-1, n});
+    // The rows the candidates are scored on: evenly spaced, all of them when few.
+    torch::Tensor pick;
+    if (rows.size(0) > kLiuSearchRows) {
+      pick = torch::linspace(0, rows.size(0) - 1, kLiuSearchRows, torch::kFloat64)
+                 .round()
+                 .to(torch::kLong)
+                 .to(rows.device());
+    }
+    auto sample = pick.defined() ? rows.index_select(0, pick) : rows;
+    auto sample_hat = rows_hat.defined() && pick.defined() ? rows_hat.index_select(0, pick)
+                                                           : rows_hat;
+    const auto reference = at::linear(sample, weight, bias);
+
+    WeightQuant minmax = spec;
+    minmax.calibrator = RangeCalibrator::kMinMax;
+    QS_ASSIGN_OR_RETURN(UniformGrid base_weight, FitWeightGrid(weight, minmax));
+    LiuSearch best;
+    auto input_at = [&](double m) {
+      return base_input ? FakeQuantize(sample, Scaled(*base_input, m)) : sample_hat;
+    };
+    auto score = [&](double wm, const torch::Tensor& in) {
+      const QuantizedWeight q = QuantizeOnGrid(weight, Scaled(base_weight, wm));
+      return PearsonCorrelation(reference, at::linear(in, q.dequantized, bias));
+    };
+    const std::vector<double> multipliers = Multipliers(spec);
+    best.pearson = score(1.0, input_at(1.0));
+    for (int round = 0; round < spec.liu_rounds; ++round) {
+      const auto in = input_at(best.input_multiplier);
+      for (double m : multipliers) {
+        const double p = score(m, in);
+        if (p > best.pearson) {
+          best.pearson = p;
+          best.weight_multiplier = m;
+        }
+      }
+      if (!base_input) break;
+      for (double m : multipliers) {
+        const double p = score(best.weight_multiplier, input_at(m));
+        if (p > best.pearson) {
+          best.pearson = p;
+          best.input_multiplier = m;
+        }
+      }
+    }
+    best.weight = QuantizeOnGrid(weight, Scaled(base_weight, best.weight_multiplier));
+    if (base_input) best.input_grid = Scaled(*base_input, best.input_multiplier);
+    if (spec.liu_bias_correction) {
+      // The expected output shift over every calibration row goes into the bias.
+      auto in = base_input ? FakeQuantize(rows, *best.input_grid) : rows_hat;
+      auto shift = (at::linear(rows, weight) - at::linear(in, best.weight.dequantized))
+                       .to(torch::kFloat64)
+                       .mean(0);
+      auto b = bias.defined() ? bias.to(torch::kFloat64) : torch::zeros_like(shift);
+      best.weight.bias = (b + shift).to(torch::kFloat32);
+    }
+    return best;
+  });
+}
+
+}  // namespace qs::core
