@@ -25,7 +25,7 @@ Status ReadNumber(const json& j, const char* key, double* out) {
 }  // namespace
 
 json ToJson(const Evaluation& e) {
-  return json{{"key", e.key},
+  json j{{"key", e.key},
               {"site", e.site},
               {"sqnr_db", Number(e.sqnr_db)},
               {"mse", e.mse},
@@ -36,13 +36,17 @@ json ToJson(const Evaluation& e) {
               {"seconds", e.seconds},
               {"error", e.error},
               {"error_code", e.ok() ? "" : StatusCodeName(e.error_code)}};
+  // Only when measured: entries without it keep the text they always had.
+  if (e.nuclear_error) j["nuclear_error"] = *e.nuclear_error;
+  return j;
 }
 
 StatusOr<Evaluation> EvaluationFromJson(const json& j) {
   Evaluation e;
   QS_RETURN_IF_ERROR(CheckKeys(j,
                                {"key", "site", "sqnr_db", "mse", "mae", "cosine", "noise_ratio",
-                                "weight_sqnr_db", "seconds", "error", "error_code"},
+                                "weight_sqnr_db", "seconds", "error", "error_code",
+                                "nuclear_error"},
                                "evaluation"));
   QS_RETURN_IF_ERROR(ReadField(j, "key", &e.key));
   QS_RETURN_IF_ERROR(ReadField(j, "site", &e.site));
@@ -52,6 +56,11 @@ StatusOr<Evaluation> EvaluationFromJson(const json& j) {
     double mae = 0;
     QS_RETURN_IF_ERROR(ReadField(j, "mae", &mae));
     e.mae = mae;
+  }
+  if (j.contains("nuclear_error")) {
+    double nuclear = 0;
+    QS_RETURN_IF_ERROR(ReadField(j, "nuclear_error", &nuclear));
+    e.nuclear_error = nuclear;
   }
   QS_RETURN_IF_ERROR(ReadNumber(j, "cosine", &e.cosine));
   QS_RETURN_IF_ERROR(ReadNumber(j, "noise_ratio", &e.noise_ratio));
@@ -77,6 +86,7 @@ bool Plausible(const Evaluation& e) {
     return false;
   }
   if (e.mae && !finite_non_negative(*e.mae)) return false;
+  if (e.nuclear_error && !finite_non_negative(*e.nuclear_error)) return false;
   if (!std::isfinite(e.cosine) || e.cosine < -1.0001 || e.cosine > 1.0001) return false;
   // SQNR is +inf when lossless, never NaN; it must agree with the noise ratio it derives from.
   if (std::isnan(e.sqnr_db) || std::isnan(e.weight_sqnr_db)) return false;
@@ -107,12 +117,17 @@ double RankingLoss(const Evaluation& e, RankingMetric metric) {
       return e.mse;
     case RankingMetric::kMae:
       return e.mae ? *e.mae : std::numeric_limits<double>::quiet_NaN();
+    case RankingMetric::kNuclear:
+      return e.nuclear_error ? *e.nuclear_error : std::numeric_limits<double>::quiet_NaN();
   }
   return e.noise_ratio;
 }
 
 bool HasMetric(const Evaluation& e, RankingMetric metric) {
-  return metric != RankingMetric::kMae || !e.ok() || e.mae.has_value();
+  if (!e.ok()) return true;
+  if (metric == RankingMetric::kMae) return e.mae.has_value();
+  if (metric == RankingMetric::kNuclear) return e.nuclear_error.has_value();
+  return true;
 }
 
 }  // namespace qs

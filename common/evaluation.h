@@ -22,6 +22,11 @@ struct Evaluation {
   double sqnr_db = 0;        // +inf when lossless
   double mse = 0;
   std::optional<double> mae;  // measured only when the job ranks by MAE (it costs a pass)
+  // Liu et al. 2021's mixed-precision sensitivity: the mean nuclear norm of the site's float
+  // output matrices (a linear's [tokens, out] per image; the attention map per image and head at
+  // softmax·v, the scores at q·kᵀ) times the squared output error per image. Measured only when
+  // the job ranks by it.
+  std::optional<double> nuclear_error;
   double cosine = 1;
   double noise_ratio = 0;    // Σ(y − ŷ)² / Σy², i.e. 10^(−sqnr_db/10)
   double weight_sqnr_db = 0; // +inf for float weights and matmul sites

@@ -18,6 +18,7 @@ constexpr std::pair<const char*, RankingMetric> kMetrics[] = {
     {"noise_ratio", RankingMetric::kNoiseRatio},
     {"mse", RankingMetric::kMse},
     {"mae", RankingMetric::kMae},
+    {"nuclear", RankingMetric::kNuclear},
 };
 
 StatusOr<RankingMetric> ParseMetric(const std::string& s) {

@@ -31,6 +31,7 @@ enum class RankingMetric {
   kNoiseRatio,  // site-output noise power / signal power (1 / linear SQNR), default
   kMse,         // site-output mean squared error
   kMae,         // site-output mean absolute error
+  kNuclear,     // Liu et al. 2021: float output's nuclear norm × squared error (per image)
 };
 
 struct CandidateSpace {

@@ -50,6 +50,12 @@ TEST(JobSpecTest, ParsesTheDocumentedInterface) {
   ASSERT_TRUE(both.ok()) << both.status().ToString();
   EXPECT_EQ(both->space.reparam, (std::vector<bool>{false, true}));
   EXPECT_EQ(ToJson(*both)["search"]["reparam"], json::array({false, true}));
+  j = Minimal();
+  j["objective"]["metric"] = "nuclear";
+  auto nuclear = ParseJobSpec(j, "spec.json");
+  ASSERT_TRUE(nuclear.ok()) << nuclear.status().ToString();
+  EXPECT_EQ(nuclear->metric, RankingMetric::kNuclear);
+  EXPECT_EQ(ToJson(*nuclear)["objective"]["metric"], "nuclear");
 }
 
 TEST(JobSpecTest, ErrorsNameTheField) {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/evaluation.h"
 
 #include <functional>
@@ -166,6 +168,7 @@ TEST(EvaluationTest, ImplausibleStoredNumbersAreTreatedAsMissing) {
       [](Evaluation& e) { e.noise_ratio = -1e308; },  // once bought every site its cheapest mix
       [](Evaluation& e) { e.mse = -1; },
       [](Evaluation& e) { e.mae = -0.5; },
+      [](Evaluation& e) { e.nuclear_error = -2; },
       [](Evaluation& e) { e.cosine = 7; },
       [](Evaluation& e) { e.seconds = -1; },
       [](Evaluation& e) { e.sqnr_db = 90; },  // disagrees with the noise ratio
@@ -176,6 +179,18 @@ TEST(EvaluationTest, ImplausibleStoredNumbersAreTreatedAsMissing) {
     damage[i](e);
     EXPECT_FALSE(ParseStoredEvaluation(ToJson(e).dump(), "k").has_value()) << i;
   }
+  // The nuclear sensitivity: written only when measured, read back, and what ranks by it needs.
+  EXPECT_FALSE(ToJson(good).contains("nuclear_error"));
+  EXPECT_FALSE(HasMetric(good, RankingMetric::kNuclear));
+  EXPECT_TRUE(HasMetric(good, RankingMetric::kNoiseRatio));
+  Evaluation with = good;
+  with.nuclear_error = 12.5;
+  auto back = ParseStoredEvaluation(ToJson(with).dump(), "k");
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->nuclear_error, 12.5);
+  EXPECT_TRUE(HasMetric(*back, RankingMetric::kNuclear));
+  EXPECT_EQ(RankingLoss(*back, RankingMetric::kNuclear), 12.5);
+  EXPECT_TRUE(std::isnan(RankingLoss(good, RankingMetric::kNuclear)));
   nlohmann::json nan_mse = ToJson(good);
   nan_mse["mse"] = nullptr;  // read back as infinity
   EXPECT_FALSE(ParseStoredEvaluation(nan_mse.dump(), "k").has_value());

@@ -464,10 +464,32 @@ Status EvaluateLinearCandidate(const Context& c, const LinearSite& s, const Acti
   return MeasureFromBlocks(c, s, a, q.dequantized, b_hat, e);
 }
 
+// Liu et al.'s sensitivity-weighted error for every candidate that evaluated: ν, the mean nuclear
+// norm per item of the site's float output matrices (`sensitivity`, [L, ..., r, c]), times the
+// squared output error per item (MSE × output elements / L).
+void SetNuclearErrors(const Context& c, const torch::Tensor& sensitivity,
+                      const torch::Tensor& output) {
+  Status s = GuardTorch("nuclear norm", [&]() -> Status {
+    const double nu = MeanNuclearNorm(sensitivity);
+    const double per_item =
+        static_cast<double>(output.numel()) / static_cast<double>(sensitivity.size(0));
+    for (auto& e : *c.results) {
+      if (e.ok()) e.nuclear_error = nu * e.mse * per_item;
+    }
+    return OkStatus();
+  });
+  if (!s.ok()) {
+    for (auto& e : *c.results) {
+      if (e.ok()) e.SetError(s);
+    }
+  }
+}
+
 void EvaluateLinearSite(const Context& c) {
   auto& results = *c.results;
   std::vector<size_t> all;
-  bool need_gram = false, need_inputs = c.options.measure_mae, need_output = c.options.measure_mae;
+  const bool outputs = c.options.measure_mae || c.options.measure_nuclear;
+  bool need_gram = false, need_inputs = outputs, need_output = outputs;
   for (size_t i = 0; i < c.candidates.size(); ++i) {
     const QuantConfig& config = c.candidates[i].config;
     Status valid = CheckReparam(config, c.site.name, c.site.kind);
@@ -545,6 +567,11 @@ void EvaluateLinearSite(const Context& c) {
       (*c.own_seconds)[i] = shared + Since(start);
     }
   }
+  if (c.options.measure_nuclear) {
+    // One matrix per leading item: [B, N, out] per image (Swin: per window); pooled rows alone.
+    const int64_t items = site.x.size(0);
+    SetNuclearErrors(c, site.y.reshape({items, -1, site.m}), site.y);
+  }
 }
 
 void EvaluateMatmulSite(const Context& c) {
@@ -610,9 +637,19 @@ void EvaluateMatmulSite(const Context& c) {
     if (!s.ok()) results[i].SetError(s);
     (*c.own_seconds)[i] = Since(start);
   }
+  // Liu et al.: the attention map's nuclear norm at softmax·v, the scores' at q·kᵀ.
+  if (c.options.measure_nuclear) {
+    SetNuclearErrors(c, OperandDomain(site, 0) == ValueDomain::kPostSoftmax ? lhs : y, y);
+  }
 }
 
 }  // namespace
+
+double MeanNuclearNorm(const torch::Tensor& t) {
+  const int64_t items = t.size(0), r = t.size(-2), cols = t.size(-1);
+  auto values = at::linalg_svdvals(t.reshape({-1, r, cols}).to(torch::kFloat64));
+  return values.sum().item<double>() / static_cast<double>(items);
+}
 
 StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tensor& images) {
   QS_RETURN_IF_ERROR(model.Logits(images.narrow(0, 0, 0)).status());

@@ -47,6 +47,10 @@ StatusOr<torch::Tensor> CaptureSegmentInputs(const ViTModel& model, int64_t segm
 // The plan's view of the model: site names, kinds, weight sizes and MACs per image.
 std::vector<SiteInfo> DescribeSites(const ViTModel& model);
 
+// Σ of singular values of the matrices in `t` ([L, ..., r, c]: L leading items, e.g. images, each
+// holding one or more r × c matrices), summed per item and averaged over the L items.
+double MeanNuclearNorm(const torch::Tensor& t);
+
 // One candidate of a site: its config and the key its Evaluation is stored under.
 struct SiteCandidate {
   QuantConfig config;
@@ -65,6 +69,9 @@ struct SiteData {
 
 struct SiteEvaluationOptions {
   bool measure_mae = false;  // one extra output GEMM per linear candidate
+  // Evaluation::nuclear_error: singular values of the site's float output matrices, once per
+  // site (and the output of linear candidates measured from the Gram).
+  bool measure_nuclear = false;
   // Weight grids to take and fill (a session keeps one per model, for validation to reuse); null:
   // shared within this call only.
   WeightGridCache* weight_grids = nullptr;

@@ -225,6 +225,65 @@ TEST(EvaluateTest, LiuCandidatesAreTheSiteQuantizedAsCalibrationDoesIt) {
   }
 }
 
+TEST(EvaluateTest, NuclearNormsOfAttentionMapsLieBetweenOneAndTheirSize) {
+  // A row-stochastic T × T matrix has nuclear norm in [1, T]: 1 for uniform attention (rank 1),
+  // T for the identity.
+  const int64_t t = 9;
+  EXPECT_NEAR(MeanNuclearNorm(torch::full({1, t, t}, 1.0 / t)), 1.0, 1e-6);  // float32 1/9
+  EXPECT_NEAR(MeanNuclearNorm(torch::eye(t).unsqueeze(0)), static_cast<double>(t), 1e-9);
+  torch::manual_seed(4);
+  auto maps = torch::softmax(3 * torch::randn({5, 4, t, t}), -1);  // [images, heads, T, T]
+  const double per_image = MeanNuclearNorm(maps);
+  EXPECT_GE(per_image, 4 * 1.0);  // four heads per image, each in [1, T]
+  EXPECT_LE(per_image, 4.0 * t);
+  // Averaged over the leading items, summed within one.
+  EXPECT_NEAR(MeanNuclearNorm(torch::cat({torch::eye(t).unsqueeze(0),
+                                          torch::full({1, t, t}, 1.0 / t)})),
+              (t + 1.0) / 2, 1e-6);
+}
+
+TEST(EvaluateTest, NuclearErrorIsTheOutputsNuclearNormTimesTheErrorPerImage) {
+  auto f = Make();
+  SiteEvaluationOptions nuclear;
+  nuclear.measure_nuclear = true;
+  for (const char* name : {"blocks.0.attn.qkv", "blocks.0.mlp.fc2", "blocks.1.attn.av_matmul",
+                           "blocks.1.attn.qk_matmul", "head"}) {
+    const Site& site = *f.model.FindSite(name);
+    const auto& in = f.inputs.at(name);
+    std::vector<SiteCandidate> candidates;
+    for (int bits : {3, 8}) {
+      QuantConfig c = site.kind == SiteKind::kLinear ? Linear(bits, 8) : QuantConfig{};
+      if (site.kind == SiteKind::kMatmul) c.activation.bits = c.activation_rhs.bits = bits;
+      candidates.push_back({c, std::to_string(bits)});
+    }
+    SiteData data{in, torch::Tensor()};
+    auto plain = EvaluateSite(f.model, site, candidates, &data, {});
+    SiteData again{in, torch::Tensor()};
+    auto with = EvaluateSite(f.model, site, candidates, &again, nuclear);
+    // The float output's matrices: per image (and head at the matmuls).
+    torch::Tensor y, sensitivity;
+    if (site.kind == SiteKind::kLinear) {
+      const auto& w = f.model.tensor(site.weight);
+      y = at::linear(in[0], w, f.model.tensor(site.weight.substr(0, site.weight.size() - 6) +
+                                              "bias"));
+      sensitivity = y.dim() == 2 ? y.unsqueeze(1) : y;
+    } else {
+      y = at::matmul(in[0], in[1]);
+      sensitivity = std::string(name).find("av_matmul") != std::string::npos ? in[0] : y;
+    }
+    const double nu = MeanNuclearNorm(sensitivity);
+    const double per_image = static_cast<double>(y.numel()) / static_cast<double>(y.size(0));
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      ASSERT_TRUE(with[i].ok()) << name << ": " << with[i].error;
+      EXPECT_FALSE(plain[i].nuclear_error.has_value());
+      ASSERT_TRUE(with[i].nuclear_error.has_value()) << name;
+      EXPECT_EQ(with[i].mse, plain[i].mse) << name;  // measuring it changes nothing else
+      EXPECT_NEAR(*with[i].nuclear_error / (nu * with[i].mse * per_image), 1.0, 1e-6) << name;
+    }
+    EXPECT_GT(*with[0].nuclear_error, *with[1].nuclear_error) << name;  // 3 bits worse than 8
+  }
+}
+
 // The blocks are float32 GEMMs accumulated in float64: on the fixture's real activations the
 // noise they give stays within 1e-5 of a float64 computation of the same quantized output.
 TEST(EvaluateTest, Float32BlocksMatchFloat64OnTheFixture) {

@@ -251,6 +251,37 @@ class SearchTest(unittest.TestCase):
                 self.assertIn("share 12", r.stderr)
                 self.assertIn("validation", r.stderr)
 
+    def test_nuclear_ranking_measures_what_the_cache_lacks_then_reuses_it(self):
+        # Liu et al.'s nuclear-norm sensitivity: asked for, it is measured even for candidates
+        # the cache holds by noise ratio, stored with them, and then reused.
+        with tempfile.TemporaryDirectory() as d:
+            cache = os.path.join(d, "cache")
+            search = {"weight_methods": ["rtn"], "weight_bits": [2, 3, 4, 8],
+                      "activation_bits": [8]}
+            plain = spec(d, "plain.json", search=search, objective={"avg_weight_bits": 3.0})
+            nuclear = spec(d, "nuclear.json", search=search,
+                           objective={"avg_weight_bits": 3.0, "metric": "nuclear"})
+            first = json.loads(run(plain, os.path.join(d, "o1"), cache).stdout)
+            self.assertEqual(first["evaluations_from_cache"], 0)
+            by_nuclear = json.loads(run(nuclear, os.path.join(d, "o2"), cache).stdout)
+            self.assertEqual(by_nuclear["evaluations_from_cache"], 0)  # all lacked it
+            self.assertEqual(by_nuclear["evaluations_failed"], 0)
+            self.assertLessEqual(by_nuclear["avg_weight_bits"], 3.0 + 1e-9)
+            again = json.loads(run(nuclear, os.path.join(d, "o3"), cache).stdout)
+            self.assertEqual(again["evaluations"], 0)  # evaluated now: none
+            self.assertEqual(again["evaluations_from_cache"], by_nuclear["evaluations"])
+            self.assertEqual(again["quant_top1"], by_nuclear["quant_top1"])
+            # And the noise-ratio job finds everything it needs in the richer entries.
+            back = json.loads(run(plain, os.path.join(d, "o4"), cache).stdout)
+            self.assertEqual(back["evaluations"], 0)
+            stored = []
+            for root, _, files in os.walk(os.path.join(cache, "evaluations")):
+                for f in files:
+                    with open(os.path.join(root, f)) as h:
+                        stored.append(json.load(h))
+            self.assertTrue(stored)
+            self.assertTrue(all(e["nuclear_error"] > 0 for e in stored if not e["error"]))
+
     def test_reparam_in_the_candidate_space_replays_with_quantize(self):
         # RepQ-ViT reparameterization searched per site on a shifted-window Swin at 6-bit
         # activations: chosen only where it applies, and the recipe replays to the same test

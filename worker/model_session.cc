@@ -42,11 +42,13 @@ int64_t Bytes(const core::SiteInputs& inputs) {
 }
 
 // Whether the task can be served from a kept Gram matrix alone: a linear site whose candidates
-// all keep float activations and are measured from the Gram, with no MAE asked.
+// all keep float activations and are measured from the Gram, with no MAE or nuclear norm asked.
 bool GramSuffices(const core::ViTModel& model, const core::Site& site,
                   const std::vector<core::SiteCandidate>& candidates,
                   const core::SiteEvaluationOptions& options) {
-  if (site.kind != SiteKind::kLinear || options.measure_mae) return false;
+  if (site.kind != SiteKind::kLinear || options.measure_mae || options.measure_nuclear) {
+    return false;
+  }
   for (const auto& c : candidates) {
     if (c.config.activation.quantized() || !core::MeasuredFromGram(model, site, c.config)) {
       return false;

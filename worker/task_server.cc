@@ -108,7 +108,14 @@ StatusOr<Recipe> ReadRecipe(const ModelSession& session, const json& recipe) {
 // for); a config that does not parse is stored as that candidate's permanent failure.
 StatusOr<std::vector<core::SiteCandidate>> CandidatesToEvaluate(
     const TaskRequest& request, SiteKind kind, storage::DocumentStore& evaluations) {
-  const RankingMetric needs = request.measure_mae ? RankingMetric::kMae : RankingMetric::kNoiseRatio;
+  // MAE when the request asks; the nuclear sensitivity when the job ranks by it (the request
+  // carries the job's spec).
+  RankingMetric needs = RankingMetric::kNoiseRatio;
+  if (request.measure_mae) {
+    needs = RankingMetric::kMae;
+  } else if (request.spec.metric == RankingMetric::kNuclear) {
+    needs = RankingMetric::kNuclear;
+  }
   std::vector<core::SiteCandidate> todo;
   for (const auto& [key, config_json] : request.candidates) {
     QS_ASSIGN_OR_RETURN(auto have, evaluations.Get(key));
@@ -140,6 +147,7 @@ StatusOr<std::string> Evaluate(const ModelSession& session, const TaskRequest& r
   if (!todo.empty()) {
     core::SiteEvaluationOptions options;
     options.measure_mae = request.measure_mae;
+    options.measure_nuclear = request.spec.metric == RankingMetric::kNuclear;
     auto done = session.EvaluateTask(request.site, todo, options, [&](const Evaluation& e) {
       if (!e.ok() && IsTransient(e.error_code)) {
         if (transient.ok()) transient = Status(e.error_code, e.error);
