@@ -85,6 +85,13 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
   QS_RETURN_IF_ERROR(ReadArrayField<RangeCalibrator>(
       j, "weight_calibrators", EnumReader<RangeCalibrator>(ParseRangeCalibrator),
       &space->weight_calibrators));
+  for (auto c : space->weight_calibrators) {
+    if (c == RangeCalibrator::kLiu) {
+      return InvalidArgumentError(
+          "field 'weight_calibrators': liu is an attention-matmul calibrator; search linear "
+          "layers with Liu et al. through weight_methods: [\"liu\"]");
+    }
+  }
   QS_RETURN_IF_ERROR(ReadArrayField<int>(
       j, "activation_bits", [](const json& v, int* b) { return ReadBits(v, b, 2); },
       &space->activation_bits));

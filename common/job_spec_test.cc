@@ -83,6 +83,7 @@ TEST(JobSpecTest, ErrorsNameTheField) {
       {[](json& j) { j["search"]["bits"] = 4; }, "bits"},
       {[](json& j) { j["search"]["reparam"] = json::array({false, "on"}); }, "reparam[1]"},
       {[](json& j) { j["search"]["reparam"] = true; }, "reparam"},
+      {[](json& j) { j["search"]["weight_calibrators"] = json::array({"liu"}); }, "weight_methods"},
       {[](json& j) { j["objective"] = json::object(); }, "exactly one budget"},
       {[](json& j) { j["objective"]["model_bytes"] = 1000; }, "exactly one budget"},
       {[](json& j) { j["objective"]["avg_weight_bits"] = -1; }, "positive"},

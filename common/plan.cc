@@ -16,10 +16,19 @@ ActivationQuant Uniform(int bits, RangeCalibrator calibrator) {
   return a;
 }
 
-// The activation calibrators to cross with `bits`: one (irrelevant) for float activations.
-std::vector<RangeCalibrator> CalibratorsFor(int bits, const CandidateSpace& space) {
+// The activation calibrators to cross with `bits`: one (irrelevant) for float activations. liu
+// is for attention-matmul operands; a linear input's interval is the weight method liu's to
+// search (OMSE when liu was the only one offered).
+std::vector<RangeCalibrator> CalibratorsFor(int bits, const CandidateSpace& space,
+                                            SiteKind kind) {
   if (bits == 0) return {RangeCalibrator::kOmse};
-  return space.activation_calibrators;
+  if (kind == SiteKind::kMatmul) return space.activation_calibrators;
+  std::vector<RangeCalibrator> out;
+  for (auto c : space.activation_calibrators) {
+    if (c != RangeCalibrator::kLiu) out.push_back(c);
+  }
+  if (out.empty()) out.push_back(RangeCalibrator::kOmse);
+  return out;
 }
 
 // The reparam settings to cross with: both only where it applies and changes something.
@@ -40,7 +49,7 @@ std::vector<Candidate> LinearCandidates(const SiteInfo& site, const CandidateSpa
       for (Granularity g : space.weight_granularities) {
         for (RangeCalibrator cal : space.weight_calibrators) {
           for (int abits : space.activation_bits) {
-            for (RangeCalibrator acal : CalibratorsFor(abits, space)) {
+            for (RangeCalibrator acal : CalibratorsFor(abits, space, SiteKind::kLinear)) {
               for (bool reparam : ReparamChoices(site.name, SiteKind::kLinear, abits, space)) {
                 Candidate c{site.name, SiteKind::kLinear, {}};
                 c.config.weight.method = method;
@@ -78,7 +87,9 @@ std::vector<Candidate> MatmulCandidates(const SiteInfo& site, const CandidateSpa
       if (kind == ActivationQuantizer::kUniform && !offers_log_sqrt2) {
         reparams = ReparamChoices(site.name, SiteKind::kMatmul, abits, space);
       }
-      for (RangeCalibrator acal : CalibratorsFor(abits, space)) {
+      for (RangeCalibrator acal : CalibratorsFor(abits, space, SiteKind::kMatmul)) {
+        // liu searches uniform grids only.
+        if (acal == RangeCalibrator::kLiu && kind != ActivationQuantizer::kUniform) continue;
         for (bool reparam : reparams) {
           Candidate c{site.name, SiteKind::kMatmul, {}};
           c.config.activation = Uniform(abits, acal);

@@ -154,6 +154,32 @@ TEST(PlanTest, ReparamDoublesOnlyTheSitesItChanges) {
   EXPECT_NE(s.message().find("blocks.0.attn.qkv"), std::string::npos) << s.message();
 }
 
+TEST(PlanTest, LiuCalibratesMatmulOperandsOnly) {
+  JobSpec spec = Spec();
+  spec.space.activation_calibrators = {RangeCalibrator::kLiu};
+  auto plan = MakePlan(spec, Sites());
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  for (const auto& c : plan->sites[1].candidates) {  // qkv: its input falls back to OMSE
+    EXPECT_EQ(c.config.activation.calibrator, RangeCalibrator::kOmse);
+  }
+  EXPECT_EQ(plan->sites[2].candidates[0].config.activation.calibrator, RangeCalibrator::kLiu);
+  // softmax·v: uniform with liu; log2 cannot take it, so it has no candidate here.
+  ASSERT_EQ(plan->sites[3].candidates.size(), 1u);
+  EXPECT_EQ(plan->sites[3].candidates[0].config.activation.quantizer,
+            ActivationQuantizer::kUniform);
+  QuantConfig bad;
+  bad.weight.bits = 4;
+  bad.weight.calibrator = RangeCalibrator::kLiu;
+  EXPECT_EQ(ValidateQuantConfig(bad, SiteKind::kLinear).code(), StatusCode::kInvalidArgument);
+  bad = QuantConfig{};
+  bad.activation.bits = 8;
+  bad.activation.calibrator = RangeCalibrator::kLiu;
+  EXPECT_EQ(ValidateQuantConfig(bad, SiteKind::kLinear).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ValidateQuantConfig(bad, SiteKind::kMatmul).ok());
+  bad.activation.quantizer = ActivationQuantizer::kLog2;
+  EXPECT_EQ(ValidateQuantConfig(bad, SiteKind::kMatmul).code(), StatusCode::kInvalidArgument);
+}
+
 TEST(PlanTest, KeysAreStableAndDistinct) {
   auto plan = MakePlan(Spec(), Sites());
   ASSERT_TRUE(plan.ok());

@@ -24,6 +24,7 @@ constexpr std::pair<const char*, RangeCalibrator> kCalibrators[] = {
     {"percentile", RangeCalibrator::kPercentile},
     {"omse", RangeCalibrator::kOmse},
     {"mae", RangeCalibrator::kMae},
+    {"liu", RangeCalibrator::kLiu},
 };
 constexpr std::pair<const char*, ActivationQuantizer> kQuantizers[] = {
     {"uniform", ActivationQuantizer::kUniform},
@@ -202,6 +203,11 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
         !std::isfinite(w.erq_wqer_lambda)) {
       return InvalidArgumentError("weight erq ridge lambdas must be positive and finite");
     }
+    if (w.calibrator == RangeCalibrator::kLiu) {
+      return InvalidArgumentError(
+          "weight calibrator liu applies to attention-matmul operands; a linear layer's intervals "
+          "are searched by the weight method liu");
+    }
     if (w.erq_wqer_iterations < 0) {
       return InvalidArgumentError("weight erq_wqer_iterations must be >= 0");
     }
@@ -243,8 +249,20 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
     if (config.activation_rhs.quantized()) {
       return InvalidArgumentError("a linear site has no activation_rhs");
     }
+    if (config.activation.quantized() && config.activation.calibrator == RangeCalibrator::kLiu) {
+      return InvalidArgumentError(
+          "activation calibrator liu applies to attention-matmul operands; a linear input's "
+          "interval is searched by the weight method liu");
+    }
   } else {
     QS_RETURN_IF_ERROR(ValidateActivation(config.activation_rhs, "activation_rhs"));
+    for (const auto* a : {&config.activation, &config.activation_rhs}) {
+      if (a->quantized() && a->calibrator == RangeCalibrator::kLiu &&
+          a->quantizer != ActivationQuantizer::kUniform) {
+        return InvalidArgumentError(std::string("calibrator liu searches uniform grids, not ") +
+                                    ToString(a->quantizer));
+      }
+    }
   }
   return OkStatus();
 }

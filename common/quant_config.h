@@ -32,6 +32,9 @@ enum class RangeCalibrator {
   kPercentile,  // the `percentile` quantile of each side
   kOmse,        // shrink search: max·(1−0.01i), i<90, lowest squared error
   kMae,         // the same shrink search, lowest absolute error
+  kLiu,         // attention-matmul operands only: Liu et al. 2021's search of both operands'
+                // intervals around min-max for output Pearson correlation (and, at q·kᵀ, the
+                // attention ranking loss)
 };
 
 // The value grid of an activation quantizer.

@@ -12,6 +12,7 @@
 
 #include "core/erq.h"
 #include "core/gptq.h"
+#include "core/liu.h"
 #include "core/metrics.h"
 #include "core/quantize_model.h"
 #include "core/torch_status.h"
@@ -629,6 +630,15 @@ void EvaluateMatmulSite(const Context& c) {
     const auto start = Clock::now();
     const QuantConfig& config = c.candidates[i].config;
     Status s = GuardTorch("evaluate", [&]() -> Status {
+      if (SearchedByLiu(MatmulLhsSpec(config, site.name)) || SearchedByLiu(config.activation_rhs)) {
+        // Both operands searched together: quantized as calibration does it, measured directly.
+        QuantizeOptions options;
+        options.site_reports = false;
+        Timed timed(&c.costs->activation_seconds);
+        QS_ASSIGN_OR_RETURN(SiteResult r, QuantizeMatmulSite(site, config, heads, lhs, rhs,
+                                                             options));
+        return SetFromOutputs(y, r.output, /*with_mae=*/true, &results[i]);
+      }
       QS_ASSIGN_OR_RETURN(torch::Tensor a, operand(0, MatmulLhsSpec(config, site.name), &lhs_memo));
       QS_ASSIGN_OR_RETURN(torch::Tensor b, operand(1, config.activation_rhs, &rhs_memo));
       auto out = Gemm(c.costs, macs, [&] { return at::matmul(a, b); });

@@ -225,6 +225,29 @@ TEST(EvaluateTest, LiuCandidatesAreTheSiteQuantizedAsCalibrationDoesIt) {
   }
 }
 
+TEST(EvaluateTest, LiuMatmulCandidatesAreMeasuredAsCalibrationQuantizes) {
+  auto f = Make();
+  for (const char* name : {"blocks.0.attn.qk_matmul", "blocks.1.attn.av_matmul"}) {
+    const Site& site = *f.model.FindSite(name);
+    const auto& in = f.inputs.at(name);
+    QuantConfig liu, minmax;
+    for (QuantConfig* c : {&liu, &minmax}) {
+      c->activation.bits = c->activation_rhs.bits = 4;
+      c->activation.calibrator = c->activation_rhs.calibrator =
+          c == &liu ? RangeCalibrator::kLiu : RangeCalibrator::kMinMax;
+    }
+    SiteData data{in, torch::Tensor()};
+    auto e = EvaluateSite(f.model, site, {{minmax, "minmax"}, {liu, "liu"}}, &data, {});
+    ASSERT_TRUE(e[0].ok() && e[1].ok()) << e[1].error;
+    QuantizeOptions plain;
+    plain.site_reports = true;
+    auto ref = QuantizeMatmulSite(site, liu, site.num_heads, in[0], in[1], plain);
+    ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+    EXPECT_NEAR(e[1].sqnr_db, ref->report.sqnr_db, 1e-6) << name;
+    EXPECT_NE(e[1].sqnr_db, e[0].sqnr_db) << name;  // the search moved off min-max
+  }
+}
+
 TEST(EvaluateTest, NuclearNormsOfAttentionMapsLieBetweenOneAndTheirSize) {
   // A row-stochastic T × T matrix has nuclear norm in [1, T]: 1 for uniform attention (rank 1),
   // T for the identity.

@@ -133,4 +133,67 @@ StatusOr<LiuSearch> SearchLiuIntervals(const torch::Tensor& x, const torch::Tens
   });
 }
 
+StatusOr<LiuMatmulSearch> SearchLiuMatmulIntervals(const torch::Tensor& lhs,
+                                                   const torch::Tensor& rhs,
+                                                   const UniformGrid* lhs_base,
+                                                   const UniformGrid* rhs_base,
+                                                   const torch::Tensor& lhs_fixed,
+                                                   const torch::Tensor& rhs_fixed, bool ranking) {
+  if ((lhs_base == nullptr && !lhs_fixed.defined()) ||
+      (rhs_base == nullptr && !rhs_fixed.defined())) {
+    return InvalidArgumentError("the liu matmul search needs each operand's grid or values");
+  }
+  return GuardTorch("liu matmul", [&]() -> StatusOr<LiuMatmulSearch> {
+    torch::Tensor pick;
+    if (lhs.size(0) > kLiuMatmulItems) {
+      pick = torch::linspace(0, lhs.size(0) - 1, kLiuMatmulItems, torch::kFloat64)
+                 .round()
+                 .to(torch::kLong)
+                 .to(lhs.device());
+    }
+    auto take = [&](const torch::Tensor& t) {
+      return t.defined() && pick.defined() ? t.index_select(0, pick) : t;
+    };
+    const auto a = take(lhs), b = take(rhs), a_fixed = take(lhs_fixed), b_fixed = take(rhs_fixed);
+    const auto reference = at::matmul(a, b);
+    const double pairs = 0.5 * static_cast<double>(reference.size(-1) * (reference.size(-1) - 1));
+    auto objective = [&](const torch::Tensor& a_hat, const torch::Tensor& b_hat) {
+      const auto out = at::matmul(a_hat, b_hat);
+      double score = PearsonCorrelation(reference, out);
+      if (ranking && pairs > 0) score -= RankingLoss(reference, out, 0.0) / pairs;
+      return score;
+    };
+    WeightQuant defaults;  // the multiplier grid's defaults
+    const std::vector<double> multipliers = Multipliers(defaults);
+    double lhs_m = 1, rhs_m = 1;
+    auto a_at = [&](double m) { return lhs_base ? FakeQuantize(a, Scaled(*lhs_base, m)) : a_fixed; };
+    auto b_at = [&](double m) { return rhs_base ? FakeQuantize(b, Scaled(*rhs_base, m)) : b_fixed; };
+    LiuMatmulSearch best;
+    best.objective = objective(a_at(1), b_at(1));
+    if (lhs_base) {
+      const auto b_hat = b_at(rhs_m);
+      for (double m : multipliers) {
+        const double s = objective(a_at(m), b_hat);
+        if (s > best.objective) {
+          best.objective = s;
+          lhs_m = m;
+        }
+      }
+    }
+    if (rhs_base) {
+      const auto a_hat = a_at(lhs_m);
+      for (double m : multipliers) {
+        const double s = objective(a_hat, b_at(m));
+        if (s > best.objective) {
+          best.objective = s;
+          rhs_m = m;
+        }
+      }
+    }
+    if (lhs_base) best.lhs_grid = Scaled(*lhs_base, lhs_m);
+    if (rhs_base) best.rhs_grid = Scaled(*rhs_base, rhs_m);
+    return best;
+  });
+}
+
 }  // namespace qs::core

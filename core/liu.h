@@ -50,6 +50,34 @@ StatusOr<LiuSearch> SearchLiuIntervals(const torch::Tensor& x, const torch::Tens
                                        const UniformGrid* base_input, const torch::Tensor& weight,
                                        const torch::Tensor& bias, const WeightQuant& spec);
 
+// The matmul form (calibrator liu on an attention-matmul operand): the intervals of the operands
+// given a `*_base` grid (min-max, uniform) are searched alternately, left then right, each over
+// the default multipliers (0.5..1.2, 100 points, and 1), the other operand as `*_fixed` gives it
+// (its fitted quantizer's output, or its base grid at the chosen multiplier). The objective is
+// the Pearson correlation of the product with the float product, minus, with `ranking` (q·kᵀ),
+// the ranking loss at margin 0 per key pair (the mean inversion of attention scores). Scored on
+// at most kLiuMatmulItems leading items (images), evenly spaced.
+inline constexpr int64_t kLiuMatmulItems = 16;
+
+// Whether a matmul operand's interval is Liu et al.'s to search (a quantized uniform grid with
+// calibrator liu).
+inline bool SearchedByLiu(const ActivationQuant& a) {
+  return a.quantized() && a.quantizer == ActivationQuantizer::kUniform &&
+         a.calibrator == RangeCalibrator::kLiu;
+}
+
+struct LiuMatmulSearch {
+  std::optional<UniformGrid> lhs_grid, rhs_grid;  // for the operands that had a base grid
+  double objective = 0;
+};
+
+StatusOr<LiuMatmulSearch> SearchLiuMatmulIntervals(const torch::Tensor& lhs,
+                                                   const torch::Tensor& rhs,
+                                                   const UniformGrid* lhs_base,
+                                                   const UniformGrid* rhs_base,
+                                                   const torch::Tensor& lhs_fixed,
+                                                   const torch::Tensor& rhs_fixed, bool ranking);
+
 }  // namespace qs::core
 
 #endif  // QS_CORE_LIU_H_

@@ -110,5 +110,37 @@ TEST(LiuTest, FixedInputsSearchOnlyTheWeight) {
             StatusCode::kInvalidArgument);
 }
 
+TEST(LiuTest, MatmulSearchStartsAtMinMaxAndKeepsTheRankingAtQk) {
+  torch::manual_seed(9);
+  auto q = torch::randn({20, 2, 10, 8});
+  auto k = torch::randn({20, 2, 8, 10});
+  q.select(3, 0).mul_(8);  // a wide channel: min-max wastes levels
+  auto q_base = FitUniformGrid(q, GroupLayout{}, RangeOptions{4, false, RangeCalibrator::kMinMax});
+  auto k_base = FitUniformGrid(k, GroupLayout{}, RangeOptions{4, false, RangeCalibrator::kMinMax});
+  ASSERT_TRUE(q_base.ok() && k_base.ok());
+  for (bool ranking : {false, true}) {
+    auto r = SearchLiuMatmulIntervals(q, k, &*q_base, &*k_base, {}, {}, ranking);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_TRUE(r->lhs_grid && r->rhs_grid);
+    // The search scores 16 of the 20 images; on them it ends no worse than min-max.
+    auto pick = torch::linspace(0, 19, kLiuMatmulItems, torch::kFloat64).round().to(torch::kLong);
+    auto qs = q.index_select(0, pick), ks = k.index_select(0, pick);
+    auto ref = at::matmul(qs, ks);
+    auto score = [&](const UniformGrid& gq, const UniformGrid& gk) {
+      auto out = at::matmul(FakeQuantize(qs, gq), FakeQuantize(ks, gk));
+      return PearsonCorrelation(ref, out) - (ranking ? RankingLoss(ref, out, 0) / 45.0 : 0.0);
+    };
+    EXPECT_NEAR(r->objective, score(*r->lhs_grid, *r->rhs_grid), 1e-9);
+    EXPECT_GE(r->objective, score(*q_base, *k_base));
+  }
+  // An operand without a base grid is taken as given and not searched.
+  auto fixed = SearchLiuMatmulIntervals(q, k, &*q_base, nullptr, {}, k, true);
+  ASSERT_TRUE(fixed.ok());
+  EXPECT_TRUE(fixed->lhs_grid.has_value());
+  EXPECT_FALSE(fixed->rhs_grid.has_value());
+  EXPECT_EQ(SearchLiuMatmulIntervals(q, k, nullptr, nullptr, {}, {}, false).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace qs::core

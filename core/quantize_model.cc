@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include "common/strings.h"
 #include "core/erq.h"
 #include "core/gptq.h"
 #include "core/liu.h"
@@ -241,6 +242,27 @@ StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& con
         ActivationQuantizerState::Fit(rhs, config.activation_rhs,
                                       ActivationLayout(config.activation_rhs, site, num_heads),
                                       OperandDomain(site, 1)));
+    const bool liu_lhs = SearchedByLiu(r.site.config.activation);
+    const bool liu_rhs = SearchedByLiu(config.activation_rhs);
+    if (liu_lhs || liu_rhs) {
+      // Both operands' intervals searched together on the product (ranking loss at q·kᵀ); the
+      // fitted grids (min-max for liu) are where the search starts.
+      QS_ASSIGN_OR_RETURN(
+          LiuMatmulSearch liu,
+          SearchLiuMatmulIntervals(lhs, rhs, liu_lhs ? &r.site.input.uniform() : nullptr,
+                                   liu_rhs ? &r.site.input_rhs.uniform() : nullptr,
+                                   liu_lhs ? torch::Tensor() : r.site.input.Apply(lhs),
+                                   liu_rhs ? torch::Tensor() : r.site.input_rhs.Apply(rhs),
+                                   EndsWith(site.name, ".attn.qk_matmul")));
+      if (liu.lhs_grid) {
+        r.site.input =
+            ActivationQuantizerState::FromUniformGrid(r.site.config.activation, *liu.lhs_grid);
+      }
+      if (liu.rhs_grid) {
+        r.site.input_rhs =
+            ActivationQuantizerState::FromUniformGrid(config.activation_rhs, *liu.rhs_grid);
+      }
+    }
     auto lhs_hat = r.site.input.Apply(lhs), rhs_hat = r.site.input_rhs.Apply(rhs);
     r.output = at::matmul(lhs_hat, rhs_hat);
     if (!options.site_reports) return r;
