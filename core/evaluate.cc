@@ -486,6 +486,62 @@ void SetNuclearErrors(const Context& c, const torch::Tensor& sensitivity,
   }
 }
 
+// One group of a linear site's candidates, those sharing an activation config (and reparam):
+// the activation quantizer and its blocks fitted once, then each candidate's weight measured.
+void EvaluateLinearGroup(const Context& c, const LinearSite& site,
+                         const std::vector<size_t>& group, WeightGridCache* grids) {
+  auto& results = *c.results;
+  const auto group_start = Clock::now();
+  bool blocks = false;
+  for (size_t i : group) blocks |= MeasuredFromGram(c.model, c.site, c.candidates[i].config);
+  const ActivationQuant& act = c.candidates[group[0]].config.activation;
+  // Reparameterized candidates see a folded input and weight of their own, and their weight
+  // grids are not the float weight's (a cache of the group's own).
+  const bool reparam = c.candidates[group[0]].config.reparam && act.quantized();
+  const LinearSite* view = &site;
+  LinearSite folded;
+  std::optional<ReparamFit> fit;
+  WeightGridCache folded_grids;
+  if (reparam) {
+    Status made = GuardTorch("reparam", [&]() -> Status {
+      if (!site.bias.defined()) {
+        return InvalidArgumentError("reparam moves a shift into the bias, and this layer has "
+                                    "none (qkv_bias false)");
+      }
+      QS_ASSIGN_OR_RETURN(fit, FitScaleReparam(site.x, act));
+      return ReparamLinearSite(site, *fit, &folded);
+    });
+    if (!made.ok()) {
+      FailAll(group, made, &results);
+      return;
+    }
+    view = &folded;
+  }
+  ActivationBlocks activation;
+  Status fitted = FitActivation(c, *view, act, blocks, fit ? &fit->per_tensor : nullptr,
+                                &activation);
+  if (!fitted.ok()) {
+    FailAll(group, fitted, &results);
+    return;
+  }
+  const double shared = Since(group_start) / static_cast<double>(group.size());
+  std::optional<GroupSolves> solves;  // GPTQ and ERQ are always measured from the blocks
+  if (view->gram.defined()) solves.emplace(view->gram, activation.cross, activation.error_gram);
+  for (size_t i : group) {
+    const auto start = Clock::now();
+    Status s = GuardTorch("evaluate", [&]() -> Status {
+      const QuantConfig& config = c.candidates[i].config;
+      if (config.weight.quantized() && config.weight.method == WeightMethod::kLiu) {
+        return EvaluateLiuCandidate(c, site, config, &results[i]);  // folds for itself
+      }
+      return EvaluateLinearCandidate(c, *view, activation, config, solves ? &*solves : nullptr,
+                                     reparam ? &folded_grids : grids, &results[i]);
+    });
+    if (!s.ok()) results[i].SetError(s);
+    (*c.own_seconds)[i] = shared + Since(start);
+  }
+}
+
 void EvaluateLinearSite(const Context& c) {
   auto& results = *c.results;
   std::vector<size_t> all;
@@ -518,55 +574,7 @@ void EvaluateLinearSite(const Context& c) {
   for (const auto& group : GroupBy(c.candidates, all, [](const QuantConfig& q) {
          return std::make_pair(q.activation, q.reparam && q.activation.quantized());
        })) {
-    const auto group_start = Clock::now();
-    bool blocks = false;
-    for (size_t i : group) blocks |= MeasuredFromGram(c.model, c.site, c.candidates[i].config);
-    const ActivationQuant& act = c.candidates[group[0]].config.activation;
-    // Reparameterized candidates see a folded input and weight of their own, and their weight
-    // grids are not the float weight's (a cache of the group's own).
-    const bool reparam = c.candidates[group[0]].config.reparam && act.quantized();
-    const LinearSite* view = &site;
-    LinearSite folded;
-    std::optional<ReparamFit> fit;
-    WeightGridCache folded_grids;
-    if (reparam) {
-      Status made = GuardTorch("reparam", [&]() -> Status {
-        if (!site.bias.defined()) {
-          return InvalidArgumentError("reparam moves a shift into the bias, and this layer has "
-                                      "none (qkv_bias false)");
-        }
-        QS_ASSIGN_OR_RETURN(fit, FitScaleReparam(site.x, act));
-        return ReparamLinearSite(site, *fit, &folded);
-      });
-      if (!made.ok()) {
-        FailAll(group, made, &results);
-        continue;
-      }
-      view = &folded;
-    }
-    ActivationBlocks activation;
-    Status fitted = FitActivation(c, *view, act, blocks, fit ? &fit->per_tensor : nullptr,
-                                  &activation);
-    if (!fitted.ok()) {
-      FailAll(group, fitted, &results);
-      continue;
-    }
-    const double shared = Since(group_start) / static_cast<double>(group.size());
-    std::optional<GroupSolves> solves;  // GPTQ and ERQ are always measured from the blocks
-    if (view->gram.defined()) solves.emplace(view->gram, activation.cross, activation.error_gram);
-    for (size_t i : group) {
-      const auto start = Clock::now();
-      Status s = GuardTorch("evaluate", [&]() -> Status {
-        const QuantConfig& config = c.candidates[i].config;
-        if (config.weight.quantized() && config.weight.method == WeightMethod::kLiu) {
-          return EvaluateLiuCandidate(c, site, config, &results[i]);  // folds for itself
-        }
-        return EvaluateLinearCandidate(c, *view, activation, config, solves ? &*solves : nullptr,
-                                       reparam ? &folded_grids : grids, &results[i]);
-      });
-      if (!s.ok()) results[i].SetError(s);
-      (*c.own_seconds)[i] = shared + Since(start);
-    }
+    EvaluateLinearGroup(c, site, group, grids);
   }
   if (c.options.measure_nuclear) {
     // One matrix per leading item: [B, N, out] per image (Swin: per window); pooled rows alone.

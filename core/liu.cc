@@ -22,6 +22,29 @@ std::vector<double> Multipliers(const WeightQuant& spec) {
   return out;
 }
 
+// `keep` evenly spaced indices of `count` (undefined when there are no more than that): the
+// searches score candidates on a bounded, fixed sample.
+torch::Tensor EvenlySpaced(int64_t count, int64_t keep, const torch::Device& device) {
+  if (count <= keep) return torch::Tensor();
+  return torch::linspace(0, count - 1, keep, torch::kFloat64)
+      .round()
+      .to(torch::kLong)
+      .to(device);
+}
+
+// Tries every multiplier with `score` and keeps one that beats `*best` (the first of equals).
+template <typename Score>
+void TryMultipliers(const std::vector<double>& multipliers, Score score, double* best,
+                    double* chosen) {
+  for (double m : multipliers) {
+    const double s = score(m);
+    if (s > *best) {
+      *best = s;
+      *chosen = m;
+    }
+  }
+}
+
 UniformGrid Scaled(const UniformGrid& grid, double multiplier) {
   UniformGrid g = grid;
   g.scale = grid.scale * multiplier;
@@ -75,13 +98,7 @@ StatusOr<LiuSearch> SearchLiuIntervals(const torch::Tensor& x, const torch::Tens
     auto rows = x.reshape({-1, n}).to(torch::kFloat32);
     auto rows_hat = base_input ? torch::Tensor() : fixed_input_hat.reshape({-1, n});
     // The rows the candidates are scored on: evenly spaced, all of them when few.
-    torch::Tensor pick;
-    if (rows.size(0) > kLiuSearchRows) {
-      pick = torch::linspace(0, rows.size(0) - 1, kLiuSearchRows, torch::kFloat64)
-                 .round()
-                 .to(torch::kLong)
-                 .to(rows.device());
-    }
+    const torch::Tensor pick = EvenlySpaced(rows.size(0), kLiuSearchRows, rows.device());
     auto sample = pick.defined() ? rows.index_select(0, pick) : rows;
     auto sample_hat = rows_hat.defined() && pick.defined() ? rows_hat.index_select(0, pick)
                                                            : rows_hat;
@@ -102,21 +119,11 @@ StatusOr<LiuSearch> SearchLiuIntervals(const torch::Tensor& x, const torch::Tens
     best.pearson = score(1.0, input_at(1.0));
     for (int round = 0; round < spec.liu_rounds; ++round) {
       const auto in = input_at(best.input_multiplier);
-      for (double m : multipliers) {
-        const double p = score(m, in);
-        if (p > best.pearson) {
-          best.pearson = p;
-          best.weight_multiplier = m;
-        }
-      }
+      TryMultipliers(multipliers, [&](double m) { return score(m, in); }, &best.pearson,
+                     &best.weight_multiplier);
       if (!base_input) break;
-      for (double m : multipliers) {
-        const double p = score(best.weight_multiplier, input_at(m));
-        if (p > best.pearson) {
-          best.pearson = p;
-          best.input_multiplier = m;
-        }
-      }
+      TryMultipliers(multipliers, [&](double m) { return score(best.weight_multiplier, input_at(m)); },
+                     &best.pearson, &best.input_multiplier);
     }
     best.weight = QuantizeOnGrid(weight, Scaled(base_weight, best.weight_multiplier));
     if (base_input) best.input_grid = Scaled(*base_input, best.input_multiplier);
@@ -144,13 +151,7 @@ StatusOr<LiuMatmulSearch> SearchLiuMatmulIntervals(const torch::Tensor& lhs,
     return InvalidArgumentError("the liu matmul search needs each operand's grid or values");
   }
   return GuardTorch("liu matmul", [&]() -> StatusOr<LiuMatmulSearch> {
-    torch::Tensor pick;
-    if (lhs.size(0) > kLiuMatmulItems) {
-      pick = torch::linspace(0, lhs.size(0) - 1, kLiuMatmulItems, torch::kFloat64)
-                 .round()
-                 .to(torch::kLong)
-                 .to(lhs.device());
-    }
+    const torch::Tensor pick = EvenlySpaced(lhs.size(0), kLiuMatmulItems, lhs.device());
     auto take = [&](const torch::Tensor& t) {
       return t.defined() && pick.defined() ? t.index_select(0, pick) : t;
     };
@@ -172,23 +173,13 @@ StatusOr<LiuMatmulSearch> SearchLiuMatmulIntervals(const torch::Tensor& lhs,
     best.objective = objective(a_at(1), b_at(1));
     if (lhs_base) {
       const auto b_hat = b_at(rhs_m);
-      for (double m : multipliers) {
-        const double s = objective(a_at(m), b_hat);
-        if (s > best.objective) {
-          best.objective = s;
-          lhs_m = m;
-        }
-      }
+      TryMultipliers(multipliers, [&](double m) { return objective(a_at(m), b_hat); },
+                     &best.objective, &lhs_m);
     }
     if (rhs_base) {
       const auto a_hat = a_at(lhs_m);
-      for (double m : multipliers) {
-        const double s = objective(a_hat, b_at(m));
-        if (s > best.objective) {
-          best.objective = s;
-          rhs_m = m;
-        }
-      }
+      TryMultipliers(multipliers, [&](double m) { return objective(a_hat, b_at(m)); },
+                     &best.objective, &rhs_m);
     }
     if (lhs_base) best.lhs_grid = Scaled(*lhs_base, lhs_m);
     if (rhs_base) best.rhs_grid = Scaled(*rhs_base, rhs_m);

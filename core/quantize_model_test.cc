@@ -37,6 +37,49 @@ Tiny MakeTiny() {
   return {*model, torch::randn({32, 1, 16, 16}), torch::randn({64, 1, 16, 16})};
 }
 
+// Normalized Fashion-MNIST for the fixture's accuracy tests: 128 training images (seed 0) to
+// calibrate on, the first 1000 test images and their labels to evaluate.
+struct Images {
+  torch::Tensor calib, eval, labels;
+};
+StatusOr<Images> FashionImages(const ViTConfig& config) {
+  QS_ASSIGN_OR_RETURN(auto train, LoadDataset("fashion-mnist:train"));
+  QS_ASSIGN_OR_RETURN(auto test, LoadDataset("fashion-mnist:test"));
+  auto eval_set = Head(test, 1000);
+  Images out;
+  QS_ASSIGN_OR_RETURN(out.calib, NormalizeImages(DrawSubset(train, 128, 0), config));
+  QS_ASSIGN_OR_RETURN(out.eval, NormalizeImages(eval_set, config));
+  out.labels = eval_set.labels;
+  return out;
+}
+
+// `q`'s written weights and `config`, loaded back as a float model (the files are removed).
+StatusOr<ViTModel> LoadWrittenArtifact(const QuantizedModel& q, const ViTConfig& config) {
+  const auto dir = std::filesystem::temp_directory_path();
+  const std::string weights = (dir / "qs_qm_artifact.safetensors").string();
+  const std::string config_path = (dir / "qs_qm_artifact.json").string();
+  QS_RETURN_IF_ERROR(q.WriteWeights(weights));
+  QS_RETURN_IF_ERROR(WriteFileAtomically(config_path, ToJson(config).dump()));
+  auto loaded = ViTModel::Load(config_path, weights);
+  std::remove(weights.c_str());
+  std::remove(config_path.c_str());
+  return loaded;
+}
+
+// `q`'s written weights read back, every quantized weight dequantized (the file is removed).
+auto WrittenWeights(const QuantizedModel& q) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "qs_qm_written.safetensors").string();
+  auto read = [&]() -> decltype(ReadQuantizedWeights(*SafetensorsFile::Open(path))) {
+    QS_RETURN_IF_ERROR(q.WriteWeights(path));
+    QS_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+    return ReadQuantizedWeights(file);
+  };
+  auto weights = read();
+  std::remove(path.c_str());
+  return weights;
+}
+
 Recipe Uniform(const std::string& shorthand, bool edges = true) {
   auto r = ParseUniformRecipe(shorthand, edges);
   EXPECT_TRUE(r.ok()) << r.status().ToString();
@@ -204,19 +247,12 @@ TEST(QuantizeModelTest, WeightOnlyArtifactLoadsAsAModelWithTheSameLogits) {
   for (const char* r : {"w4a32:rtn", "w3a32:erq"}) {
     auto q = QuantizeModel(t.model, Uniform(r), t.calib);
     ASSERT_TRUE(q.ok());
-    const auto dir = std::filesystem::temp_directory_path();
-    const std::string weights = (dir / "qs_qm_artifact.safetensors").string();
-    const std::string config = (dir / "qs_qm_artifact.json").string();
-    ASSERT_TRUE(q->WriteWeights(weights).ok());
-    ASSERT_TRUE(WriteFileAtomically(config, ToJson(t.model.config()).dump()).ok());
-    auto loaded = ViTModel::Load(config, weights);
+    auto loaded = LoadWrittenArtifact(*q, t.model.config());
     ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
     auto expected = q->Logits(t.eval);
     auto got = loaded->Logits(t.eval);
     ASSERT_TRUE(expected.ok() && got.ok());
     EXPECT_TRUE(torch::allclose(*got, *expected, 1e-5, 1e-5)) << r;
-    std::remove(weights.c_str());
-    std::remove(config.c_str());
   }
 }
 
@@ -238,12 +274,7 @@ TEST(QuantizeModelTest, GptqAndErqRunThroughTheModelAndErqBiasIsWritten) {
     ASSERT_TRUE(logits.ok());
     EXPECT_TRUE(torch::isfinite(*logits).all().item<bool>());
     EXPECT_GT(SqnrDb(fp, *logits), 5.0) << r;
-    const std::string path =
-        (std::filesystem::temp_directory_path() / "qs_qm_methods.safetensors").string();
-    ASSERT_TRUE(q->WriteWeights(path).ok());
-    auto file = SafetensorsFile::Open(path);
-    ASSERT_TRUE(file.ok());
-    auto weights = ReadQuantizedWeights(*file);
+    auto weights = WrittenWeights(*q);
     ASSERT_TRUE(weights.ok()) << weights.status().ToString();
     for (const char* site : {"blocks.0.mlp.fc1", "blocks.1.mlp.fc2"}) {
       const auto& w = *q->sites().at(site).weight;
@@ -259,31 +290,25 @@ TEST(QuantizeModelTest, GptqAndErqRunThroughTheModelAndErqBiasIsWritten) {
         EXPECT_TRUE(torch::equal(bias, t.model.tensor(std::string(site) + ".bias")));
       }
     }
-    std::remove(path.c_str());
   }
 }
 
 TEST(QuantizeModelTest, FixtureKeepsItsAccuracyAtW8A8) {
   auto model = ViTModel::Load(kFixtureConfig, kFixtureWeights);
   ASSERT_TRUE(model.ok()) << model.status().ToString();
-  auto train = LoadDataset("fashion-mnist:train");
-  auto test = LoadDataset("fashion-mnist:test");
-  ASSERT_TRUE(train.ok() && test.ok());
-  auto calib_x = NormalizeImages(DrawSubset(*train, 128, 0), model->config());
-  auto eval_set = Head(*test, 1000);
-  auto eval_x = NormalizeImages(eval_set, model->config());
-  ASSERT_TRUE(calib_x.ok() && eval_x.ok());
-  const auto& calib = *calib_x;
-  const auto& eval = *eval_x;
+  auto images = FashionImages(model->config());
+  ASSERT_TRUE(images.ok()) << images.status().ToString();
+  const auto& calib = images->calib;
+  const auto& eval = images->eval;
   auto fp = model->Logits(eval);
   ASSERT_TRUE(fp.ok());
   auto w8a8 = QuantizeModel(*model, Uniform("w8a8", false), calib);
   auto w4a4 = QuantizeModel(*model, Uniform("w4a4", false), calib);
   ASSERT_TRUE(w8a8.ok() && w4a4.ok());
   auto l8 = *w8a8->Logits(eval), l4 = *w4a4->Logits(eval);
-  EXPECT_GT(Top1(*fp, eval_set.labels), 0.80);
+  EXPECT_GT(Top1(*fp, images->labels), 0.80);
   EXPECT_GE(Top1Agreement(*fp, l8), 0.98);
-  EXPECT_NEAR(Top1(l8, eval_set.labels), Top1(*fp, eval_set.labels), 0.01);
+  EXPECT_NEAR(Top1(l8, images->labels), Top1(*fp, images->labels), 0.01);
   EXPECT_GT(Top1Agreement(*fp, l8), Top1Agreement(*fp, l4));
   EXPECT_GT(SqnrDb(*fp, l8), SqnrDb(*fp, l4));
 }
@@ -397,12 +422,7 @@ TEST(QuantizeModelTest, ReparamArtifactCarriesTheFoldedLayerNormsAndLayers) {
   // computes what the original does.
   auto q = QuantizeModel(t.model, WithReparam(Uniform("w32a8")), t.calib);
   ASSERT_TRUE(q.ok()) << q.status().ToString();
-  const auto dir = std::filesystem::temp_directory_path();
-  const std::string weights = (dir / "qs_qm_reparam.safetensors").string();
-  const std::string config = (dir / "qs_qm_reparam.json").string();
-  ASSERT_TRUE(q->WriteWeights(weights).ok());
-  ASSERT_TRUE(WriteFileAtomically(config, ToJson(t.model.config()).dump()).ok());
-  auto loaded = ViTModel::Load(config, weights);
+  auto loaded = LoadWrittenArtifact(*q, t.model.config());
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   EXPECT_FALSE(torch::equal(loaded->tensor("blocks.0.norm1.weight"),
                             t.model.tensor("blocks.0.norm1.weight")));
@@ -415,17 +435,12 @@ TEST(QuantizeModelTest, ReparamArtifactCarriesTheFoldedLayerNormsAndLayers) {
   // With quantized weights the packed codes are the folded layer's.
   auto q4 = QuantizeModel(t.model, WithReparam(Uniform("w4a8")), t.calib);
   ASSERT_TRUE(q4.ok());
-  ASSERT_TRUE(q4->WriteWeights(weights).ok());
-  auto file = SafetensorsFile::Open(weights);
-  ASSERT_TRUE(file.ok());
-  auto written = ReadQuantizedWeights(*file);
+  auto written = WrittenWeights(*q4);
   ASSERT_TRUE(written.ok()) << written.status().ToString();
   const auto& site = q4->sites().at("blocks.0.attn.qkv");
   EXPECT_TRUE(torch::allclose(written->at("blocks.0.attn.qkv.weight"), site.weight->dequantized,
                               1e-6, 1e-7));
   EXPECT_TRUE(torch::equal(written->at("blocks.0.attn.qkv.bias"), site.folded.bias));
-  std::remove(weights.c_str());
-  std::remove(config.c_str());
 }
 
 TEST(QuantizeModelTest, ReparamIsRefusedWhereItContradictsTheSite) {
@@ -453,14 +468,11 @@ TEST(QuantizeModelTest, ReparamRescuesPerTensorActivationsFromLayerNormOutliers)
   ASSERT_TRUE(fixture.ok()) << fixture.status().ToString();
   auto model = fixture->WithTensors(testing::WithLayerNormOutliers(*fixture, 4, 40.0));
   ASSERT_TRUE(model.ok());
-  auto train = LoadDataset("fashion-mnist:train");
-  auto test = LoadDataset("fashion-mnist:test");
-  ASSERT_TRUE(train.ok() && test.ok());
-  auto calib_x = NormalizeImages(DrawSubset(*train, 128, 0), model->config());
-  auto eval_set = Head(*test, 1000);
-  auto eval_x = NormalizeImages(eval_set, model->config());
-  ASSERT_TRUE(calib_x.ok() && eval_x.ok());
-  const auto& labels = eval_set.labels;
+  auto images = FashionImages(model->config());
+  ASSERT_TRUE(images.ok()) << images.status().ToString();
+  const auto& labels = images->labels;
+  const torch::Tensor* calib_x = &images->calib;
+  const torch::Tensor* eval_x = &images->eval;
   const double fp = Top1(*fixture->Logits(*eval_x), labels);
   EXPECT_EQ(Top1(*model->Logits(*eval_x), labels), fp);  // the outliers change no float output
   auto top1 = [&](const Recipe& r) {

@@ -45,6 +45,36 @@ def run(spec_path, out, cache, *extra, check=True):
     return r
 
 
+def write_family(d, name, seed):
+    """A small model of the reference family variant `name` (tests/reference) in d/config.json
+    and d/model.safetensors, and 96 images with random labels in d/data.safetensors."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+    import torch
+    import vit_reference as ref
+    config, tensors, images = ref.family_variant(name, count=96)
+    ref.write_safetensors(os.path.join(d, "model.safetensors"), tensors)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(config, f)
+    torch.manual_seed(seed)
+    labels = torch.randint(0, config["num_classes"], (96,), dtype=torch.int64)
+    ref.write_safetensors(os.path.join(d, "data.safetensors"),
+                          {"images": images, "labels": labels})
+    return config
+
+
+def replay(d):
+    """`qsearch quantize` with the search's recipe (d/out/recipe.json) on the test slice of
+    d/data.safetensors, with the calibration draw the family searches use."""
+    return subprocess.run([QSEARCH, "quantize", "--config", os.path.join(d, "config.json"),
+                           "--weights", os.path.join(d, "model.safetensors"),
+                           "--recipe", os.path.join(d, "out", "recipe.json"),
+                           "--calib", os.path.join(d, "data.safetensors[:48]"),
+                           "--calib-count", "32", "--seed", "1",
+                           "--eval", os.path.join(d, "data.safetensors[72:]"),
+                           "--out", os.path.join(d, "replay"), "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def cached_files(cache):
     n = 0
     for _, _, files in os.walk(os.path.join(cache, "evaluations")):
@@ -193,20 +223,10 @@ class SearchTest(unittest.TestCase):
             self.assertEqual(m["candidates"], 10 * 9 + 2 * (1 + 3))
 
     def test_every_family_searches_and_reports_a_disjoint_test_set(self):
-        sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
-        import torch
-        import vit_reference as ref
         for name in ("deit_distilled", "vit_reg_tokens_no_embed_class_bf16",
                      "swin_shifted_windows"):
             with self.subTest(family=name), tempfile.TemporaryDirectory() as d:
-                config, tensors, images = ref.family_variant(name, count=96)
-                ref.write_safetensors(os.path.join(d, "model.safetensors"), tensors)
-                with open(os.path.join(d, "config.json"), "w") as f:
-                    json.dump(config, f)
-                torch.manual_seed(7)
-                labels = torch.randint(0, config["num_classes"], (96,), dtype=torch.int64)
-                ref.write_safetensors(os.path.join(d, "data.safetensors"),
-                                      {"images": images, "labels": labels})
+                config = write_family(d, name, seed=7)
                 common = dict(
                     model={"config": "config.json", "weights": "model.safetensors"},
                     calibration={"source": "data.safetensors[:48]", "count": 32, "seed": 1},
@@ -226,14 +246,7 @@ class SearchTest(unittest.TestCase):
                 self.assertIn("test: 1/1 (100%)", r.stderr)
                 # The recipe's test top-1 is what replaying it with `qsearch quantize` measures
                 # on the test slice, with the same calibration draw.
-                q = subprocess.run([QSEARCH, "quantize", "--config", os.path.join(d, "config.json"),
-                                    "--weights", os.path.join(d, "model.safetensors"),
-                                    "--recipe", os.path.join(d, "out", "recipe.json"),
-                                    "--calib", os.path.join(d, "data.safetensors[:48]"),
-                                    "--calib-count", "32", "--seed", "1",
-                                    "--eval", os.path.join(d, "data.safetensors[72:]"),
-                                    "--out", os.path.join(d, "replay"), "--json"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                q = replay(d)
                 self.assertEqual(q.returncode, 0, q.stderr)
                 self.assertEqual(json.loads(q.stdout)["quant_top1"], m["test_top1"])
                 # The float model's test top-1 is what `qsearch eval` measures on those images.
@@ -286,18 +299,8 @@ class SearchTest(unittest.TestCase):
         # RepQ-ViT reparameterization searched per site on a shifted-window Swin at 6-bit
         # activations: chosen only where it applies, and the recipe replays to the same test
         # top-1 through `qsearch quantize`, which folds it the same way.
-        sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
-        import torch
-        import vit_reference as ref
         with tempfile.TemporaryDirectory() as d:
-            config, tensors, images = ref.family_variant("swin_shifted_windows", count=96)
-            ref.write_safetensors(os.path.join(d, "model.safetensors"), tensors)
-            with open(os.path.join(d, "config.json"), "w") as f:
-                json.dump(config, f)
-            torch.manual_seed(8)
-            labels = torch.randint(0, config["num_classes"], (96,), dtype=torch.int64)
-            ref.write_safetensors(os.path.join(d, "data.safetensors"),
-                                  {"images": images, "labels": labels})
+            write_family(d, "swin_shifted_windows", seed=8)
             s = spec(d, "s.json", model={"config": "config.json", "weights": "model.safetensors"},
                      calibration={"source": "data.safetensors[:48]", "count": 32, "seed": 1},
                      validation={"source": "data.safetensors[24:72]"},
@@ -315,18 +318,11 @@ class SearchTest(unittest.TestCase):
             for site in chosen:
                 self.assertRegex(site, r"\.(attn\.qkv|mlp\.fc1|attn\.av_matmul)$")
             self.assertIn("reparam", json.dumps(recipe["search"]))
-            q = subprocess.run([QSEARCH, "quantize", "--config", os.path.join(d, "config.json"),
-                                "--weights", os.path.join(d, "model.safetensors"),
-                                "--recipe", os.path.join(d, "out", "recipe.json"),
-                                "--calib", os.path.join(d, "data.safetensors[:48]"),
-                                "--calib-count", "32", "--seed", "1",
-                                "--eval", os.path.join(d, "data.safetensors[72:]"),
-                                "--out", os.path.join(d, "replay"), "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            q = replay(d)
             self.assertEqual(q.returncode, 0, q.stderr)
-            replay = json.loads(q.stdout)
-            self.assertEqual(replay["quant_top1"], m["test_top1"])
-            self.assertEqual({p["site"] for p in replay["per_site"] if p["reparam"]}, chosen)
+            replayed = json.loads(q.stdout)
+            self.assertEqual(replayed["quant_top1"], m["test_top1"])
+            self.assertEqual({p["site"] for p in replayed["per_site"] if p["reparam"]}, chosen)
 
     @unittest.skipUnless(CHROMIUM, "chromium is not installed (scripts/setup.sh installs it)")
     def test_report_renders_in_headless_chromium(self):
