@@ -103,7 +103,7 @@ def main():
           calibration { source: "fashion-mnist:train" count: 32 seed: 7 }
           validation { source: "fashion-mnist:test[0:500]" }
           search { weight_methods: "rtn" weight_methods: "gptq" weight_bits: 4 weight_bits: 8
-                   activation_bits: 8 skip: "patch_embed"
+                   activation_bits: 8 skip: "patch_embed" reparam: false reparam: true
                    pin { key: "head" value: "{\\"weight\\": {\\"bits\\": 8}}" } }
           objective { budget_kind: "avg_weight_bits" budget: 5 }
           accuracy { max_abs_top1_drop: 0.01 max_validations: 4 }
