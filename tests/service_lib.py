@@ -197,14 +197,21 @@ class Service:
             return j if stage in stages else None
         return wait_for(reached, timeout, "job %s at %s" % (name, stages))
 
-    def holders(self):
-        """Pids of the workers holding a task now (from the stream's pending entries)."""
-        out = self.redis.cli("XPENDING", "qs:v1:tasks", "workers", "-", "+", "100")
-        pids = set()
-        for line in out.splitlines():
-            if line.startswith("worker-"):
-                pids.add(int(line.rsplit("-", 1)[1]))
-        return pids
+    def held_tasks(self):
+        """(worker pid, task kind) for every task a worker holds now, read from the stream's
+        pending entries and their payloads: one redis-cli call each, milliseconds, so a poll
+        does not miss a short stage as a `qsearch get` per poll can (seconds under ASan)."""
+        out = self.redis.cli("XPENDING", "qs:v1:tasks", "workers", "-", "+", "100").splitlines()
+        held = []
+        for entry, consumer in zip(out[0::4], out[1::4]):
+            if not consumer.startswith("worker-"):
+                continue
+            fields = self.redis.cli("XRANGE", "qs:v1:tasks", entry, entry).splitlines()
+            if "payload" not in fields:
+                continue  # finished between the two calls
+            kind = json.loads(fields[fields.index("payload") + 1]).get("kind", "")
+            held.append((int(consumer.rsplit("-", 1)[1]), kind))
+        return held
 
     def metrics(self, port=None):
         url = "http://127.0.0.1:%d/metrics" % (port or self.metrics_port)

@@ -118,17 +118,30 @@ class ServiceTest(unittest.TestCase):
         self.assertEqual(self.recipe(s, second), self.embedded["small"])
 
     def test_workers_killed_mid_task_at_three_points(self):
-        s = self.service(workers=2, lease_seconds=2)
+        import grpc
+        # Workers join only once the job waits at its first stage, and every poll below takes
+        # milliseconds (redis-cli and a gRPC stub, not a CLI process per poll), so no stage can
+        # pass unseen: each kill lands on a worker holding a task of that stage's kind.
+        s = self.service(workers=0, lease_seconds=2)
+        api = python_stubs(os.path.join(s.dir, "py"))
+        search = api["quant_search_pb2_grpc"].QuantSearchStub(grpc.insecure_channel(s.server))
         name = s.submit(self.small)
+        s.wait_stage(name, ["prepare"])
+        s.add_worker()
+        s.add_worker()
         killed = []
-        for stages in (["prepare"], ["evaluate"], ["validate"]):
-            s.wait_stage(name, stages)
-            holders = wait_for(lambda: s.holders() or None, 120, "a worker holding a task")
-            pid = sorted(holders)[0]
+        for kind in ("prepare", "evaluate", "validate"):
+            def holder():
+                pid = next((p for p, k in s.held_tasks() if k == kind), None)
+                if pid is None and search.GetJob(api["quant_search_pb2"].GetJobRequest(
+                        name=name)).done:
+                    raise AssertionError("job ended before a %s task was seen held" % kind)
+                return pid
+            pid = wait_for(holder, 300, "a worker holding a %s task" % kind)
             for w in s.workers:
                 if w.proc.pid == pid:
                     w.kill()
-                    killed.append((stages[0], pid))
+                    killed.append((kind, pid))
             s.add_worker()
         self.assertEqual(len(killed), 3, killed)
         job = s.wait_done(name)
