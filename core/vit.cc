@@ -11,6 +11,7 @@
 #include "common/sha256.h"
 #include "common/strings.h"
 #include "core/quantized_format.h"
+#include "core/repvgg.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
 
@@ -19,14 +20,15 @@ namespace {
 
 using nlohmann::json;
 
-// Keys every family reads, and each family's own.
-const std::set<std::string> kCommonKeys = {
-    "architecture", "img_size", "patch_size", "in_chans",  "embed_dim",  "num_classes",
-    "mlp_ratio",    "qkv_bias", "global_pool", "layer_norm_eps", "mean", "std",
-    "crop_pct",     "interpolation"};
+// Keys every family reads, the transformers' and each family's own.
+const std::set<std::string> kCommonKeys = {"architecture", "img_size", "in_chans", "num_classes",
+                                           "mean",         "std",      "crop_pct", "interpolation"};
+const std::set<std::string> kTransformerKeys = {"patch_size", "embed_dim",   "mlp_ratio",
+                                                "qkv_bias",   "global_pool", "layer_norm_eps"};
 const std::set<std::string> kViTKeys = {"depth",      "num_heads",      "distilled",
                                         "reg_tokens", "no_embed_class", "init_values"};
 const std::set<std::string> kSwinKeys = {"depths", "num_heads", "window_size"};
+const std::set<std::string> kRepVggKeys = {"stem_chs", "depths", "widths", "bn_eps"};
 
 // Reads `key` into `out`; absent keys are an error unless `optional` (`out` then keeps its
 // default).
@@ -165,6 +167,34 @@ Status ParseSwinFamily(const json& j, ViTConfig* c) {
   return OkStatus();
 }
 
+// The RepVGG keys: stem width, blocks and width per stage, BatchNorm epsilon.
+Status ParseRepVggFamily(const json& j, ViTConfig* c) {
+  auto bad = [](const std::string& why) { return InvalidArgumentError("config: " + why); };
+  QS_RETURN_IF_ERROR(Read(j, "stem_chs", &c->stem_chs));
+  QS_RETURN_IF_ERROR(Read(j, "depths", &c->depths));
+  QS_RETURN_IF_ERROR(Read(j, "widths", &c->widths));
+  QS_RETURN_IF_ERROR(Read(j, "bn_eps", &c->bn_eps, true));
+  QS_RETURN_IF_ERROR(CheckPositive("stem_chs", c->stem_chs, 16384));
+  if (c->depths.empty() || c->depths.size() > 8) return bad("depths must list 1 to 8 stages");
+  if (c->widths.size() != c->depths.size()) {
+    return bad("widths must list one value per stage (" + std::to_string(c->depths.size()) + ")");
+  }
+  c->depth = 0;
+  for (size_t s = 0; s < c->depths.size(); ++s) {
+    QS_RETURN_IF_ERROR(CheckPositive("depths[" + std::to_string(s) + "]", c->depths[s], 512));
+    QS_RETURN_IF_ERROR(CheckPositive("widths[" + std::to_string(s) + "]", c->widths[s], 16384));
+    c->depth += c->depths[s];
+  }
+  if (c->depth > 512) return bad("depths sum to more than 512 blocks");
+  if (!(c->bn_eps > 0) || !std::isfinite(c->bn_eps)) return bad("bn_eps must be positive");
+  // Not read by the family; set so that shared code sees a consistent config.
+  c->patch_size = 1;
+  c->embed_dim = c->stem_chs;
+  c->global_pool = "avg";
+  c->num_heads = 1;
+  return OkStatus();
+}
+
 // ImageNet's statistics, timm's defaults for three-channel models.
 const std::vector<double> kImageNetMean = {0.485, 0.456, 0.406};
 const std::vector<double> kImageNetStd = {0.229, 0.224, 0.225};
@@ -175,13 +205,17 @@ StatusOr<ViTConfig> ParseViTConfig(const json& j) {
   if (!j.is_object()) return InvalidArgumentError("config: expected a JSON object");
   ViTConfig c;
   QS_RETURN_IF_ERROR(Read(j, "architecture", &c.architecture));
-  if (c.architecture != "vit" && c.architecture != "deit" && c.architecture != "swin") {
+  if (c.architecture != "vit" && c.architecture != "deit" && c.architecture != "swin" &&
+      c.architecture != "repvgg") {
     return InvalidArgumentError("config: architecture \"" + c.architecture +
-                                "\" is not a supported family (\"vit\", \"deit\", \"swin\")");
+                                "\" is not a supported family (\"vit\", \"deit\", \"swin\", "
+                                "\"repvgg\")");
   }
-  const std::set<std::string>& family_keys = c.is_swin() ? kSwinKeys : kViTKeys;
+  const std::set<std::string>& family_keys =
+      c.is_repvgg() ? kRepVggKeys : c.is_swin() ? kSwinKeys : kViTKeys;
   for (const auto& item : j.items()) {
-    if (!kCommonKeys.count(item.key()) && !family_keys.count(item.key())) {
+    if (!kCommonKeys.count(item.key()) && !family_keys.count(item.key()) &&
+        (c.is_repvgg() || !kTransformerKeys.count(item.key()))) {
       return InvalidArgumentError("config: unknown key '" + item.key() + "' for architecture \"" +
                                   c.architecture + "\"");
     }
@@ -191,34 +225,37 @@ StatusOr<ViTConfig> ParseViTConfig(const json& j) {
     c.layer_norm_eps = 1e-5;  // timm's Swin uses nn.LayerNorm's default
   }
   QS_RETURN_IF_ERROR(Read(j, "img_size", &c.img_size));
-  QS_RETURN_IF_ERROR(Read(j, "patch_size", &c.patch_size));
   QS_RETURN_IF_ERROR(Read(j, "in_chans", &c.in_chans));
-  QS_RETURN_IF_ERROR(Read(j, "embed_dim", &c.embed_dim));
   QS_RETURN_IF_ERROR(Read(j, "num_classes", &c.num_classes));
-  QS_RETURN_IF_ERROR(Read(j, "mlp_ratio", &c.mlp_ratio, true));
-  QS_RETURN_IF_ERROR(Read(j, "global_pool", &c.global_pool, true));
-  QS_RETURN_IF_ERROR(Read(j, "qkv_bias", &c.qkv_bias, true));
-  QS_RETURN_IF_ERROR(Read(j, "layer_norm_eps", &c.layer_norm_eps, true));
   QS_RETURN_IF_ERROR(Read(j, "mean", &c.mean, true));
   QS_RETURN_IF_ERROR(Read(j, "std", &c.std, true));
   QS_RETURN_IF_ERROR(Read(j, "crop_pct", &c.crop_pct, true));
   QS_RETURN_IF_ERROR(Read(j, "interpolation", &c.interpolation, true));
-
   auto bad = [](const std::string& why) { return InvalidArgumentError("config: " + why); };
   QS_RETURN_IF_ERROR(CheckPositive("img_size", c.img_size, 8192));
-  QS_RETURN_IF_ERROR(CheckPositive("patch_size", c.patch_size, c.img_size));
   QS_RETURN_IF_ERROR(CheckPositive("in_chans", c.in_chans, 64));
-  QS_RETURN_IF_ERROR(CheckPositive("embed_dim", c.embed_dim, 16384));
   QS_RETURN_IF_ERROR(CheckPositive("num_classes", c.num_classes, 1000000));
-  if (c.img_size % c.patch_size != 0) {
-    return bad("img_size " + std::to_string(c.img_size) + " is not a multiple of patch_size " +
-               std::to_string(c.patch_size));
+  if (c.is_repvgg()) {
+    QS_RETURN_IF_ERROR(ParseRepVggFamily(j, &c));
+  } else {
+    QS_RETURN_IF_ERROR(Read(j, "patch_size", &c.patch_size));
+    QS_RETURN_IF_ERROR(Read(j, "embed_dim", &c.embed_dim));
+    QS_RETURN_IF_ERROR(Read(j, "mlp_ratio", &c.mlp_ratio, true));
+    QS_RETURN_IF_ERROR(Read(j, "global_pool", &c.global_pool, true));
+    QS_RETURN_IF_ERROR(Read(j, "qkv_bias", &c.qkv_bias, true));
+    QS_RETURN_IF_ERROR(Read(j, "layer_norm_eps", &c.layer_norm_eps, true));
+    QS_RETURN_IF_ERROR(CheckPositive("patch_size", c.patch_size, c.img_size));
+    QS_RETURN_IF_ERROR(CheckPositive("embed_dim", c.embed_dim, 16384));
+    if (c.img_size % c.patch_size != 0) {
+      return bad("img_size " + std::to_string(c.img_size) + " is not a multiple of patch_size " +
+                 std::to_string(c.patch_size));
+    }
+    if (!(c.mlp_ratio > 0) || !(c.mlp_ratio <= 64) || c.embed_dim * c.mlp_ratio < 1) {
+      return bad("mlp_ratio must be in (0, 64] with embed_dim · mlp_ratio >= 1");
+    }
+    if (!(c.layer_norm_eps > 0)) return bad("layer_norm_eps must be positive");
+    QS_RETURN_IF_ERROR(c.is_swin() ? ParseSwinFamily(j, &c) : ParseViTFamily(j, &c));
   }
-  if (!(c.mlp_ratio > 0) || !(c.mlp_ratio <= 64) || c.embed_dim * c.mlp_ratio < 1) {
-    return bad("mlp_ratio must be in (0, 64] with embed_dim · mlp_ratio >= 1");
-  }
-  if (!(c.layer_norm_eps > 0)) return bad("layer_norm_eps must be positive");
-  QS_RETURN_IF_ERROR(c.is_swin() ? ParseSwinFamily(j, &c) : ParseViTFamily(j, &c));
   if (c.mean.empty() && c.std.empty() && c.in_chans == 3) {
     c.mean = kImageNetMean;
     c.std = kImageNetStd;
@@ -253,6 +290,17 @@ StatusOr<ViTConfig> LoadViTConfig(const std::string& path) {
 }
 
 json ToJson(const ViTConfig& c) {
+  if (c.is_repvgg()) {
+    json j = {{"architecture", c.architecture}, {"img_size", c.img_size},
+              {"in_chans", c.in_chans},         {"num_classes", c.num_classes},
+              {"stem_chs", c.stem_chs},         {"depths", c.depths},
+              {"widths", c.widths},             {"mean", c.mean},
+              {"std", c.std}};
+    if (c.bn_eps != 1e-5) j["bn_eps"] = c.bn_eps;
+    if (c.crop_pct != 0.875) j["crop_pct"] = c.crop_pct;
+    if (c.interpolation != "bicubic") j["interpolation"] = c.interpolation;
+    return j;
+  }
   json j = {{"architecture", c.architecture}, {"img_size", c.img_size},
             {"patch_size", c.patch_size},     {"in_chans", c.in_chans},
             {"embed_dim", c.embed_dim},       {"mlp_ratio", c.mlp_ratio},
@@ -372,6 +420,7 @@ std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(const ViTConfig
                                                                  bool has_cls_token,
                                                                  const std::string& final_norm) {
   if (c.is_swin()) return SwinTensorShapes(c);
+  if (c.is_repvgg()) return RepVggDeployShapes(c);
   const int64_t d = c.embed_dim;
   const int64_t pos_tokens =
       c.num_patches() + (c.no_embed_class ? 0 : c.num_prefix_tokens(has_cls_token));
@@ -402,27 +451,12 @@ std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(const ViTConfig
   return shapes;
 }
 
-StatusOr<ViTModel> ViTModel::FromTensors(const ViTConfig& config,
-                                         std::map<std::string, torch::Tensor> tensors) {
-  if (config.is_swin()) {
-    // Buffers timm derives from the config (older checkpoints persisted them): recomputed here.
-    for (auto it = tensors.begin(); it != tensors.end();) {
-      const std::string& n = it->first;
-      auto ends = [&](const std::string& s) {
-        return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
-      };
-      it = ends("attn.relative_position_index") || ends(".attn_mask") ? tensors.erase(it) : ++it;
-    }
-  }
-  // ViT: the class token is optional only with average pooling (timm's class_token=False); the
-  // final norm is "fc_norm" when timm applies it after average pooling, else "norm".
-  const bool has_cls = !config.is_swin() && tensors.count("cls_token") > 0;
-  if (!config.is_swin() && !has_cls && (config.global_pool == "token" || config.distilled)) {
-    return NotFoundError("missing tensor 'cls_token' (required with global_pool \"token\")");
-  }
-  const std::string final_norm =
-      tensors.count("fc_norm.weight") && !tensors.count("norm.weight") ? "fc_norm" : "norm";
-  auto expected = ExpectedTensorShapes(config, has_cls, final_norm);
+namespace {
+
+// NOT_FOUND for a tensor `expected` names that `tensors` lacks, INVALID_ARGUMENT for a wrong dtype
+// or shape or a tensor not expected.
+Status CheckTensorShapes(const ViTConfig& config, const ShapeMap& expected,
+                         const std::map<std::string, torch::Tensor>& tensors) {
   for (const auto& [name, shape] : expected) {
     auto it = tensors.find(name);
     if (it == tensors.end()) {
@@ -448,6 +482,45 @@ StatusOr<ViTModel> ViTModel::FromTensors(const ViTConfig& config,
                                   config.architecture + "\" config");
     }
   }
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<ViTModel> ViTModel::FromTensors(const ViTConfig& config,
+                                         std::map<std::string, torch::Tensor> tensors) {
+  if (config.is_repvgg()) {
+    // timm's BatchNorm step counters carry nothing inference needs.
+    for (auto it = tensors.begin(); it != tensors.end();) {
+      it = EndsWith(it->first, ".num_batches_tracked") ? tensors.erase(it) : ++it;
+    }
+    if (IsRepVggTrainForm(tensors)) {
+      // The trained branches, checked as they are, then fused: the model runs the deploy form.
+      QS_RETURN_IF_ERROR(CheckTensorShapes(config, RepVggTrainShapes(config), tensors));
+      tensors = FuseRepVggBranches(config, tensors);
+    }
+  }
+  if (config.is_swin()) {
+    // Buffers timm derives from the config (older checkpoints persisted them): recomputed here.
+    for (auto it = tensors.begin(); it != tensors.end();) {
+      const std::string& n = it->first;
+      auto ends = [&](const std::string& s) {
+        return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
+      };
+      it = ends("attn.relative_position_index") || ends(".attn_mask") ? tensors.erase(it) : ++it;
+    }
+  }
+  // ViT: the class token is optional only with average pooling (timm's class_token=False); the
+  // final norm is "fc_norm" when timm applies it after average pooling, else "norm".
+  const bool transformer = !config.is_swin() && !config.is_repvgg();
+  const bool has_cls = transformer && tensors.count("cls_token") > 0;
+  if (transformer && !has_cls && (config.global_pool == "token" || config.distilled)) {
+    return NotFoundError("missing tensor 'cls_token' (required with global_pool \"token\")");
+  }
+  const std::string final_norm =
+      tensors.count("fc_norm.weight") && !tensors.count("norm.weight") ? "fc_norm" : "norm";
+  QS_RETURN_IF_ERROR(
+      CheckTensorShapes(config, ExpectedTensorShapes(config, has_cls, final_norm), tensors));
   ViTModel model;
   model.config_ = config;
   for (auto& [name, t] : tensors) {
@@ -491,38 +564,52 @@ void ViTModel::BuildSites() {
         linear(p + "mlp.fc1", tokens, heads),
         linear(p + "mlp.fc2", tokens, heads)};
   };
-  const int64_t first_heads = c.is_swin() ? c.stage_heads.front() : c.num_heads;
-  add_segment({Segment::Kind::kEmbed, "patch_embed."},
-              {linear("patch_embed.proj", c.num_patches(), first_heads)});
-  if (c.is_swin()) {
-    for (int64_t s = 0; s < c.num_stages(); ++s) {
-      const std::string stage = "layers." + std::to_string(s) + ".";
-      const int64_t r = c.stage_resolution(s), w = c.stage_window(s), heads = c.stage_heads[s];
-      if (s > 0) {
-        add_segment({Segment::Kind::kMerge, stage + "downsample.", s},
-                    {linear(stage + "downsample.reduction", r * r, heads)});
-      }
-      derived_[stage + "relative_position_index"] = RelativePositionIndex(w);
-      const int64_t shift = r > c.window_size ? c.window_size / 2 : 0;
-      if (shift > 0) derived_[stage + "attn_mask"] = ShiftedWindowMask(r, w, shift);
-      for (int64_t b = 0; b < c.depths[s]; ++b) {
-        const std::string p = stage + "blocks." + std::to_string(b) + ".";
-        add_segment({Segment::Kind::kBlock, p, s, b % 2 == 1 ? shift : 0},
-                    block_sites(p, r * r, w * w, c.stage_dim(s), heads));
-      }
+  if (c.is_repvgg()) {
+    // One conv site per fused block; its macs and input count the conv, not the im2col copies.
+    for (const auto& b : RepVggBlocks(c)) {
+      const std::string name = b.prefix + "reparam_conv";
+      Site conv = linear(name, b.out_side * b.out_side, 1);
+      conv.input_elements = b.in_chs * b.in_side * b.in_side;
+      Segment segment{b.prefix == "stem." ? Segment::Kind::kEmbed : Segment::Kind::kBlock,
+                      b.prefix};
+      segment.stride = b.stride;
+      add_segment(segment, {conv});
     }
-    add_segment({Segment::Kind::kHead, "", c.num_stages() - 1},
-                {linear("head.fc", 1, c.stage_heads.back())});
+    add_segment({Segment::Kind::kHead, ""}, {linear("head.fc", 1, 1)});
   } else {
-    const int64_t tokens = c.num_patches() + c.num_prefix_tokens(tensors_.count("cls_token") > 0);
-    for (int64_t i = 0; i < c.depth; ++i) {
-      const std::string p = "blocks." + std::to_string(i) + ".";
-      add_segment({Segment::Kind::kBlock, p}, block_sites(p, tokens, tokens, c.embed_dim,
-                                                          c.num_heads));
+    const int64_t first_heads = c.is_swin() ? c.stage_heads.front() : c.num_heads;
+    add_segment({Segment::Kind::kEmbed, "patch_embed."},
+                {linear("patch_embed.proj", c.num_patches(), first_heads)});
+    if (c.is_swin()) {
+      for (int64_t s = 0; s < c.num_stages(); ++s) {
+        const std::string stage = "layers." + std::to_string(s) + ".";
+        const int64_t r = c.stage_resolution(s), w = c.stage_window(s), heads = c.stage_heads[s];
+        if (s > 0) {
+          add_segment({Segment::Kind::kMerge, stage + "downsample.", s},
+                      {linear(stage + "downsample.reduction", r * r, heads)});
+        }
+        derived_[stage + "relative_position_index"] = RelativePositionIndex(w);
+        const int64_t shift = r > c.window_size ? c.window_size / 2 : 0;
+        if (shift > 0) derived_[stage + "attn_mask"] = ShiftedWindowMask(r, w, shift);
+        for (int64_t b = 0; b < c.depths[s]; ++b) {
+          const std::string p = stage + "blocks." + std::to_string(b) + ".";
+          add_segment({Segment::Kind::kBlock, p, s, b % 2 == 1 ? shift : 0},
+                      block_sites(p, r * r, w * w, c.stage_dim(s), heads));
+        }
+      }
+      add_segment({Segment::Kind::kHead, "", c.num_stages() - 1},
+                  {linear("head.fc", 1, c.stage_heads.back())});
+    } else {
+      const int64_t tokens = c.num_patches() + c.num_prefix_tokens(tensors_.count("cls_token") > 0);
+      for (int64_t i = 0; i < c.depth; ++i) {
+        const std::string p = "blocks." + std::to_string(i) + ".";
+        add_segment({Segment::Kind::kBlock, p}, block_sites(p, tokens, tokens, c.embed_dim,
+                                                            c.num_heads));
+      }
+      std::vector<Site> heads = {linear("head", 1, c.num_heads)};
+      if (c.distilled) heads.push_back(linear("head_dist", 1, c.num_heads));
+      add_segment({Segment::Kind::kHead, ""}, std::move(heads));
     }
-    std::vector<Site> heads = {linear("head", 1, c.num_heads)};
-    if (c.distilled) heads.push_back(linear("head_dist", 1, c.num_heads));
-    add_segment({Segment::Kind::kHead, ""}, std::move(heads));
   }
   site_index_.clear();
   segment_of_site_.assign(sites_.size(), 0);
@@ -631,6 +718,7 @@ torch::Tensor ViTModel::ForwardSegment(int64_t segment, const torch::Tensor& inp
   SiteHandler float_handler;
   SiteHandler& h = handler ? *handler : float_handler;
   const Segment& s = segments_.at(segment);
+  if (config_.is_repvgg() && s.kind != Segment::Kind::kHead) return RepVggBlock(s, input, h);
   switch (s.kind) {
     case Segment::Kind::kEmbed:
       return EmbedPatches(input, h);
@@ -770,6 +858,9 @@ torch::Tensor ViTModel::Head(const Segment& s, const torch::Tensor& input, SiteH
   const ViTConfig& c = config_;
   const double eps = c.layer_norm_eps;
   const Site& head = sites_[s.first_site];
+  if (c.is_repvgg()) {
+    return h.Linear(head, input.mean({2, 3}), tensor("head.fc.weight"), tensor("head.fc.bias"));
+  }
   if (c.is_swin()) {
     auto x = at::layer_norm(input, {c.num_features()}, tensor("norm.weight"),
                             tensor("norm.bias"), eps);
@@ -796,6 +887,13 @@ torch::Tensor ViTModel::Head(const Segment& s, const torch::Tensor& input, SiteH
   auto dist = h.Linear(sites_[s.first_site + 1], x.select(1, 1), tensor("head_dist.weight"),
                        tensor("head_dist.bias"));
   return (logits + dist) / 2;
+}
+
+torch::Tensor ViTModel::RepVggBlock(const Segment& s, const torch::Tensor& input,
+                                    SiteHandler& h) const {
+  const Site& conv = sites_[s.first_site];
+  return at::relu(ConvAsLinear(conv, input, tensor(conv.weight),
+                               tensor(s.prefix + "reparam_conv.bias"), s.stride, h));
 }
 
 StatusOr<torch::Tensor> ViTModel::Logits(const torch::Tensor& images, SiteHandler* handler,

@@ -24,8 +24,9 @@
 namespace qs::core {
 
 // The config JSON (timm's names; docs/checkpoints.md lists the keys). "architecture" names the
-// family: "vit" and "deit" (one forward: class, distillation and register tokens, LayerScale) or
-// "swin" (windowed attention with shifts, relative position bias, patch merging).
+// family: "vit" and "deit" (one forward: class, distillation and register tokens, LayerScale),
+// "swin" (windowed attention with shifts, relative position bias, patch merging) or "repvgg" (the
+// CNN of core/repvgg.h: its fused 3×3 convs are linear sites over im2col patches).
 struct ViTConfig {
   std::string architecture = "vit";
   int64_t img_size = 0;
@@ -48,6 +49,10 @@ struct ViTConfig {
   std::vector<int64_t> depths;         // blocks per stage
   std::vector<int64_t> stage_heads;    // heads per stage (the JSON key "num_heads")
   int64_t window_size = 0;
+  // RepVGG only (depths above: blocks per stage).
+  int64_t stem_chs = 0;
+  std::vector<int64_t> widths;  // output channels per stage
+  double bn_eps = 1e-5;
   // The evaluation transform (timm's data config; timm's defaults when absent).
   std::vector<double> mean;           // per input channel
   std::vector<double> std;            // per input channel
@@ -55,6 +60,7 @@ struct ViTConfig {
   std::string interpolation = "bicubic";
 
   bool is_swin() const { return architecture == "swin"; }
+  bool is_repvgg() const { return architecture == "repvgg"; }
   int64_t grid() const { return img_size / patch_size; }
   int64_t num_patches() const { return grid() * grid(); }
   // ViT: class, distillation and register tokens before the patches.
@@ -72,13 +78,15 @@ struct ViTConfig {
     return std::min(window_size, stage_resolution(stage));
   }
   int64_t num_features() const {
+    if (is_repvgg()) return widths.back();
     return is_swin() ? stage_dim(num_stages() - 1) : embed_dim;
   }
 };
 
 // Parses and validates a config: required keys present, every key of the right type, no key unknown
 // to the family, sizes that divide (img_size by patch_size, widths by heads, Swin's stage grids by
-// 2 and by the window), mean/std one per channel (ImageNet's when absent for 3 channels).
+// 2 and by the window), mean/std one per channel (ImageNet's when absent for 3 channels). RepVGG
+// takes no transformer keys (patch_size, embed_dim, ...): stem_chs, depths, widths, bn_eps.
 StatusOr<ViTConfig> ParseViTConfig(const nlohmann::json& j);
 StatusOr<ViTConfig> LoadViTConfig(const std::string& path);
 nlohmann::json ToJson(const ViTConfig& config);
@@ -132,7 +140,7 @@ class ViTModel {
   const std::map<std::string, torch::Tensor>& tensors() const { return tensors_; }
   const torch::Tensor& tensor(const std::string& name) const { return tensors_.at(name); }
   // Where the weights live.
-  torch::Device device() const { return tensors_.at("patch_embed.proj.weight").device(); }
+  torch::Device device() const { return tensors_.at(sites_.front().weight).device(); }
 
   // A model sharing this one's tensors except those in `replacements`. INVALID_ARGUMENT for a
   // name the model lacks, another shape, a non-float dtype or non-finite values.
@@ -147,8 +155,9 @@ class ViTModel {
   // The same pass in segments, so one block can be run (and its site inputs captured) alone:
   // segment 0 is the patch embedding (images → tokens with the prefix tokens and position
   // embedding), then one segment per block (tokens → tokens; Swin's patch mergings are segments
-  // of their own), the last the head (tokens → logits). Forward(images) equals running the
-  // segments in order, bit for bit.
+  // of their own), the last the head (tokens → logits). RepVGG: the stem, one segment per block
+  // (feature maps [B, C, H, W]), the head. Forward(images) equals running the segments in order,
+  // bit for bit.
   int64_t num_segments() const { return static_cast<int64_t>(segments_.size()); }
   torch::Tensor ForwardSegment(int64_t segment, const torch::Tensor& input,
                                SiteHandler* handler = nullptr) const;
@@ -170,6 +179,7 @@ class ViTModel {
     std::string prefix;  // tensor-name prefix ("blocks.3.", "layers.1.blocks.0.", ...)
     int64_t stage = 0;   // Swin
     int64_t shift = 0;   // Swin blocks: the cyclic shift
+    int64_t stride = 1;  // RepVGG blocks: the conv's stride
     size_t first_site = 0, num_sites = 0;
   };
   void BuildSites();
@@ -187,6 +197,8 @@ class ViTModel {
   torch::Tensor SwinBlock(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
   torch::Tensor SwinMerge(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
   torch::Tensor Head(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
+  // A fused RepVGG block (the stem included): ReLU(conv3×3(x) + bias) on [B, C, H, W].
+  torch::Tensor RepVggBlock(const Segment& s, const torch::Tensor& x, SiteHandler& h) const;
 
   ViTConfig config_;
   std::vector<Segment> segments_;

@@ -21,6 +21,7 @@
 #include "core/metrics.h"
 #include "core/safetensors.h"
 #include "core/vit.h"
+#include "tools/training.h"
 
 namespace {
 
@@ -115,14 +116,15 @@ int main(int argc, char** argv) {
 
   auto tensors = qs::core::InitViTTensors(config, args.seed);
   std::vector<std::string> names;
-  std::vector<torch::Tensor> params, m, v;
+  std::vector<torch::Tensor> params;
+  std::vector<bool> decay;
   for (auto& [name, t] : tensors) {
     t = t.to(device).set_requires_grad(true);
     names.push_back(name);
     params.push_back(t);
-    m.push_back(torch::zeros_like(t));
-    v.push_back(torch::zeros_like(t));
+    decay.push_back(t.dim() >= 2 && name != "pos_embed" && name != "cls_token");
   }
+  qs::tools::AdamW optimizer(params, decay, args.weight_decay);
   auto model = qs::core::ViTModel::FromTensors(config, tensors);
   if (!model.ok()) return Fail(model.status());
 
@@ -130,7 +132,6 @@ int main(int argc, char** argv) {
   const int64_t steps_per_epoch = n / args.batch;
   const int64_t total_steps = steps_per_epoch * args.epochs;
   const int64_t warmup = steps_per_epoch / 2;
-  const double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   torch::manual_seed(args.seed + 1);
   int64_t step = 0;
   double best_top1 = 0;
@@ -141,34 +142,14 @@ int main(int argc, char** argv) {
     for (int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
       auto idx = perm.narrow(0, b * args.batch, args.batch);
       auto x = train_images.index_select(0, idx);
-      // Light augmentation: a random shift of up to 2 pixels (one per batch) and a random
-      // horizontal flip per batch.
-      int64_t dx = (std::rand() % 5) - 2, dy = (std::rand() % 5) - 2;
-      x = at::roll(x, {dy, dx}, {2, 3});
-      if (std::rand() % 2) x = x.flip({3});
+      x = qs::tools::AugmentBatch(x);
       auto y = train_labels.index_select(0, idx);
       auto logits = model->Forward(x);
       auto loss = at::cross_entropy_loss(logits, y, {}, at::Reduction::Mean, -100,
                                          args.label_smoothing);
-      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+      optimizer.ZeroGrad();
       loss.backward();
-      double lr = step < warmup ? args.lr * (step + 1) / warmup
-                                : 0.5 * args.lr *
-                                      (1 + std::cos(M_PI * (step - warmup) /
-                                                    std::max<int64_t>(1, total_steps - warmup)));
-      {
-        c10::InferenceMode guard;
-        const double bc1 = 1 - std::pow(beta1, step + 1), bc2 = 1 - std::pow(beta2, step + 1);
-        for (size_t i = 0; i < params.size(); ++i) {
-          auto g = params[i].grad();
-          m[i].mul_(beta1).add_(g, 1 - beta1);
-          v[i].mul_(beta2).addcmul_(g, g, 1 - beta2);
-          const bool decay = params[i].dim() >= 2 && names[i] != "pos_embed" &&
-                             names[i] != "cls_token";
-          if (decay) params[i].mul_(1 - lr * args.weight_decay);
-          params[i].addcdiv_(m[i] / bc1, (v[i] / bc2).sqrt_().add_(eps), -lr);
-        }
-      }
+      optimizer.Step(qs::tools::WarmupCosineLr(args.lr, step, warmup, total_steps));
       loss_sum += loss.item<double>();
     }
     auto logits = model->Logits(*test_x);
