@@ -37,6 +37,7 @@ constexpr std::pair<const char*, WeightMethod> kWeightMethods[] = {
     {"gptq", WeightMethod::kGptq},
     {"erq", WeightMethod::kErq},
     {"liu", WeightMethod::kLiu},
+    {"repapq", WeightMethod::kRepapq},
 };
 
 json WeightToJson(const WeightQuant& w) {
@@ -67,6 +68,11 @@ json WeightToJson(const WeightQuant& w) {
     j["liu_rounds"] = w.liu_rounds;
     j["liu_bias_correction"] = w.liu_bias_correction;
   }
+  if (w.method == WeightMethod::kRepapq) {
+    j["repapq_iterations"] = w.repapq_iterations;
+    j["repapq_batch"] = w.repapq_batch;
+    j["repapq_lr"] = w.repapq_lr;
+  }
   return j;
 }
 
@@ -86,7 +92,8 @@ StatusOr<WeightQuant> WeightFromJson(const json& j) {
       j, {"method", "bits", "granularity", "group_size", "calibrator", "symmetric", "percentile",
           "gptq_damp", "gptq_block_size", "gptq_act_order", "gptq_static_groups",
           "erq_aqer_lambda", "erq_aqer_lambda_pooled", "erq_wqer_lambda", "erq_wqer_iterations",
-          "liu_alpha", "liu_beta", "liu_grid", "liu_rounds", "liu_bias_correction"},
+          "liu_alpha", "liu_beta", "liu_grid", "liu_rounds", "liu_bias_correction",
+          "repapq_iterations", "repapq_batch", "repapq_lr"},
       "weight"));
   WeightQuant w;
   QS_RETURN_IF_ERROR(ReadEnumField(j, "method", ParseWeightMethod, &w.method));
@@ -109,6 +116,9 @@ StatusOr<WeightQuant> WeightFromJson(const json& j) {
   QS_RETURN_IF_ERROR(ReadField(j, "liu_grid", &w.liu_grid));
   QS_RETURN_IF_ERROR(ReadField(j, "liu_rounds", &w.liu_rounds));
   QS_RETURN_IF_ERROR(ReadField(j, "liu_bias_correction", &w.liu_bias_correction));
+  QS_RETURN_IF_ERROR(ReadField(j, "repapq_iterations", &w.repapq_iterations));
+  QS_RETURN_IF_ERROR(ReadField(j, "repapq_batch", &w.repapq_batch));
+  QS_RETURN_IF_ERROR(ReadField(j, "repapq_lr", &w.repapq_lr));
   return w;
 }
 
@@ -220,7 +230,21 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
     if (w.liu_rounds < 1 || w.liu_rounds > 10) {
       return InvalidArgumentError("weight liu_rounds must be 1..10");
     }
+    if (w.repapq_iterations < 0 || w.repapq_iterations > 100000) {
+      return InvalidArgumentError("weight repapq_iterations must be 0..100000");
+    }
+    if (w.repapq_batch < 1 || w.repapq_batch > 65536) {
+      return InvalidArgumentError("weight repapq_batch must be 1..65536");
+    }
+    if (!(w.repapq_lr > 0 && w.repapq_lr <= 1)) {
+      return InvalidArgumentError("weight repapq_lr must be in (0, 1]");
+    }
     if (w.quantized()) {
+      if (w.method == WeightMethod::kRepapq && w.granularity != Granularity::kPerChannel) {
+        return InvalidArgumentError(
+            "weight method repapq needs granularity per_channel (its affine folds into one scale "
+            "per output channel)");
+      }
       if (w.granularity == Granularity::kPerHead) {
         return InvalidArgumentError("weight granularity per_head is not supported");
       }
@@ -456,13 +480,18 @@ StatusOr<Recipe> ParseUniformRecipe(const std::string& shorthand, bool quantize_
   auto wm = ParseWeightMethod(method);
   if (!wm.ok()) return bad(wm.status().message());
   recipe.linear_default.weight.method = *wm;
+  if (*wm == WeightMethod::kRepapq) {
+    recipe.linear_default.weight.calibrator = RangeCalibrator::kMae;
+    recipe.linear_default.activation.calibrator = RangeCalibrator::kMae;
+    recipe.matmul_default.activation.calibrator = RangeCalibrator::kMae;
+    recipe.matmul_default.activation_rhs.calibrator = RangeCalibrator::kMae;
+  }
   recipe.linear_default.weight.bits = wbits;
   recipe.linear_default.activation.bits = abits;
   recipe.matmul_default.activation.bits = abits;
   recipe.matmul_default.activation_rhs.bits = abits;
   if (!quantize_edges) {
-    QuantConfig edge;
-    edge.weight.method = *wm;
+    QuantConfig edge = recipe.linear_default;
     edge.weight.bits = wbits == 0 ? 0 : 8;
     edge.activation.bits = abits == 0 ? 0 : 8;
     for (const std::string& site : edge_sites) recipe.sites[site] = edge;

@@ -51,7 +51,11 @@ enum class WeightMethod {
   kGptq,  // GPTQ: column-by-column rounding with Hessian-weighted error feedback
   kErq,   // ERQ: Aqer (ridge absorbs activation error) then Wqer (rounding refinement + ridge)
   kLiu,   // Liu et al. 2021: weight and input intervals searched for output Pearson correlation
+  kRepapq,  // RepAPQ: MAE-calibrated grids, a per-output-channel affine (QPRep) folded into the
+            // weight scales and bias, refined across blocks against stage outputs
 };
+
+inline constexpr int kWeightMethodCount = 5;
 
 enum class SiteKind {
   kLinear,  // weight and input activation of a linear layer (incl. the patch-embedding conv)
@@ -99,6 +103,12 @@ struct WeightQuant {
   int liu_grid = 100;
   int liu_rounds = 1;
   bool liu_bias_correction = true;
+
+  // RepAPQ (kRepapq only; per_channel weights): Adam steps of the across-block calibration on
+  // mini-batches of `repapq_batch` images, at learning rate `repapq_lr` (log-scales, affine).
+  int repapq_iterations = 300;
+  int repapq_batch = 64;
+  double repapq_lr = 1e-2;
 
   bool quantized() const { return bits > 0; }
   bool operator==(const WeightQuant& o) const;
@@ -186,7 +196,7 @@ StatusOr<Recipe> RecipeFromJson(const nlohmann::json& j,
 
 // Parses the uniform shorthand "w<bits>a<bits>[:method]", e.g. "w4a8", "w4a4:rtn", "w8a32" (32 or
 // "f" keeps that part in float). Weights: per-channel symmetric with OMSE ranges; activations:
-// per-tensor asymmetric with OMSE ranges. The edge sites, the patch embedding and the classifier
+// per-tensor asymmetric with OMSE ranges (MAE ranges for both under repapq, as RepAPQ has it). The edge sites, the patch embedding and the classifier
 // head(s) (a model's EdgeSites; ViT's by default), stay at W8A8, as the PTQ papers keep them,
 // unless `quantize_edges` is set.
 StatusOr<Recipe> ParseUniformRecipe(

@@ -194,6 +194,34 @@ TEST(ValidateQuantConfigTest, RejectsImpossibleConfigs) {
   EXPECT_EQ(back->weight.liu_grid, 50);
   EXPECT_FALSE(ToJson(c, SiteKind::kLinear)["weight"].contains("liu_grid"));  // rtn
 
+  QuantConfig repapq;
+  repapq.weight.method = WeightMethod::kRepapq;
+  repapq.weight.bits = 6;
+  EXPECT_TRUE(ValidateQuantConfig(repapq, SiteKind::kLinear).ok());
+  repapq.weight.granularity = Granularity::kPerGroup;  // the affine folds per output channel
+  repapq.weight.group_size = 16;
+  EXPECT_FALSE(ValidateQuantConfig(repapq, SiteKind::kLinear).ok());
+  repapq.weight.granularity = Granularity::kPerChannel;
+  repapq.weight.repapq_batch = 0;
+  EXPECT_FALSE(ValidateQuantConfig(repapq, SiteKind::kLinear).ok());
+  repapq.weight.repapq_batch = 32;
+  repapq.weight.repapq_lr = 0;
+  EXPECT_FALSE(ValidateQuantConfig(repapq, SiteKind::kLinear).ok());
+  repapq.weight.repapq_lr = 0.02;
+  repapq.weight.repapq_iterations = 40;
+  back = QuantConfigFromJson(ToJson(repapq, SiteKind::kLinear), SiteKind::kLinear);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(*back == repapq);
+  EXPECT_EQ(back->weight.repapq_iterations, 40);
+  // The shorthand takes RepAPQ's MAE ranges for weights and activations, edges included.
+  auto shorthand = ParseUniformRecipe("w6a6:repapq").value();
+  EXPECT_EQ(shorthand.linear_default.weight.calibrator, RangeCalibrator::kMae);
+  EXPECT_EQ(shorthand.linear_default.activation.calibrator, RangeCalibrator::kMae);
+  EXPECT_EQ(shorthand.sites.at("head").weight.method, WeightMethod::kRepapq);
+  EXPECT_EQ(shorthand.sites.at("head").weight.bits, 8);
+  EXPECT_EQ(ParseUniformRecipe("w6a6").value().linear_default.weight.calibrator,
+            RangeCalibrator::kOmse);
+
   QuantConfig log_on_linear;
   log_on_linear.activation.bits = 4;
   log_on_linear.activation.quantizer = ActivationQuantizer::kLog2;

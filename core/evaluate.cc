@@ -421,9 +421,16 @@ Status MeasureFromBlocks(const Context& c, const LinearSite& s, const Activation
   return OkStatus();
 }
 
-// A Liu et al. candidate: its weight and input intervals are searched together, so it is
-// quantized as calibration does it, on the site's float inputs, and measured directly.
-Status EvaluateLiuCandidate(const Context& c, const LinearSite& s, const QuantConfig& config,
+// Methods that fit more than the weight: measured directly, never from the Gram blocks.
+bool MeasuredDirectly(const WeightQuant& w) {
+  return w.quantized() && (w.method == WeightMethod::kLiu || w.method == WeightMethod::kRepapq);
+}
+
+// A candidate whose method fits more than the weight (Liu et al.: both intervals together;
+// RepAPQ: the affine against the float output) is quantized as calibration does it, on the site's
+// float inputs, and measured directly. RepAPQ's across-block refinement needs the whole stage and
+// runs in validation (QuantizeModel), so the search ranks repapq by its site-local fit.
+Status EvaluateDirectCandidate(const Context& c, const LinearSite& s, const QuantConfig& config,
                             Evaluation* e) {
   std::optional<Timed> timed(&c.costs->weight_seconds);
   std::optional<Timed> by_method(&c.costs->method_seconds[static_cast<int>(config.weight.method)]);
@@ -531,8 +538,8 @@ void EvaluateLinearGroup(const Context& c, const LinearSite& site,
     const auto start = Clock::now();
     Status s = GuardTorch("evaluate", [&]() -> Status {
       const QuantConfig& config = c.candidates[i].config;
-      if (config.weight.quantized() && config.weight.method == WeightMethod::kLiu) {
-        return EvaluateLiuCandidate(c, site, config, &results[i]);  // folds for itself
+      if (MeasuredDirectly(config.weight)) {
+        return EvaluateDirectCandidate(c, site, config, &results[i]);  // folds for itself
       }
       return EvaluateLinearCandidate(c, *view, activation, config, solves ? &*solves : nullptr,
                                      reparam ? &folded_grids : grids, &results[i]);
@@ -703,13 +710,13 @@ void EvaluationCosts::Add(const EvaluationCosts& o) {
   gemm_seconds += o.gemm_seconds;
   activation_seconds += o.activation_seconds;
   weight_seconds += o.weight_seconds;
-  for (int i = 0; i < 4; ++i) method_seconds[i] += o.method_seconds[i];
+  for (int i = 0; i < kWeightMethodCount; ++i) method_seconds[i] += o.method_seconds[i];
   total_seconds += o.total_seconds;
 }
 
 bool MeasuredFromGram(const ViTModel& model, const Site& site, const QuantConfig& config) {
   if (site.kind != SiteKind::kLinear) return false;
-  if (config.weight.quantized() && config.weight.method == WeightMethod::kLiu) return false;
+  if (MeasuredDirectly(config.weight)) return false;
   if (config.weight.quantized() && config.weight.method != WeightMethod::kRtn) return true;
   // RTN (or a float weight) needs nothing of the inputs but its error: measured directly a
   // candidate costs a [tokens, in] × [in, out] GEMM, against about 2·tokens·in² per activation

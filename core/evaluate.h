@@ -84,7 +84,8 @@ struct EvaluationCosts {
   double gemm_seconds = 0;        // inside those GEMMs
   double activation_seconds = 0;  // fitting and applying activation quantizers
   double weight_seconds = 0;      // weight methods (RTN, GPTQ, ERQ), grid fits included
-  double method_seconds[4] = {};  // the same by method: RTN, GPTQ, ERQ, Liu (WeightMethod's order)
+  // The same by method, in WeightMethod's order: RTN, GPTQ, ERQ, Liu, RepAPQ.
+  double method_seconds[kWeightMethodCount] = {};
   double total_seconds = 0;       // whole EvaluateSite calls
 
   void Add(const EvaluationCosts& o);

@@ -9,6 +9,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "common/strings.h"
+#include "core/across_block.h"
 #include "core/erq.h"
 #include "core/gptq.h"
 #include "core/liu.h"
@@ -59,7 +60,8 @@ StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& 
       return ReduceWeightErrorFromGram(layer, *gram, spec, conv, grid.get());
     }
     case WeightMethod::kLiu:
-      break;  // searched together with the input's interval (QuantizeLinearSite)
+    case WeightMethod::kRepapq:
+      break;  // fitted with more than the weight (QuantizeLinearSite)
   }
   return InternalError("no weight quantization for method " + std::string(ToString(spec.method)));
 }
@@ -125,36 +127,27 @@ class CalibratingHandler : public SiteHandler {
   std::vector<SiteReport> reports_;
 };
 
-// Evaluation: applies what calibration fitted, and nothing else.
-class FakeQuantHandler : public SiteHandler {
- public:
-  explicit FakeQuantHandler(const std::map<std::string, QuantizedSite>& sites) : sites_(sites) {}
-
-  torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
-                       const torch::Tensor& bias) override {
-    const QuantizedSite& q = sites_.at(site.name);
-    if (q.reparam) {
-      const auto& w = q.weight ? q.weight->dequantized : q.folded.weight;
-      const auto& b = q.weight && q.weight->bias.defined() ? q.weight->bias : q.folded.bias;
-      return at::linear(q.input.Apply(q.reparam->Apply(x)), w.to(weight.device()),
-                        b.to(weight.device()));
-    }
-    if (!q.weight) return at::linear(q.input.Apply(x), weight, bias);
-    const auto& b = q.weight->bias.defined() ? q.weight->bias.to(bias.device()) : bias;
-    return at::linear(q.input.Apply(x), q.weight->dequantized.to(weight.device()), b);
-  }
-
-  torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
-                       const torch::Tensor& rhs) override {
-    const QuantizedSite& q = sites_.at(site.name);
-    return at::matmul(q.input.Apply(lhs), q.input_rhs.Apply(rhs));
-  }
-
- private:
-  const std::map<std::string, QuantizedSite>& sites_;
-};
-
 }  // namespace
+
+torch::Tensor FakeQuantHandler::Linear(const Site& site, const torch::Tensor& x,
+                                      const torch::Tensor& weight, const torch::Tensor& bias) {
+  const QuantizedSite& q = sites_.at(site.name);
+  if (q.reparam) {
+    const auto& w = q.weight ? q.weight->dequantized : q.folded.weight;
+    const auto& b = q.weight && q.weight->bias.defined() ? q.weight->bias : q.folded.bias;
+    return at::linear(q.input.Apply(q.reparam->Apply(x)), w.to(weight.device()),
+                      b.to(weight.device()));
+  }
+  if (!q.weight) return at::linear(q.input.Apply(x), weight, bias);
+  const auto& b = q.weight->bias.defined() ? q.weight->bias.to(bias.device()) : bias;
+  return at::linear(q.input.Apply(x), q.weight->dequantized.to(weight.device()), b);
+}
+
+torch::Tensor FakeQuantHandler::Matmul(const Site& site, const torch::Tensor& lhs,
+                                      const torch::Tensor& rhs) {
+  const QuantizedSite& q = sites_.at(site.name);
+  return at::matmul(q.input.Apply(lhs), q.input_rhs.Apply(rhs));
+}
 
 StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& config,
                                         int64_t num_heads, const torch::Tensor& x,
@@ -204,6 +197,10 @@ StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& con
         x_hat = r.site.input.Apply(x_in);
       }
       r.site.weight = std::move(liu.weight);
+    } else if (config.weight.quantized() && config.weight.method == WeightMethod::kRepapq) {
+      QS_ASSIGN_OR_RETURN(RepapqWeight q, QuantizeRepapqWeight(x_in, x_hat, w, b, config.weight));
+      r.site.weight = std::move(q.folded);
+      r.site.qprep = std::move(q.affine);
     } else if (config.weight.quantized()) {
       QS_ASSIGN_OR_RETURN(r.site.weight,
                           QuantizeWeight(site, x_in, x_hat, w, b, config.weight, grids));
@@ -299,6 +296,22 @@ SiteInfo DescribeSite(const ViTModel& model, const Site& site) {
   return info;
 }
 
+namespace {
+
+// Whether some site of `model` is quantized by repapq with training steps to take.
+bool UsesAcrossBlockCalibration(const ViTModel& model, const Recipe& recipe) {
+  for (const Site& site : model.sites()) {
+    const WeightQuant& w = recipe.Resolve(site.name, site.kind).weight;
+    if (site.kind == SiteKind::kLinear && w.quantized() && w.method == WeightMethod::kRepapq &&
+        w.repapq_iterations > 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& recipe,
                                        const torch::Tensor& calib_images,
                                        const QuantizeOptions& options) {
@@ -324,10 +337,40 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
   // Shape errors surface through Logits' own check on a zero-cost call.
   QS_RETURN_IF_ERROR(model.Logits(calib_images.narrow(0, 0, 0)).status());
   return GuardTorch("quantize", [&]() -> StatusOr<QuantizedModel> {
-    c10::InferenceMode guard;
     CalibratingHandler handler(model.config(), recipe, options);
-    model.Forward(calib_images.to(model.device(), torch::kFloat32), &handler);
-    QS_RETURN_IF_ERROR(handler.status());
+    auto images = calib_images.to(model.device(), torch::kFloat32);
+    if (!UsesAcrossBlockCalibration(model, recipe)) {
+      c10::InferenceMode guard;
+      model.Forward(images, &handler);
+      QS_RETURN_IF_ERROR(handler.status());
+    } else {
+      // Stage by stage: calibrate the stage's sites on the quantized model's input, then train
+      // its repapq sites against the float model's stage output (no inference mode: training
+      // needs autograd-capable tensors).
+      torch::NoGradGuard no_grad;
+      torch::Tensor x = images, x_float = images;
+      for (const auto& stage : StageRanges(model)) {
+        const torch::Tensor stage_input = x;
+        for (int64_t s = stage.first; s <= stage.second; ++s) {
+          x = model.ForwardSegment(s, x, &handler);
+        }
+        QS_RETURN_IF_ERROR(handler.status());
+        torch::Tensor target = x_float;
+        for (int64_t s = stage.first; s <= stage.second; ++s) {
+          target = model.ForwardSegment(s, target);
+        }
+        if (StageHasRepapq(model, stage, handler.sites())) {
+          QS_RETURN_IF_ERROR(
+              CalibrateAcrossBlocks(model, stage, stage_input, target, &handler.sites()).status());
+          FakeQuantHandler refined(handler.sites());
+          x = stage_input;
+          for (int64_t s = stage.first; s <= stage.second; ++s) {
+            x = model.ForwardSegment(s, x, &refined);
+          }
+        }
+        x_float = target;
+      }
+    }
     QuantizedModel q;
     q.float_model_ = model;
     q.recipe_ = recipe;

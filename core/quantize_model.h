@@ -20,6 +20,7 @@
 #include "common/quant_config.h"
 #include "common/status.h"
 #include "core/quantizer.h"
+#include "core/repapq.h"
 #include "core/reparam.h"
 #include "core/vit.h"
 
@@ -47,6 +48,22 @@ struct QuantizedSite {
   // reparam->Apply(x), and the layer multiplies `folded` (or the weight quantized from it).
   std::optional<ScaleReparam> reparam;
   LinearFold folded;
+  // RepAPQ (weight method repapq): the QPRep affine already folded into `weight`, kept so that
+  // the across-block calibration can refine it (core/across_block.h).
+  std::optional<QprepAffine> qprep;
+};
+
+// Applies what calibration fitted at every site, and nothing else (QuantizedModel::Logits).
+class FakeQuantHandler : public SiteHandler {
+ public:
+  explicit FakeQuantHandler(const std::map<std::string, QuantizedSite>& sites) : sites_(sites) {}
+  torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
+                       const torch::Tensor& bias) override;
+  torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
+                       const torch::Tensor& rhs) override;
+
+ private:
+  const std::map<std::string, QuantizedSite>& sites_;
 };
 
 struct QuantizeOptions {

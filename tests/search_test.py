@@ -324,6 +324,42 @@ class SearchTest(unittest.TestCase):
             self.assertEqual(replayed["quant_top1"], m["test_top1"])
             self.assertEqual({p["site"] for p in replayed["per_site"] if p["reparam"]}, chosen)
 
+    def test_repvgg_conv_sites_search_with_repapq_and_replay(self):
+        # The RepVGG fixture: every fused conv is a site of the candidate space, RTN and RepAPQ
+        # compete at 4 and 8 bits, and the chosen recipe (across-block calibration included)
+        # replays through `qsearch quantize` to the accuracy the search validated.
+        repvgg = os.path.join(ROOT, "tests/data/repvgg")
+        with tempfile.TemporaryDirectory() as d:
+            s = spec(d, "s.json",
+                     model={"config": os.path.join(repvgg, "config.json"),
+                            "weights": os.path.join(repvgg, "model.safetensors")},
+                     search={"weight_methods": ["rtn", "repapq"], "weight_bits": [4, 8],
+                             "activation_bits": [6]},
+                     objective={"avg_weight_bits": 6.0},
+                     accuracy={"max_abs_top1_drop": 0.01, "max_validations": 1})
+            out = os.path.join(d, "out")
+            m = json.loads(run(s, out, os.path.join(d, "cache")).stdout)
+            self.assertEqual(m["evaluations_failed"], 0)
+            self.assertEqual(m["candidates"], 8 * 2 * 2)
+            self.assertLessEqual(m["avg_weight_bits"], 6.0)
+            with open(os.path.join(out, "recipe.json")) as f:
+                recipe = json.load(f)
+            convs = {"stem.reparam_conv", "stages.0.0.reparam_conv", "stages.0.1.reparam_conv",
+                     "stages.1.0.reparam_conv", "stages.1.1.reparam_conv",
+                     "stages.1.2.reparam_conv", "stages.2.0.reparam_conv"}
+            self.assertEqual(set(recipe["sites"]), convs | {"head.fc"})
+            methods = {c["weight"]["method"] for c in recipe["sites"].values()}
+            self.assertIn("repapq", methods)
+            q = subprocess.run([QSEARCH, "--threads", "2", "quantize",
+                                "--config", os.path.join(repvgg, "config.json"),
+                                "--weights", os.path.join(repvgg, "model.safetensors"),
+                                "--recipe", os.path.join(out, "recipe.json"),
+                                "--out", os.path.join(d, "replay"), "--calib-count", "64",
+                                "--seed", "0", "--eval-limit", "500", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(q.returncode, 0, q.stderr)
+            self.assertEqual(json.loads(q.stdout)["quant_top1"], m["quant_top1"])
+
     @unittest.skipUnless(CHROMIUM, "chromium is not installed (scripts/setup.sh installs it)")
     def test_report_renders_in_headless_chromium(self):
         with tempfile.TemporaryDirectory() as d:

@@ -1,0 +1,235 @@
+#include "core/across_block.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/torch_status.h"
+
+namespace qs::core {
+namespace {
+
+constexpr double kMinGamma = 0.25, kMaxGamma = 4.0;  // as FitAffineL1 keeps them
+constexpr uint64_t kBatchSeed = 0x5eed;
+
+// Rounds forward, passes the gradient straight through.
+torch::Tensor RoundSte(const torch::Tensor& v) { return v + (v.round() - v).detach(); }
+
+// x fake-quantized on a uniform grid with scale exp(log_scale), differentiable in both.
+torch::Tensor LearnedFakeQuantize(const torch::Tensor& x, const torch::Tensor& log_scale,
+                                  const UniformGrid& grid) {
+  auto scale = log_scale.exp();
+  auto zero = grid.zero_point.to(x.device());
+  return (RoundSte(x / scale) + zero).clamp(grid.qmin, grid.qmax).sub(zero).mul(scale);
+}
+
+// One repapq site's trainable state and its float layer.
+struct LearnedSite {
+  torch::Tensor log_weight_scale, gamma, beta;
+  torch::Tensor log_input_scale;  // undefined unless the input is a per-tensor uniform grid
+  torch::Tensor weight, bias;     // the float layer, [out, in] and [out]
+};
+
+// The stage's sites with the repapq ones computed from their trainable state.
+class TrainingHandler : public FakeQuantHandler {
+ public:
+  TrainingHandler(const std::map<std::string, QuantizedSite>& sites,
+                  std::map<std::string, LearnedSite>& learned)
+      : FakeQuantHandler(sites), sites_(sites), learned_(learned) {}
+
+  torch::Tensor Linear(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
+                       const torch::Tensor& bias) override {
+    auto it = learned_.find(site.name);
+    if (it == learned_.end()) return FakeQuantHandler::Linear(site, x, weight, bias);
+    const LearnedSite& l = it->second;
+    const QuantizedSite& q = sites_.at(site.name);
+    torch::Tensor x_hat = x;
+    if (l.log_input_scale.defined()) {
+      x_hat = LearnedFakeQuantize(x, l.log_input_scale, q.input.uniform());
+    } else if (q.input.spec().quantized()) {
+      x_hat = x + (q.input.Apply(x) - x).detach();
+    }
+    auto w_hat = LearnedFakeQuantize(l.weight, l.log_weight_scale, q.qprep->grid);
+    return at::linear(x_hat, w_hat, l.bias) * l.gamma + l.beta;
+  }
+
+ private:
+  const std::map<std::string, QuantizedSite>& sites_;
+  std::map<std::string, LearnedSite>& learned_;
+};
+
+bool IsPerTensorUniform(const ActivationQuantizerState& input) {
+  const ActivationQuant& a = input.spec();
+  return a.quantized() && a.quantizer == ActivationQuantizer::kUniform &&
+         input.uniform().scale.numel() == 1;
+}
+
+// The stage's output for `input` through `handler`, in batches of `batch` rows.
+torch::Tensor RunStage(const ViTModel& model, std::pair<int64_t, int64_t> stage,
+                       const torch::Tensor& input, SiteHandler* handler) {
+  auto x = input;
+  for (int64_t s = stage.first; s <= stage.second; ++s) x = model.ForwardSegment(s, x, handler);
+  return x;
+}
+
+double MeanAbsError(const ViTModel& model, std::pair<int64_t, int64_t> stage,
+                    const torch::Tensor& input, const torch::Tensor& target, SiteHandler* handler) {
+  torch::NoGradGuard no_grad;
+  double total = 0;
+  const int64_t n = input.size(0), batch = 256;
+  for (int64_t start = 0; start < n; start += batch) {
+    const int64_t len = std::min(batch, n - start);
+    auto out = RunStage(model, stage, input.narrow(0, start, len), handler);
+    total += (out - target.narrow(0, start, len)).abs().sum().item<double>();
+  }
+  return total / static_cast<double>(target.numel());
+}
+
+}  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> StageRanges(const ViTModel& model) {
+  // "stages.<s>." of a segment's first site, or "" where it has none.
+  auto stage_of = [&](int64_t segment) -> std::string {
+    const auto sites = model.SegmentSites(segment);
+    if (sites.empty() || sites.front()->name.rfind("stages.", 0) != 0) return "";
+    const std::string& name = sites.front()->name;
+    return name.substr(0, name.find('.', 7) + 1);
+  };
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t s = 0; s < model.num_segments(); ++s) {
+    const std::string stage = stage_of(s);
+    if (!out.empty() && !stage.empty() && stage_of(out.back().second) == stage) {
+      out.back().second = s;
+    } else {
+      out.push_back({s, s});
+    }
+  }
+  return out;
+}
+
+bool StageHasRepapq(const ViTModel& model, std::pair<int64_t, int64_t> stage,
+                    const std::map<std::string, QuantizedSite>& sites) {
+  for (int64_t s = stage.first; s <= stage.second; ++s) {
+    for (const Site* site : model.SegmentSites(s)) {
+      auto it = sites.find(site->name);
+      if (it != sites.end() && it->second.qprep) return true;
+    }
+  }
+  return false;
+}
+
+StatusOr<AcrossBlockReport> CalibrateAcrossBlocks(const ViTModel& model,
+                                                  std::pair<int64_t, int64_t> stage,
+                                                  const torch::Tensor& input,
+                                                  const torch::Tensor& target,
+                                                  std::map<std::string, QuantizedSite>* sites) {
+  if (input.size(0) != target.size(0) || input.size(0) == 0) {
+    return InvalidArgumentError("across-block calibration needs one target per input image");
+  }
+  return GuardTorch("across-block calibration", [&]() -> StatusOr<AcrossBlockReport> {
+    // The trainable state, on tensors of our own (a model loaded under inference mode could not
+    // be saved for backward).
+    std::map<std::string, LearnedSite> learned;
+    const WeightQuant* spec = nullptr;
+    std::vector<torch::Tensor> params;
+    for (int64_t s = stage.first; s <= stage.second; ++s) {
+      for (const Site* site : model.SegmentSites(s)) {
+        auto it = sites->find(site->name);
+        if (it == sites->end() || !it->second.qprep) continue;
+        const QuantizedSite& q = it->second;
+        if (spec == nullptr) spec = &q.config.weight;
+        LearnedSite l;
+        const auto& w = model.tensor(site->weight);
+        const std::string bias_name = site->weight.substr(0, site->weight.size() - 6) + "bias";
+        l.weight = w.reshape({w.size(0), -1}).clone();
+        l.bias = model.tensor(bias_name).clone();
+        l.log_weight_scale = q.qprep->grid.scale.log().clone().set_requires_grad(true);
+        l.gamma = q.qprep->gamma.clone().set_requires_grad(true);
+        l.beta = q.qprep->beta.clone().set_requires_grad(true);
+        params.insert(params.end(), {l.log_weight_scale, l.gamma, l.beta});
+        if (IsPerTensorUniform(q.input)) {
+          l.log_input_scale = q.input.uniform().scale.log().clone().set_requires_grad(true);
+          params.push_back(l.log_input_scale);
+        }
+        learned.emplace(site->name, std::move(l));
+      }
+    }
+    AcrossBlockReport report;
+    if (spec == nullptr) return report;
+    auto x_all = input.clone(), y_all = target.clone();
+    TrainingHandler handler(*sites, learned);
+    report.loss_before = MeanAbsError(model, stage, x_all, y_all, &handler);
+    report.loss_after = report.loss_before;
+
+    // Adam with cosine decay over mini-batches from a fixed-seed permutation.
+    const int64_t n = x_all.size(0), batch = std::min<int64_t>(spec->repapq_batch, n);
+    std::vector<torch::Tensor> m, v;
+    for (const auto& p : params) {
+      m.push_back(torch::zeros_like(p));
+      v.push_back(torch::zeros_like(p));
+    }
+    std::mt19937_64 rng(kBatchSeed);
+    std::vector<int64_t> order(n);
+    for (int64_t i = 0; i < n; ++i) order[i] = i;
+    int64_t cursor = n;
+    const int iterations = spec->repapq_iterations;
+    for (int step = 0; step < iterations; ++step) {
+      std::vector<int64_t> pick;
+      while (static_cast<int64_t>(pick.size()) < batch) {
+        if (cursor == n) {  // Fisher–Yates with a fully specified generator
+          for (int64_t i = n - 1; i > 0; --i) {
+            std::swap(order[i], order[static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1))]);
+          }
+          cursor = 0;
+        }
+        pick.push_back(order[cursor++]);
+      }
+      auto idx = torch::tensor(pick, torch::kLong).to(x_all.device());
+      torch::AutoGradMode grad(true);
+      auto out = RunStage(model, stage, x_all.index_select(0, idx), &handler);
+      auto loss = (out - y_all.index_select(0, idx)).abs().mean();
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+      loss.backward();
+      torch::NoGradGuard no_grad;
+      const double lr = 0.5 * spec->repapq_lr * (1 + std::cos(M_PI * step / iterations));
+      const double bc1 = 1 - std::pow(0.9, step + 1), bc2 = 1 - std::pow(0.999, step + 1);
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (!params[i].grad().defined()) continue;
+        auto g = params[i].grad();
+        m[i].mul_(0.9).add_(g, 0.1);
+        v[i].mul_(0.999).addcmul_(g, g, 0.001);
+        params[i].addcdiv_(m[i] / bc1, (v[i] / bc2).sqrt_().add_(1e-8), -lr);
+      }
+      for (auto& [name, l] : learned) l.gamma.clamp_(kMinGamma, kMaxGamma);
+    }
+    report.iterations = iterations;
+
+    // Fold the trained state back; keep the old sites if the stage did not improve.
+    torch::NoGradGuard no_grad;
+    std::map<std::string, QuantizedSite> refolded = *sites;
+    for (auto& [name, l] : learned) {
+      QuantizedSite& q = refolded.at(name);
+      QprepAffine affine = *q.qprep;
+      affine.grid.scale = l.log_weight_scale.detach().exp();
+      affine.gamma = l.gamma.detach().clone();
+      affine.beta = l.beta.detach().clone();
+      q.weight = FoldQprep(QuantizeCodes(l.weight, affine.grid), l.bias, affine);
+      q.qprep = std::move(affine);
+      if (l.log_input_scale.defined()) {
+        UniformGrid grid = q.input.uniform();
+        grid.scale = l.log_input_scale.detach().exp();
+        q.input = ActivationQuantizerState::FromUniformGrid(q.input.spec(), grid);
+      }
+    }
+    FakeQuantHandler folded(refolded);
+    const double after = MeanAbsError(model, stage, x_all, y_all, &folded);
+    if (after < report.loss_before) {
+      *sites = std::move(refolded);
+      report.loss_after = after;
+    }
+    return report;
+  });
+}
+
+}  // namespace qs::core
