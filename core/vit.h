@@ -1,6 +1,7 @@
-// The ViT/DeiT model: config, timm-layout weights, sites, and a forward pass whose linear layers and
+// The model: config, timm-layout weights, sites, and a forward pass whose linear layers and
 // attention matmuls go through a SiteHandler, so quantization can act at every site without the
-// model knowing about it.
+// model knowing about it. Four families: ViT and DeiT, Swin, and RepVGG (a CNN whose fused convs
+// are linear sites over im2col patches, core/repvgg.h).
 //
 //   QS_ASSIGN_OR_RETURN(ViTModel model, ViTModel::Load(config_path, weights_path));
 //   torch::Tensor logits = model.Forward(images);        // float, no quantization
