@@ -197,6 +197,10 @@ class Service:
             return j if stage in stages else None
         return wait_for(reached, timeout, "job %s at %s" % (name, stages))
 
+    def holders(self):
+        """Pids of the workers holding a task now (from the stream's pending entries)."""
+        return {pid for pid, _ in self.held_tasks()}
+
     def held_tasks(self):
         """(worker pid, task kind) for every task a worker holds now, read from the stream's
         pending entries and their payloads: one redis-cli call each, milliseconds, so a poll
