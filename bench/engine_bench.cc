@@ -177,6 +177,15 @@ StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intr
   return run;
 }
 
+// Seconds in each weight method, by its recipe name (every method, Liu and RepAPQ included).
+json MethodSeconds(const core::EvaluationCosts& costs) {
+  json out = json::object();
+  for (int m = 0; m < kWeightMethodCount; ++m) {
+    out[ToString(static_cast<WeightMethod>(m))] = costs.method_seconds[m];
+  }
+  return out;
+}
+
 json Describe(const EvaluationRun& r) {
   return json{{"evaluate_seconds", r.seconds},
               {"workers", r.workers},
@@ -194,6 +203,7 @@ json Describe(const EvaluationRun& r) {
                 {"weight_methods", r.costs.weight_seconds},
                 {"weight_methods_rtn_gptq_erq",
                  {r.costs.method_seconds[0], r.costs.method_seconds[1], r.costs.method_seconds[2]}},
+                {"weight_methods_by_name", MethodSeconds(r.costs)},
                 {"other_evaluation", r.costs.total_seconds - r.costs.gemm_seconds -
                                          r.costs.activation_seconds - r.costs.weight_seconds},
                 {"outside_evaluation", r.workers * r.seconds - r.costs.total_seconds}}}};

@@ -87,6 +87,13 @@ class CliTest(unittest.TestCase):
             self.assertNotIn(key, b)
         self.assertIn(b["device"], ("cpu", "cuda:0"))
         self.assertEqual(b["fixture"]["candidates"], 278)
+        # Weight-method time by method name, every method, adding up to the total (two timers
+        # around the same calls: they differ by microseconds per candidate).
+        spent = b["fixture"]["worker_seconds_in"]
+        by_name = spent["weight_methods_by_name"]
+        self.assertEqual(set(by_name), {"rtn", "gptq", "erq", "liu", "repapq"})
+        self.assertAlmostEqual(sum(by_name.values()), spent["weight_methods"],
+                               delta=max(1e-3, 0.01 * spent["weight_methods"]))
         self.assertEqual(b["fixture"]["failed"], 0)
         self.assertEqual(b["sweep"]["candidates"], 426)
         self.assertEqual(b["sweep"]["failed"], 0)
