@@ -65,14 +65,6 @@ bool IsPerTensorUniform(const ActivationQuantizerState& input) {
          input.uniform().scale.numel() == 1;
 }
 
-// The stage's output for `input` through `handler`, in batches of `batch` rows.
-torch::Tensor RunStage(const ViTModel& model, std::pair<int64_t, int64_t> stage,
-                       const torch::Tensor& input, SiteHandler* handler) {
-  auto x = input;
-  for (int64_t s = stage.first; s <= stage.second; ++s) x = model.ForwardSegment(s, x, handler);
-  return x;
-}
-
 double MeanAbsError(const ViTModel& model, std::pair<int64_t, int64_t> stage,
                     const torch::Tensor& input, const torch::Tensor& target, SiteHandler* handler) {
   torch::NoGradGuard no_grad;
@@ -80,13 +72,20 @@ double MeanAbsError(const ViTModel& model, std::pair<int64_t, int64_t> stage,
   const int64_t n = input.size(0), batch = 256;
   for (int64_t start = 0; start < n; start += batch) {
     const int64_t len = std::min(batch, n - start);
-    auto out = RunStage(model, stage, input.narrow(0, start, len), handler);
+    auto out = ForwardStage(model, stage, input.narrow(0, start, len), handler);
     total += (out - target.narrow(0, start, len)).abs().sum().item<double>();
   }
   return total / static_cast<double>(target.numel());
 }
 
 }  // namespace
+
+torch::Tensor ForwardStage(const ViTModel& model, std::pair<int64_t, int64_t> stage,
+                           const torch::Tensor& input, SiteHandler* handler) {
+  auto x = input;
+  for (int64_t s = stage.first; s <= stage.second; ++s) x = model.ForwardSegment(s, x, handler);
+  return x;
+}
 
 std::vector<std::pair<int64_t, int64_t>> StageRanges(const ViTModel& model) {
   // "stages.<s>." of a segment's first site, or "" where it has none.
@@ -119,6 +118,117 @@ bool StageHasRepapq(const ViTModel& model, std::pair<int64_t, int64_t> stage,
   return false;
 }
 
+namespace {
+
+// The trainable state of every repapq site of `stage`, on tensors of our own (a model loaded
+// under inference mode could not be saved for backward), and the spec that sets the training.
+struct StageState {
+  std::map<std::string, LearnedSite> learned;
+  std::vector<torch::Tensor> params;
+  const WeightQuant* spec = nullptr;
+};
+
+StageState CollectLearnedSites(const ViTModel& model, std::pair<int64_t, int64_t> stage,
+                               const std::map<std::string, QuantizedSite>& sites) {
+  StageState state;
+  for (int64_t s = stage.first; s <= stage.second; ++s) {
+    for (const Site* site : model.SegmentSites(s)) {
+      auto it = sites.find(site->name);
+      if (it == sites.end() || !it->second.qprep) continue;
+      const QuantizedSite& q = it->second;
+      if (state.spec == nullptr) state.spec = &q.config.weight;
+      LearnedSite l;
+      const auto& w = model.tensor(site->weight);
+      const std::string bias_name = site->weight.substr(0, site->weight.size() - 6) + "bias";
+      l.weight = w.reshape({w.size(0), -1}).clone();
+      l.bias = model.tensor(bias_name).clone();
+      l.log_weight_scale = q.qprep->grid.scale.log().clone().set_requires_grad(true);
+      l.gamma = q.qprep->gamma.clone().set_requires_grad(true);
+      l.beta = q.qprep->beta.clone().set_requires_grad(true);
+      state.params.insert(state.params.end(), {l.log_weight_scale, l.gamma, l.beta});
+      if (IsPerTensorUniform(q.input)) {
+        l.log_input_scale = q.input.uniform().scale.log().clone().set_requires_grad(true);
+        state.params.push_back(l.log_input_scale);
+      }
+      state.learned.emplace(site->name, std::move(l));
+    }
+  }
+  return state;
+}
+
+// Adam with cosine decay on the stage's MAE, over mini-batches from a fixed-seed permutation
+// (Fisher–Yates with mt19937_64, which the standard fully specifies).
+void TrainStage(const ViTModel& model, std::pair<int64_t, int64_t> stage,
+                const torch::Tensor& x_all, const torch::Tensor& y_all, SiteHandler* handler,
+                StageState* state) {
+  const WeightQuant& spec = *state->spec;
+  std::vector<torch::Tensor>& params = state->params;
+  const int64_t n = x_all.size(0), batch = std::min<int64_t>(spec.repapq_batch, n);
+  std::vector<torch::Tensor> m, v;
+  for (const auto& p : params) {
+    m.push_back(torch::zeros_like(p));
+    v.push_back(torch::zeros_like(p));
+  }
+  std::mt19937_64 rng(kBatchSeed);
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  int64_t cursor = n;
+  const int iterations = spec.repapq_iterations;
+  for (int step = 0; step < iterations; ++step) {
+    std::vector<int64_t> pick;
+    while (static_cast<int64_t>(pick.size()) < batch) {
+      if (cursor == n) {
+        for (int64_t i = n - 1; i > 0; --i) {
+          std::swap(order[i], order[static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1))]);
+        }
+        cursor = 0;
+      }
+      pick.push_back(order[cursor++]);
+    }
+    auto idx = torch::tensor(pick, torch::kLong).to(x_all.device());
+    torch::AutoGradMode grad(true);
+    auto out = ForwardStage(model, stage, x_all.index_select(0, idx), handler);
+    auto loss = (out - y_all.index_select(0, idx)).abs().mean();
+    for (auto& p : params) p.mutable_grad() = torch::Tensor();
+    loss.backward();
+    torch::NoGradGuard no_grad;
+    const double lr = 0.5 * spec.repapq_lr * (1 + std::cos(M_PI * step / iterations));
+    const double bc1 = 1 - std::pow(0.9, step + 1), bc2 = 1 - std::pow(0.999, step + 1);
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!params[i].grad().defined()) continue;
+      auto g = params[i].grad();
+      m[i].mul_(0.9).add_(g, 0.1);
+      v[i].mul_(0.999).addcmul_(g, g, 0.001);
+      params[i].addcdiv_(m[i] / bc1, (v[i] / bc2).sqrt_().add_(1e-8), -lr);
+    }
+    for (auto& [name, l] : state->learned) l.gamma.clamp_(kMinGamma, kMaxGamma);
+  }
+}
+
+// `sites` with every trained site folded back exactly (core/repapq.h: FoldQprep).
+std::map<std::string, QuantizedSite> Refold(const std::map<std::string, QuantizedSite>& sites,
+                                            const std::map<std::string, LearnedSite>& learned) {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, QuantizedSite> out = sites;
+  for (const auto& [name, l] : learned) {
+    QuantizedSite& q = out.at(name);
+    QprepAffine affine = *q.qprep;
+    affine.grid.scale = l.log_weight_scale.detach().exp();
+    affine.gamma = l.gamma.detach().clone();
+    affine.beta = l.beta.detach().clone();
+    q.weight = FoldQprep(QuantizeCodes(l.weight, affine.grid), l.bias, affine);
+    q.qprep = std::move(affine);
+    if (l.log_input_scale.defined()) {
+      UniformGrid grid = q.input.uniform();
+      grid.scale = l.log_input_scale.detach().exp();
+      q.input = ActivationQuantizerState::FromUniformGrid(q.input.spec(), grid);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 StatusOr<AcrossBlockReport> CalibrateAcrossBlocks(const ViTModel& model,
                                                   std::pair<int64_t, int64_t> stage,
                                                   const torch::Tensor& input,
@@ -128,100 +238,17 @@ StatusOr<AcrossBlockReport> CalibrateAcrossBlocks(const ViTModel& model,
     return InvalidArgumentError("across-block calibration needs one target per input image");
   }
   return GuardTorch("across-block calibration", [&]() -> StatusOr<AcrossBlockReport> {
-    // The trainable state, on tensors of our own (a model loaded under inference mode could not
-    // be saved for backward).
-    std::map<std::string, LearnedSite> learned;
-    const WeightQuant* spec = nullptr;
-    std::vector<torch::Tensor> params;
-    for (int64_t s = stage.first; s <= stage.second; ++s) {
-      for (const Site* site : model.SegmentSites(s)) {
-        auto it = sites->find(site->name);
-        if (it == sites->end() || !it->second.qprep) continue;
-        const QuantizedSite& q = it->second;
-        if (spec == nullptr) spec = &q.config.weight;
-        LearnedSite l;
-        const auto& w = model.tensor(site->weight);
-        const std::string bias_name = site->weight.substr(0, site->weight.size() - 6) + "bias";
-        l.weight = w.reshape({w.size(0), -1}).clone();
-        l.bias = model.tensor(bias_name).clone();
-        l.log_weight_scale = q.qprep->grid.scale.log().clone().set_requires_grad(true);
-        l.gamma = q.qprep->gamma.clone().set_requires_grad(true);
-        l.beta = q.qprep->beta.clone().set_requires_grad(true);
-        params.insert(params.end(), {l.log_weight_scale, l.gamma, l.beta});
-        if (IsPerTensorUniform(q.input)) {
-          l.log_input_scale = q.input.uniform().scale.log().clone().set_requires_grad(true);
-          params.push_back(l.log_input_scale);
-        }
-        learned.emplace(site->name, std::move(l));
-      }
-    }
     AcrossBlockReport report;
-    if (spec == nullptr) return report;
+    StageState state = CollectLearnedSites(model, stage, *sites);
+    if (state.spec == nullptr) return report;
     auto x_all = input.clone(), y_all = target.clone();
-    TrainingHandler handler(*sites, learned);
+    TrainingHandler handler(*sites, state.learned);
     report.loss_before = MeanAbsError(model, stage, x_all, y_all, &handler);
     report.loss_after = report.loss_before;
-
-    // Adam with cosine decay over mini-batches from a fixed-seed permutation.
-    const int64_t n = x_all.size(0), batch = std::min<int64_t>(spec->repapq_batch, n);
-    std::vector<torch::Tensor> m, v;
-    for (const auto& p : params) {
-      m.push_back(torch::zeros_like(p));
-      v.push_back(torch::zeros_like(p));
-    }
-    std::mt19937_64 rng(kBatchSeed);
-    std::vector<int64_t> order(n);
-    for (int64_t i = 0; i < n; ++i) order[i] = i;
-    int64_t cursor = n;
-    const int iterations = spec->repapq_iterations;
-    for (int step = 0; step < iterations; ++step) {
-      std::vector<int64_t> pick;
-      while (static_cast<int64_t>(pick.size()) < batch) {
-        if (cursor == n) {  // Fisher–Yates with a fully specified generator
-          for (int64_t i = n - 1; i > 0; --i) {
-            std::swap(order[i], order[static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1))]);
-          }
-          cursor = 0;
-        }
-        pick.push_back(order[cursor++]);
-      }
-      auto idx = torch::tensor(pick, torch::kLong).to(x_all.device());
-      torch::AutoGradMode grad(true);
-      auto out = RunStage(model, stage, x_all.index_select(0, idx), &handler);
-      auto loss = (out - y_all.index_select(0, idx)).abs().mean();
-      for (auto& p : params) p.mutable_grad() = torch::Tensor();
-      loss.backward();
-      torch::NoGradGuard no_grad;
-      const double lr = 0.5 * spec->repapq_lr * (1 + std::cos(M_PI * step / iterations));
-      const double bc1 = 1 - std::pow(0.9, step + 1), bc2 = 1 - std::pow(0.999, step + 1);
-      for (size_t i = 0; i < params.size(); ++i) {
-        if (!params[i].grad().defined()) continue;
-        auto g = params[i].grad();
-        m[i].mul_(0.9).add_(g, 0.1);
-        v[i].mul_(0.999).addcmul_(g, g, 0.001);
-        params[i].addcdiv_(m[i] / bc1, (v[i] / bc2).sqrt_().add_(1e-8), -lr);
-      }
-      for (auto& [name, l] : learned) l.gamma.clamp_(kMinGamma, kMaxGamma);
-    }
-    report.iterations = iterations;
-
-    // Fold the trained state back; keep the old sites if the stage did not improve.
-    torch::NoGradGuard no_grad;
-    std::map<std::string, QuantizedSite> refolded = *sites;
-    for (auto& [name, l] : learned) {
-      QuantizedSite& q = refolded.at(name);
-      QprepAffine affine = *q.qprep;
-      affine.grid.scale = l.log_weight_scale.detach().exp();
-      affine.gamma = l.gamma.detach().clone();
-      affine.beta = l.beta.detach().clone();
-      q.weight = FoldQprep(QuantizeCodes(l.weight, affine.grid), l.bias, affine);
-      q.qprep = std::move(affine);
-      if (l.log_input_scale.defined()) {
-        UniformGrid grid = q.input.uniform();
-        grid.scale = l.log_input_scale.detach().exp();
-        q.input = ActivationQuantizerState::FromUniformGrid(q.input.spec(), grid);
-      }
-    }
+    TrainStage(model, stage, x_all, y_all, &handler, &state);
+    report.iterations = state.spec->repapq_iterations;
+    // Keep the old sites if the folded stage did not improve.
+    auto refolded = Refold(*sites, state.learned);
     FakeQuantHandler folded(refolded);
     const double after = MeanAbsError(model, stage, x_all, y_all, &folded);
     if (after < report.loss_before) {

@@ -25,6 +25,10 @@ namespace qs::core {
 // stem, the head, each transformer block) is a stage of its own.
 std::vector<std::pair<int64_t, int64_t>> StageRanges(const ViTModel& model);
 
+// Segments [first, last] of `model` run on `input` (float where `handler` is null).
+torch::Tensor ForwardStage(const ViTModel& model, std::pair<int64_t, int64_t> stage,
+                           const torch::Tensor& input, SiteHandler* handler = nullptr);
+
 // Whether any site of segments [first, last] holds a repapq site in `sites`.
 bool StageHasRepapq(const ViTModel& model, std::pair<int64_t, int64_t> stage,
                     const std::map<std::string, QuantizedSite>& sites);

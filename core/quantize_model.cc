@@ -351,22 +351,14 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
       torch::Tensor x = images, x_float = images;
       for (const auto& stage : StageRanges(model)) {
         const torch::Tensor stage_input = x;
-        for (int64_t s = stage.first; s <= stage.second; ++s) {
-          x = model.ForwardSegment(s, x, &handler);
-        }
+        x = ForwardStage(model, stage, x, &handler);
         QS_RETURN_IF_ERROR(handler.status());
-        torch::Tensor target = x_float;
-        for (int64_t s = stage.first; s <= stage.second; ++s) {
-          target = model.ForwardSegment(s, target);
-        }
+        const torch::Tensor target = ForwardStage(model, stage, x_float);
         if (StageHasRepapq(model, stage, handler.sites())) {
           QS_RETURN_IF_ERROR(
               CalibrateAcrossBlocks(model, stage, stage_input, target, &handler.sites()).status());
           FakeQuantHandler refined(handler.sites());
-          x = stage_input;
-          for (int64_t s = stage.first; s <= stage.second; ++s) {
-            x = model.ForwardSegment(s, x, &refined);
-          }
+          x = ForwardStage(model, stage, stage_input, &refined);
         }
         x_float = target;
       }
