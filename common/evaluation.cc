@@ -38,6 +38,7 @@ json ToJson(const Evaluation& e) {
               {"error_code", e.ok() ? "" : StatusCodeName(e.error_code)}};
   // Only when measured: entries without it keep the text they always had.
   if (e.nuclear_error) j["nuclear_error"] = *e.nuclear_error;
+  if (e.input_sqnr_db) j["input_sqnr_db"] = Number(*e.input_sqnr_db);
   return j;
 }
 
@@ -46,7 +47,7 @@ StatusOr<Evaluation> EvaluationFromJson(const json& j) {
   QS_RETURN_IF_ERROR(CheckKeys(j,
                                {"key", "site", "sqnr_db", "mse", "mae", "cosine", "noise_ratio",
                                 "weight_sqnr_db", "seconds", "error", "error_code",
-                                "nuclear_error"},
+                                "nuclear_error", "input_sqnr_db"},
                                "evaluation"));
   QS_RETURN_IF_ERROR(ReadField(j, "key", &e.key));
   QS_RETURN_IF_ERROR(ReadField(j, "site", &e.site));
@@ -61,6 +62,11 @@ StatusOr<Evaluation> EvaluationFromJson(const json& j) {
     double nuclear = 0;
     QS_RETURN_IF_ERROR(ReadField(j, "nuclear_error", &nuclear));
     e.nuclear_error = nuclear;
+  }
+  if (j.contains("input_sqnr_db")) {
+    double in = 0;
+    QS_RETURN_IF_ERROR(ReadNumber(j, "input_sqnr_db", &in));
+    e.input_sqnr_db = in;
   }
   QS_RETURN_IF_ERROR(ReadNumber(j, "cosine", &e.cosine));
   QS_RETURN_IF_ERROR(ReadNumber(j, "noise_ratio", &e.noise_ratio));
@@ -90,6 +96,7 @@ bool Plausible(const Evaluation& e) {
   if (!std::isfinite(e.cosine) || e.cosine < -1.0001 || e.cosine > 1.0001) return false;
   // SQNR is +inf when lossless, never NaN; it must agree with the noise ratio it derives from.
   if (std::isnan(e.sqnr_db) || std::isnan(e.weight_sqnr_db)) return false;
+  if (e.input_sqnr_db && std::isnan(*e.input_sqnr_db)) return false;
   if (e.noise_ratio > 0 && std::isfinite(e.sqnr_db) &&
       std::abs(e.sqnr_db + 10 * std::log10(e.noise_ratio)) > 1e-3 * (1 + std::abs(e.sqnr_db))) {
     return false;

@@ -27,6 +27,10 @@ struct Evaluation {
   // softmax·v, the scores at q·kᵀ) times the squared output error per image. Measured only when
   // the job ranks by it.
   std::optional<double> nuclear_error;
+  // Non-linear sites: SQNR of the input on the reference grid every method at those bits sees;
+  // input_sqnr_db − sqnr_db is the SQNR difference (how many dB the op loses) the mixed
+  // non-linear choice ranks by.
+  std::optional<double> input_sqnr_db;
   double cosine = 1;
   double noise_ratio = 0;    // Σ(y − ŷ)² / Σy², i.e. 10^(−sqnr_db/10)
   double weight_sqnr_db = 0; // +inf for float weights and matmul sites

@@ -64,8 +64,8 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
   QS_RETURN_IF_ERROR(CheckKeys(j,
                                {"weight_methods", "weight_bits", "weight_granularities",
                                 "group_size", "weight_calibrators", "activation_bits",
-                                "activation_calibrators", "softmax_quantizers", "reparam", "skip",
-                                "pin"},
+                                "activation_calibrators", "softmax_quantizers", "reparam",
+                                "nonlinear_methods", "nonlinear_bits", "skip", "pin"},
                                "search"));
   QS_RETURN_IF_ERROR(ReadArrayField<WeightMethod>(
       j, "weight_methods", EnumReader<WeightMethod>(ParseWeightMethod), &space->weight_methods));
@@ -109,6 +109,17 @@ Status ParseSearch(const json& j, CandidateSpace* space) {
         return OkStatus();
       },
       &space->reparam));
+  QS_RETURN_IF_ERROR(ReadArrayField<NonlinearMethod>(
+      j, "nonlinear_methods", EnumReader<NonlinearMethod>(ParseNonlinearMethod),
+      &space->nonlinear_methods));
+  QS_RETURN_IF_ERROR(ReadArrayField<int>(
+      j, "nonlinear_bits",
+      [](const json& v, int* b) -> Status {
+        QS_RETURN_IF_ERROR(ReadBits(v, b, 4));
+        if (*b == 0) return InvalidArgumentError("bit-width 0 is outside 4..8");
+        return OkStatus();
+      },
+      &space->nonlinear_bits));
   if (j.contains("skip")) {
     QS_RETURN_IF_ERROR(ReadField(j, "skip", &space->skip));
   }
@@ -309,6 +320,10 @@ json ToJson(const JobSpec& spec) {
                  {"pin", pin}};
   // Only when asked for: specs without it keep the text they always had.
   if (spec.space.reparam != std::vector<bool>{false}) search["reparam"] = spec.space.reparam;
+  if (spec.space.nonlinear_methods != std::vector<NonlinearMethod>{NonlinearMethod::kFloat}) {
+    search["nonlinear_methods"] = names(spec.space.nonlinear_methods);
+  }
+  if (!spec.space.nonlinear_bits.empty()) search["nonlinear_bits"] = spec.space.nonlinear_bits;
   if (spec.max_abs_top1_drop >= 0) accuracy["max_abs_top1_drop"] = spec.max_abs_top1_drop;
   if (spec.max_rel_top1_drop >= 0) accuracy["max_rel_top1_drop"] = spec.max_rel_top1_drop;
   return json{

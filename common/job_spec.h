@@ -23,7 +23,8 @@ namespace qs {
 enum class BudgetKind {
   kAvgWeightBits,  // mean bits per quantizable linear weight parameter
   kModelBytes,     // bytes of all linear weights (scales not counted)
-  kBops,           // Σ MACs × operand bits × operand bits over linear and matmul sites
+  kBops,           // Σ MACs × operand bits × operand bits over linear and matmul sites, plus
+                   // elements × bits × bits at planned non-linear sites (32 bits when float)
 };
 
 // The per-site number the selection minimizes (summed over sites).
@@ -47,6 +48,12 @@ struct CandidateSpace {
   // RepQ-ViT reparameterization off and/or on, at the sites where it applies (ReparamApplies)
   // and activations are quantized; {false, true} puts both in the candidate space.
   std::vector<bool> reparam = {false};
+  // Non-linear sites (Softmax, GELU, LayerNorm): the methods offered ("float" included leaves
+  // the float op a candidate) and their bits (empty: the non-zero activation bits, else 8). With
+  // only float offered (the default) and no non-linear pin, the plan leaves non-linear sites out
+  // and they stay float.
+  std::vector<NonlinearMethod> nonlinear_methods = {NonlinearMethod::kFloat};
+  std::vector<int> nonlinear_bits;
   std::vector<std::string> skip;  // site-name prefixes kept in float
   std::map<std::string, nlohmann::json> pin;  // site -> fixed config (recipe site JSON)
 };

@@ -56,6 +56,29 @@ TEST(JobSpecTest, ParsesTheDocumentedInterface) {
   ASSERT_TRUE(nuclear.ok()) << nuclear.status().ToString();
   EXPECT_EQ(nuclear->metric, RankingMetric::kNuclear);
   EXPECT_EQ(ToJson(*nuclear)["objective"]["metric"], "nuclear");
+  // Non-linear methods: float only unless asked for, and then in the canonical form.
+  EXPECT_EQ(spec->space.nonlinear_methods, std::vector<NonlinearMethod>{NonlinearMethod::kFloat});
+  EXPECT_FALSE(ToJson(*spec)["search"].contains("nonlinear_methods"));
+  j = Minimal();
+  j["search"]["nonlinear_methods"] = json::array({"ibert", "fqvit", "ivit"});
+  j["search"]["nonlinear_bits"] = json::array({6, 8});
+  auto nonlinear = ParseJobSpec(j, "spec.json");
+  ASSERT_TRUE(nonlinear.ok()) << nonlinear.status().ToString();
+  EXPECT_EQ(nonlinear->space.nonlinear_methods.size(), 3u);
+  EXPECT_EQ(nonlinear->space.nonlinear_bits, (std::vector<int>{6, 8}));
+  EXPECT_EQ(ToJson(*nonlinear)["search"]["nonlinear_methods"], j["search"]["nonlinear_methods"]);
+  for (const json& bad : {json::array({"ibert2"}), json::array()}) {
+    j["search"]["nonlinear_methods"] = bad;
+    EXPECT_EQ(ParseJobSpec(j, "spec.json").status().code(), StatusCode::kInvalidArgument);
+  }
+  j["search"]["nonlinear_methods"] = json::array({"ibert"});
+  for (const json& bad : {json::array({3}), json::array({0}), json::array({9})}) {
+    j["search"]["nonlinear_bits"] = bad;
+    auto refused = ParseJobSpec(j, "spec.json");
+    EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << bad.dump();
+    EXPECT_NE(refused.status().message().find("nonlinear_bits"), std::string::npos)
+        << refused.status().ToString();
+  }
 }
 
 TEST(JobSpecTest, ErrorsNameTheField) {

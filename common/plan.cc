@@ -104,11 +104,56 @@ std::vector<Candidate> MatmulCandidates(const SiteInfo& site, const CandidateSpa
   return out;
 }
 
+// The bits non-linear methods are offered at: the space's, else its quantized activation bits
+// (4..8), else 8.
+std::vector<int> NonlinearBits(const CandidateSpace& space) {
+  if (!space.nonlinear_bits.empty()) return space.nonlinear_bits;
+  std::vector<int> out;
+  for (int b : space.activation_bits) {
+    if (b >= 4 && std::find(out.begin(), out.end(), b) == out.end()) out.push_back(b);
+  }
+  if (out.empty()) out.push_back(8);
+  return out;
+}
+
+bool OffersIntegerNonlinear(const CandidateSpace& space) {
+  for (NonlinearMethod m : space.nonlinear_methods) {
+    if (m != NonlinearMethod::kFloat) return true;
+  }
+  return false;
+}
+
+std::vector<Candidate> NonlinearCandidates(const SiteInfo& site, const CandidateSpace& space) {
+  std::vector<Candidate> out;
+  const NonlinearOp op = NonlinearOpOf(site.name);
+  for (NonlinearMethod method : space.nonlinear_methods) {
+    if (!NonlinearMethodHasOp(method, op)) continue;
+    const std::vector<int> bits = method == NonlinearMethod::kFloat ? std::vector<int>{8}
+                                                                    : NonlinearBits(space);
+    for (int b : bits) {
+      Candidate c{site.name, SiteKind::kNonlinear, {}};
+      c.config.nonlinear = {method, b};
+      out.push_back(c);
+    }
+  }
+  // FQ-ViT alone offers no GELU kernel: the site stays float, as FQ-ViT leaves it.
+  if (out.empty()) out.push_back({site.name, SiteKind::kNonlinear, {}});
+  return out;
+}
+
 }  // namespace
 
 Status CheckConfigSuitsSite(const QuantConfig& config, const SiteInfo& site) {
   const std::string where = "site " + site.name;
   QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind).WithContext(where));
+  if (site.kind == SiteKind::kNonlinear) {
+    const NonlinearOp op = NonlinearOpOf(site.name);
+    if (!NonlinearMethodHasOp(config.nonlinear.method, op)) {
+      return InvalidArgumentError(where + ": " + ToString(config.nonlinear.method) + " has no " +
+                                  ToString(op) + " kernel");
+    }
+    return OkStatus();
+  }
   const bool matmul = site.kind == SiteKind::kMatmul;
   QS_RETURN_IF_ERROR(CheckReparam(config, site.name, site.kind).WithContext(where));
   const ActivationQuant* operands[] = {&config.activation, &config.activation_rhs};
@@ -141,6 +186,11 @@ CandidateCost CostOf(const SiteInfo& site, const QuantConfig& config) {
   if (site.kind == SiteKind::kLinear) {
     cost.weight_bits = site.weight_params * bits_or_float(config.weight.bits);
     cost.bops = site.macs * bits_or_float(config.weight.bits) * bits_or_float(config.activation.bits);
+  } else if (site.kind == SiteKind::kNonlinear) {
+    // Integer work: the elements at the method's width squared (one multiply per element is a
+    // lower bound of every kernel's); float counts 32 bits.
+    const int bits = config.nonlinear.quantized() ? config.nonlinear.bits : 32;
+    cost.bops = site.macs * bits * bits;
   } else {
     cost.bops = site.macs * bits_or_float(config.activation.bits) *
                 bits_or_float(config.activation_rhs.bits);
@@ -187,7 +237,11 @@ StatusOr<Plan> MakePlan(const JobSpec& spec, const std::vector<SiteInfo>& sites)
     if (!any) return InvalidArgumentError("spec search.skip '" + prefix + "' matches no site");
   }
   Plan plan;
+  const bool plan_nonlinear = OffersIntegerNonlinear(spec.space);
   for (const auto& site : sites) {
+    if (site.kind == SiteKind::kNonlinear && !plan_nonlinear && !spec.space.pin.count(site.name)) {
+      continue;  // float, as without non-linear sites
+    }
     SitePlan sp;
     sp.site = site;
     plan.total_weight_params += site.weight_params;
@@ -203,8 +257,9 @@ StatusOr<Plan> MakePlan(const JobSpec& spec, const std::vector<SiteInfo>& sites)
       sp.candidates.push_back({site.name, site.kind, QuantConfig{}});
       sp.fixed = true;
     } else {
-      sp.candidates = site.kind == SiteKind::kLinear ? LinearCandidates(site, spec.space)
-                                                     : MatmulCandidates(site, spec.space);
+      sp.candidates = site.kind == SiteKind::kLinear   ? LinearCandidates(site, spec.space)
+                      : site.kind == SiteKind::kMatmul ? MatmulCandidates(site, spec.space)
+                                                       : NonlinearCandidates(site, spec.space);
     }
     for (const auto& c : sp.candidates) QS_RETURN_IF_ERROR(CheckConfigSuitsSite(c.config, site));
     if (sp.candidates.empty()) {

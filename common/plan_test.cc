@@ -216,3 +216,73 @@ TEST(PlanTest, CostsAndBudgets) {
 
 }  // namespace
 }  // namespace qs
+
+namespace qs {
+namespace {
+
+std::vector<SiteInfo> SitesWithNonlinear() {
+  auto sites = Sites();
+  sites.push_back({"blocks.0.norm1", SiteKind::kNonlinear, 0, 17 * 96});
+  sites.push_back({"blocks.0.attn.softmax", SiteKind::kNonlinear, 0, 4 * 17 * 17});
+  sites.push_back({"blocks.0.mlp.gelu", SiteKind::kNonlinear, 0, 17 * 384});
+  return sites;
+}
+
+TEST(PlanTest, NonlinearSitesArePlannedOnlyWhenAnIntegerMethodIsOffered) {
+  // The default space offers float only: the plan is what it was without non-linear sites.
+  auto plain = MakePlan(Spec(), SitesWithNonlinear());
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_EQ(plain->sites.size(), 5u);
+
+  JobSpec spec = Spec();
+  spec.space.activation_bits = {0, 6, 8};
+  spec.space.nonlinear_methods = {NonlinearMethod::kFloat, NonlinearMethod::kIbert,
+                                  NonlinearMethod::kFqvit};
+  auto plan = MakePlan(spec, SitesWithNonlinear());
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  ASSERT_EQ(plan->sites.size(), 8u);
+  // LayerNorm and softmax: float, then I-BERT and FQ-ViT at the quantized activation bits.
+  EXPECT_EQ(plan->sites[5].candidates.size(), 5u);
+  EXPECT_EQ(plan->sites[6].candidates.size(), 5u);
+  // GELU: FQ-ViT has no kernel.
+  ASSERT_EQ(plan->sites[7].candidates.size(), 3u);
+  for (const auto& c : plan->sites[7].candidates) {
+    EXPECT_NE(c.config.nonlinear.method, NonlinearMethod::kFqvit);
+  }
+  EXPECT_EQ(plan->total_weight_params, 96 * 49 + 288 * 96 + 10 * 96);  // no weights
+
+  // Costs: no weight bits; BOPs are elements × bits², float at 32.
+  const auto& ibert6 = plan->sites[5].candidates[1];
+  EXPECT_EQ(ibert6.config.nonlinear.method, NonlinearMethod::kIbert);
+  EXPECT_EQ(ibert6.config.nonlinear.bits, 6);
+  EXPECT_EQ(CostOf(plan->sites[5].site, ibert6.config).weight_bits, 0);
+  EXPECT_EQ(CostOf(plan->sites[5].site, ibert6.config).bops, 17 * 96 * 36);
+  EXPECT_EQ(CostOf(plan->sites[5].site, plan->sites[5].candidates[0].config).bops,
+            17 * 96 * 32 * 32);
+
+  // Explicit bits; keys differ by method and bits.
+  spec.space.nonlinear_bits = {4};
+  plan = MakePlan(spec, SitesWithNonlinear());
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->sites[5].candidates.size(), 3u);
+  std::set<std::string> keys;
+  for (const auto& c : plan->sites[5].candidates) keys.insert(CandidateKey("m", "c", c));
+  EXPECT_EQ(keys.size(), 3u);
+
+  // Only FQ-ViT offered: GELU keeps its float op.
+  spec.space.nonlinear_methods = {NonlinearMethod::kFqvit};
+  plan = MakePlan(spec, SitesWithNonlinear());
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->sites[7].candidates.size(), 1u);
+  EXPECT_FALSE(plan->sites[7].candidates[0].config.nonlinear.quantized());
+
+  // A pin of FQ-ViT at a GELU is refused by name.
+  spec.space.pin["blocks.0.mlp.gelu"] = {{"nonlinear", {{"method", "fqvit"}, {"bits", 8}}}};
+  auto refused = MakePlan(spec, SitesWithNonlinear());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("blocks.0.mlp.gelu"), std::string::npos);
+  EXPECT_NE(refused.status().message().find("gelu kernel"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace qs

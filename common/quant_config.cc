@@ -40,6 +40,31 @@ constexpr std::pair<const char*, WeightMethod> kWeightMethods[] = {
     {"repapq", WeightMethod::kRepapq},
 };
 
+constexpr std::pair<const char*, NonlinearMethod> kNonlinearMethods[] = {
+    {"float", NonlinearMethod::kFloat},
+    {"ibert", NonlinearMethod::kIbert},
+    {"fqvit", NonlinearMethod::kFqvit},
+    {"ivit", NonlinearMethod::kIvit},
+};
+constexpr std::pair<const char*, NonlinearOp> kNonlinearOps[] = {
+    {"softmax", NonlinearOp::kSoftmax},
+    {"gelu", NonlinearOp::kGelu},
+    {"layernorm", NonlinearOp::kLayerNorm},
+};
+
+json NonlinearToJson(const NonlinearQuant& n) {
+  if (!n.quantized()) return json{{"method", "float"}};
+  return json{{"method", ToString(n.method)}, {"bits", n.bits}};
+}
+
+StatusOr<NonlinearQuant> NonlinearFromJson(const json& j) {
+  QS_RETURN_IF_ERROR(CheckKeys(j, {"method", "bits"}, "nonlinear"));
+  NonlinearQuant n;
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "method", ParseNonlinearMethod, &n.method));
+  QS_RETURN_IF_ERROR(ReadField(j, "bits", &n.bits));
+  return n;
+}
+
 json WeightToJson(const WeightQuant& w) {
   if (!w.quantized()) return json{{"bits", 0}};
   json j{{"method", ToString(w.method)},
@@ -170,7 +195,32 @@ const char* ToString(Granularity v) { return EnumName(v, kGranularities); }
 const char* ToString(RangeCalibrator v) { return EnumName(v, kCalibrators); }
 const char* ToString(ActivationQuantizer v) { return EnumName(v, kQuantizers); }
 const char* ToString(WeightMethod v) { return EnumName(v, kWeightMethods); }
-const char* ToString(SiteKind v) { return v == SiteKind::kLinear ? "linear" : "matmul"; }
+const char* ToString(SiteKind v) {
+  switch (v) {
+    case SiteKind::kLinear:
+      return "linear";
+    case SiteKind::kMatmul:
+      return "matmul";
+    case SiteKind::kNonlinear:
+      return "nonlinear";
+  }
+  return "?";
+}
+const char* ToString(NonlinearOp v) { return EnumName(v, kNonlinearOps); }
+const char* ToString(NonlinearMethod v) { return EnumName(v, kNonlinearMethods); }
+StatusOr<NonlinearMethod> ParseNonlinearMethod(const std::string& s) {
+  return ParseEnum(s, "non-linear method", kNonlinearMethods);
+}
+
+NonlinearOp NonlinearOpOf(const std::string& site_name) {
+  if (EndsWith(site_name, "softmax")) return NonlinearOp::kSoftmax;
+  if (EndsWith(site_name, "gelu")) return NonlinearOp::kGelu;
+  return NonlinearOp::kLayerNorm;
+}
+
+bool NonlinearMethodHasOp(NonlinearMethod method, NonlinearOp op) {
+  return !(method == NonlinearMethod::kFqvit && op == NonlinearOp::kGelu);
+}
 
 StatusOr<Granularity> ParseGranularity(const std::string& s) {
   return ParseEnum(s, "granularity", kGranularities);
@@ -193,11 +243,28 @@ bool ActivationQuant::operator==(const ActivationQuant& o) const {
 }
 bool QuantConfig::operator==(const QuantConfig& o) const {
   return weight == o.weight && activation == o.activation && activation_rhs == o.activation_rhs &&
-         reparam == o.reparam;
+         reparam == o.reparam && nonlinear == o.nonlinear;
 }
 
 Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
   const WeightQuant& w = config.weight;
+  const NonlinearQuant& n = config.nonlinear;
+  if (kind == SiteKind::kNonlinear) {
+    if (w.quantized() || config.activation.quantized() || config.activation_rhs.quantized() ||
+        config.reparam) {
+      return InvalidArgumentError(
+          "a non-linear site has no weight or activation quantizers of its own (its 'nonlinear' "
+          "method and bits say how it computes)");
+    }
+    if (n.quantized() && (n.bits < 4 || n.bits > 8)) {
+      return InvalidArgumentError("nonlinear bits must be 4..8, got " + std::to_string(n.bits));
+    }
+    return OkStatus();
+  }
+  if (n.quantized()) {
+    return InvalidArgumentError(std::string("a ") + ToString(kind) +
+                                " site has no non-linear method");
+  }
   if (kind == SiteKind::kLinear) {
     QS_RETURN_IF_ERROR(ValidateBits(w.bits, "weight"));
     // Every field is checked whatever the method and bits: a value a method does not use is
@@ -293,6 +360,10 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
 
 json ToJson(const QuantConfig& config, SiteKind kind) {
   json j;
+  if (kind == SiteKind::kNonlinear) {
+    j["nonlinear"] = NonlinearToJson(config.nonlinear);
+    return j;
+  }
   if (kind == SiteKind::kLinear) {
     j["weight"] = WeightToJson(config.weight);
     j["activation"] = ActivationToJson(config.activation);
@@ -306,6 +377,15 @@ json ToJson(const QuantConfig& config, SiteKind kind) {
 }
 
 StatusOr<QuantConfig> QuantConfigFromJson(const json& j, SiteKind kind) {
+  if (kind == SiteKind::kNonlinear) {
+    QS_RETURN_IF_ERROR(CheckKeys(j, {"nonlinear"}, "non-linear site config"));
+    QuantConfig config;
+    if (j.contains("nonlinear")) {
+      QS_ASSIGN_OR_RETURN(config.nonlinear, NonlinearFromJson(j["nonlinear"]));
+    }
+    QS_RETURN_IF_ERROR(ValidateQuantConfig(config, kind));
+    return config;
+  }
   if (kind == SiteKind::kLinear) {
     QS_RETURN_IF_ERROR(CheckKeys(j, {"weight", "activation", "reparam"}, "linear site config"));
   } else {
@@ -389,6 +469,14 @@ Status CheckQuantizerSuitsDomain(const ActivationQuant& spec, ValueDomain domain
 
 QuantConfig Recipe::Resolve(const std::string& site, SiteKind kind) const {
   auto it = sites.find(site);
+  if (kind == SiteKind::kNonlinear) {
+    if (it != sites.end()) return it->second;
+    QuantConfig config = nonlinear_default;
+    if (!NonlinearMethodHasOp(config.nonlinear.method, NonlinearOpOf(site))) {
+      config.nonlinear = NonlinearQuant{};
+    }
+    return config;
+  }
   QuantConfig config = it != sites.end()                ? it->second
                        : kind == SiteKind::kLinear ? linear_default
                                                    : matmul_default;
@@ -402,15 +490,22 @@ json RecipeToJson(const Recipe& recipe, const std::map<std::string, SiteKind>& s
     auto kind = site_kinds.find(name);
     sites[name] = ToJson(config, kind == site_kinds.end() ? SiteKind::kLinear : kind->second);
   }
-  return json{{"format", kRecipeFormat},
-              {"linear_default", ToJson(recipe.linear_default, SiteKind::kLinear)},
-              {"matmul_default", ToJson(recipe.matmul_default, SiteKind::kMatmul)},
-              {"sites", sites}};
+  json j{{"format", kRecipeFormat},
+         {"linear_default", ToJson(recipe.linear_default, SiteKind::kLinear)},
+         {"matmul_default", ToJson(recipe.matmul_default, SiteKind::kMatmul)},
+         {"sites", sites}};
+  // Only when set: recipes with float non-linear sites keep the text they always had.
+  if (recipe.nonlinear_default.nonlinear.quantized()) {
+    j["nonlinear_default"] = ToJson(recipe.nonlinear_default, SiteKind::kNonlinear);
+  }
+  return j;
 }
 
 StatusOr<Recipe> RecipeFromJson(const json& j, const std::map<std::string, SiteKind>& site_kinds) {
   QS_RETURN_IF_ERROR(
-      CheckKeys(j, {"format", "linear_default", "matmul_default", "sites", "search"}, "recipe"));
+      CheckKeys(j, {"format", "linear_default", "matmul_default", "nonlinear_default", "sites",
+                    "search"},
+                "recipe"));
   if (!j.contains("format") || j["format"] != kRecipeFormat) {
     return InvalidArgumentError(std::string("recipe: field 'format' must be \"") + kRecipeFormat +
                                 "\"");
@@ -426,6 +521,11 @@ StatusOr<Recipe> RecipeFromJson(const json& j, const std::map<std::string, SiteK
     if (!c.ok()) return c.status().WithContext("recipe matmul_default");
     recipe.matmul_default = *c;
   }
+  if (j.contains("nonlinear_default")) {
+    auto c = QuantConfigFromJson(j["nonlinear_default"], SiteKind::kNonlinear);
+    if (!c.ok()) return c.status().WithContext("recipe nonlinear_default");
+    recipe.nonlinear_default = *c;
+  }
   if (j.contains("sites")) {
     if (!j["sites"].is_object()) return InvalidArgumentError("recipe: 'sites' must be an object");
     for (const auto& item : j["sites"].items()) {
@@ -436,6 +536,12 @@ StatusOr<Recipe> RecipeFromJson(const json& j, const std::map<std::string, SiteK
       }
       auto c = QuantConfigFromJson(item.value(), kind->second);
       if (!c.ok()) return c.status().WithContext("recipe site '" + item.key() + "'");
+      if (kind->second == SiteKind::kNonlinear &&
+          !NonlinearMethodHasOp(c->nonlinear.method, NonlinearOpOf(item.key()))) {
+        return InvalidArgumentError("recipe site '" + item.key() + "': " +
+                                    ToString(c->nonlinear.method) + " has no " +
+                                    ToString(NonlinearOpOf(item.key())) + " kernel");
+      }
       if (c->reparam && !ReparamApplies(item.key(), kind->second)) {
         return InvalidArgumentError("recipe site '" + item.key() +
                                     "': reparam applies only to attn.qkv, mlp.fc1 and "

@@ -58,8 +58,20 @@ enum class WeightMethod {
 inline constexpr int kWeightMethodCount = 5;
 
 enum class SiteKind {
-  kLinear,  // weight and input activation of a linear layer (incl. the patch-embedding conv)
-  kMatmul,  // the two operands of an attention matmul (q·kᵀ or softmax·v)
+  kLinear,     // weight and input activation of a linear layer (incl. the patch-embedding conv)
+  kMatmul,     // the two operands of an attention matmul (q·kᵀ or softmax·v)
+  kNonlinear,  // a Softmax, GELU or LayerNorm, computed in float or by an integer-only method
+};
+
+// The operator of a non-linear site.
+enum class NonlinearOp { kSoftmax, kGelu, kLayerNorm };
+
+// How a non-linear site computes (core/integer_nonlinear.h has the kernels).
+enum class NonlinearMethod {
+  kFloat,  // the float operator
+  kIbert,  // I-BERT: i-softmax, i-GELU, integer LayerNorm with an integer square root
+  kFqvit,  // FQ-ViT: Log-Int-Softmax, Power-of-Two-Factor LayerNorm (no GELU kernel)
+  kIvit,   // I-ViT: Shiftmax, ShiftGELU, I-LayerNorm
 };
 
 const char* ToString(Granularity v);
@@ -67,6 +79,14 @@ const char* ToString(RangeCalibrator v);
 const char* ToString(ActivationQuantizer v);
 const char* ToString(WeightMethod v);
 const char* ToString(SiteKind v);
+const char* ToString(NonlinearOp v);
+const char* ToString(NonlinearMethod v);
+StatusOr<NonlinearMethod> ParseNonlinearMethod(const std::string& s);
+// The operator of the non-linear site named `site_name` ("....attn.softmax", "....mlp.gelu",
+// every other name a LayerNorm: "blocks.3.norm1", "norm", "fc_norm", "patch_embed.norm", ...).
+NonlinearOp NonlinearOpOf(const std::string& site_name);
+// Whether `method` has a kernel for `op` (FQ-ViT has none for GELU; float has every op).
+bool NonlinearMethodHasOp(NonlinearMethod method, NonlinearOp op);
 StatusOr<Granularity> ParseGranularity(const std::string& s);
 StatusOr<RangeCalibrator> ParseRangeCalibrator(const std::string& s);
 StatusOr<ActivationQuantizer> ParseActivationQuantizer(const std::string& s);
@@ -127,6 +147,20 @@ struct ActivationQuant {
   bool operator==(const ActivationQuant& o) const;
 };
 
+// How a non-linear site computes. `bits` (4..8) is the integer width the method works at: the
+// output probabilities of a softmax (its input is the q·kᵀ accumulator), the input of a GELU (the
+// fc1 output requantized), the input of a LayerNorm (the residual stream quantized). The next
+// site's input quantizer takes the output as it takes any activation.
+struct NonlinearQuant {
+  NonlinearMethod method = NonlinearMethod::kFloat;
+  int bits = 8;
+
+  bool quantized() const { return method != NonlinearMethod::kFloat; }
+  bool operator==(const NonlinearQuant& o) const {
+    return method == o.method && (!quantized() || bits == o.bits);
+  }
+};
+
 // What to do at one site. For a linear site `activation` quantizes the input and `activation_rhs`
 // is unused; for a matmul site `activation` quantizes the left operand (q, or the softmax output)
 // and `activation_rhs` the right one (k, or v), and `weight` is unused.
@@ -139,6 +173,8 @@ struct QuantConfig {
   // a per-tensor quantizer serves it; post-softmax values get the log√2 grid. Elsewhere it has no
   // effect, and Recipe::Resolve clears it.
   bool reparam = false;
+  // Non-linear sites only (the other fields unused there).
+  NonlinearQuant nonlinear;
 
   bool operator==(const QuantConfig& o) const;
 };
@@ -176,6 +212,9 @@ StatusOr<QuantConfig> QuantConfigFromJson(const nlohmann::json& j, SiteKind kind
 struct Recipe {
   QuantConfig linear_default;
   QuantConfig matmul_default;
+  // Non-linear sites: float unless set. A default method without a kernel for a site's operator
+  // (FQ-ViT at a GELU) leaves that site in float.
+  QuantConfig nonlinear_default;
   std::map<std::string, QuantConfig> sites;  // site name -> full config
 
   // The per-site entry if present, else the default for `kind`; `reparam` cleared where it does

@@ -131,6 +131,49 @@ TEST(RecipeJsonTest, ReparamRoundTripsAndResolvesOnlyWhereItApplies) {
             StatusCode::kInvalidArgument);
 }
 
+TEST(RecipeJsonTest, NonlinearSitesRoundTripAndResolve) {
+  auto sites = kSites;
+  sites["blocks.0.norm1"] = sites["blocks.0.attn.softmax"] = sites["blocks.0.mlp.gelu"] =
+      SiteKind::kNonlinear;
+  auto r = ParseUniformRecipe("w8a8");
+  ASSERT_TRUE(r.ok());
+  // Without a non-linear default, the JSON reads as it always did, and every such site is float.
+  EXPECT_FALSE(RecipeToJson(*r, sites).contains("nonlinear_default"));
+  EXPECT_FALSE(r->Resolve("blocks.0.norm1", SiteKind::kNonlinear).nonlinear.quantized());
+
+  r->nonlinear_default.nonlinear = {NonlinearMethod::kFqvit, 6};
+  QuantConfig ivit;
+  ivit.nonlinear = {NonlinearMethod::kIvit, 8};
+  r->sites["blocks.0.attn.softmax"] = ivit;
+  auto j = RecipeToJson(*r, sites);
+  EXPECT_EQ(j["nonlinear_default"]["nonlinear"]["method"], "fqvit");
+  EXPECT_EQ(j["sites"]["blocks.0.attn.softmax"]["nonlinear"]["bits"], 8);
+  auto back = RecipeFromJson(j, sites);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(RecipeToJson(*back, sites).dump(), j.dump());
+  EXPECT_EQ(back->Resolve("blocks.0.norm1", SiteKind::kNonlinear).nonlinear,
+            (NonlinearQuant{NonlinearMethod::kFqvit, 6}));
+  EXPECT_EQ(back->Resolve("blocks.0.attn.softmax", SiteKind::kNonlinear).nonlinear,
+            (NonlinearQuant{NonlinearMethod::kIvit, 8}));
+  // FQ-ViT has no GELU kernel: the default leaves GELU float, a site entry asking for it fails.
+  EXPECT_FALSE(back->Resolve("blocks.0.mlp.gelu", SiteKind::kNonlinear).nonlinear.quantized());
+  j["sites"]["blocks.0.mlp.gelu"] = j["nonlinear_default"];
+  auto bad = RecipeFromJson(j, sites);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("blocks.0.mlp.gelu"), std::string::npos);
+  // Bits outside 4..8, an unknown method, weights at a non-linear site, a method elsewhere.
+  for (const char* text : {R"({"nonlinear": {"method": "ibert", "bits": 3}})",
+                           R"({"nonlinear": {"method": "softermax", "bits": 8}})",
+                           R"({"weight": {"bits": 4}})"}) {
+    EXPECT_EQ(QuantConfigFromJson(nlohmann::json::parse(text), SiteKind::kNonlinear)
+                  .status()
+                  .code(),
+              StatusCode::kInvalidArgument)
+        << text;
+  }
+  EXPECT_EQ(ValidateQuantConfig(ivit, SiteKind::kLinear).code(), StatusCode::kInvalidArgument);
+}
+
 TEST(UniformRecipeTest, MethodSuffixSelectsGptqAndErq) {
   EXPECT_EQ(ParseUniformRecipe("w3a4:gptq")->linear_default.weight.method, WeightMethod::kGptq);
   EXPECT_EQ(ParseUniformRecipe("w3a4:erq")->linear_default.weight.method, WeightMethod::kErq);

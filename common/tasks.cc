@@ -97,10 +97,12 @@ StatusOr<ModelFacts> ModelFactsFromJson(const json& j) {
     if (site.num_heads < 1 || site.input_width < 0 || site.weight_params < 0 || site.macs < 0) {
       return InvalidArgumentError("site " + site.name + ": counts out of range");
     }
-    if (kind != "linear" && kind != "matmul") {
+    if (kind != "linear" && kind != "matmul" && kind != "nonlinear") {
       return InvalidArgumentError("site " + site.name + ": unknown kind '" + kind + "'");
     }
-    site.kind = kind == "linear" ? SiteKind::kLinear : SiteKind::kMatmul;
+    site.kind = kind == "linear"   ? SiteKind::kLinear
+                : kind == "matmul" ? SiteKind::kMatmul
+                                   : SiteKind::kNonlinear;
     f.sites.push_back(site);
   }
   return f;

@@ -14,6 +14,7 @@
 #include "core/gptq.h"
 #include "core/liu.h"
 #include "core/metrics.h"
+#include "core/nonlinear_site.h"
 #include "core/quantize_model.h"
 #include "core/torch_status.h"
 
@@ -31,7 +32,7 @@ double Since(Clock::time_point t) {
 
 class Recorder : public SiteHandler {
  public:
-  explicit Recorder(SiteInputs* inputs) : inputs_(inputs) {}
+  Recorder(SiteInputs* inputs, bool nonlinear) : inputs_(inputs), nonlinear_(nonlinear) {}
   torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
                        const torch::Tensor& b) override {
     (*inputs_)[s.name] = {x};
@@ -41,9 +42,23 @@ class Recorder : public SiteHandler {
     (*inputs_)[s.name] = {a, b};
     return SiteHandler::Matmul(s, a, b);
   }
+  torch::Tensor Softmax(const Site& s, const torch::Tensor& x) override {
+    if (nonlinear_) (*inputs_)[s.name] = {x};
+    return SiteHandler::Softmax(s, x);
+  }
+  torch::Tensor Gelu(const Site& s, const torch::Tensor& x) override {
+    if (nonlinear_) (*inputs_)[s.name] = {x};
+    return SiteHandler::Gelu(s, x);
+  }
+  torch::Tensor LayerNorm(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
+                          const torch::Tensor& b, double eps) override {
+    if (nonlinear_) (*inputs_)[s.name] = {x};
+    return SiteHandler::LayerNorm(s, x, w, b, eps);
+  }
 
  private:
   SiteInputs* inputs_;
+  bool nonlinear_;
 };
 
 // Runs a GEMM-shaped computation of `multiply_adds`, adding its work and time to `costs`.
@@ -668,6 +683,68 @@ void EvaluateMatmulSite(const Context& c) {
   }
 }
 
+// A non-linear site: each method's kernel on the float input gridded as the method takes it,
+// against the float op; the input's SQNR on the reference grid of its bits gives the SQNR
+// difference.
+void EvaluateNonlinearSite(const Context& c) {
+  const Site& site = c.site;
+  auto& results = *c.results;
+  std::vector<size_t> all;
+  for (size_t i = 0; i < c.candidates.size(); ++i) {
+    Status valid = ValidateQuantConfig(c.candidates[i].config, site.kind);
+    if (valid.ok() && !NonlinearMethodHasOp(c.candidates[i].config.nonlinear.method,
+                                            NonlinearOpOf(site.name))) {
+      valid = InvalidArgumentError(std::string(ToString(c.candidates[i].config.nonlinear.method)) +
+                                   " has no " + ToString(NonlinearOpOf(site.name)) + " kernel");
+    }
+    if (valid.ok()) {
+      all.push_back(i);
+    } else {
+      results[i].SetError(valid);
+    }
+  }
+  if (all.empty()) return;
+  if (c.data->inputs.size() != 1) {
+    FailAll(all, InvalidArgumentError("site " + site.name + " has no captured inputs"), &results);
+    return;
+  }
+  const NonlinearOp op = NonlinearOpOf(site.name);
+  std::optional<LayerNormParams> ln;
+  torch::Tensor x, y;
+  Status setup = GuardTorch("non-linear inputs", [&]() -> Status {
+    if (op == NonlinearOp::kLayerNorm) {
+      QS_ASSIGN_OR_RETURN(ln, LayerNormParamsOf(c.model, site));
+    }
+    x = c.data->inputs[0].to(torch::kFloat32);
+    y = FloatNonlinear(op, x, ln ? &*ln : nullptr);
+    return OkStatus();
+  });
+  if (!setup.ok()) {
+    FailAll(all, setup, &results);
+    return;
+  }
+  std::map<int, double> input_sqnr;  // by bits
+  for (size_t i : all) {
+    const auto start = Clock::now();
+    const NonlinearQuant& n = c.candidates[i].config.nonlinear;
+    Status s = GuardTorch("evaluate", [&]() -> Status {
+      Timed timed(&c.costs->activation_seconds);
+      QS_ASSIGN_OR_RETURN(auto state,
+                          FitNonlinearSite(site, n, x, ln ? &*ln : nullptr));
+      auto out = ApplyNonlinearSite(state, x, ln ? &*ln : nullptr);
+      QS_RETURN_IF_ERROR(SetFromOutputs(y, out, /*with_mae=*/true, &results[i]));
+      if (n.quantized()) {
+        if (!input_sqnr.count(n.bits)) input_sqnr[n.bits] = NonlinearInputSqnr(n.bits, x);
+        results[i].input_sqnr_db = input_sqnr[n.bits];
+      }
+      return OkStatus();
+    });
+    if (!s.ok()) results[i].SetError(s);
+    (*c.own_seconds)[i] = Since(start);
+  }
+  if (c.options.measure_nuclear) SetNuclearErrors(c, y.reshape({y.size(0), -1, y.size(-1)}), y);
+}
+
 }  // namespace
 
 double MeanNuclearNorm(const torch::Tensor& t) {
@@ -676,25 +753,27 @@ double MeanNuclearNorm(const torch::Tensor& t) {
   return values.sum().item<double>() / static_cast<double>(items);
 }
 
-StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tensor& images) {
+StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tensor& images,
+                                       bool nonlinear) {
   QS_RETURN_IF_ERROR(model.Logits(images.narrow(0, 0, 0)).status());
   return GuardTorch("capture site inputs", [&]() -> StatusOr<SiteInputs> {
     c10::InferenceMode guard;
     SiteInputs inputs;
-    Recorder recorder(&inputs);
+    Recorder recorder(&inputs, nonlinear);
     model.Forward(images.to(model.device(), torch::kFloat32), &recorder);
     return inputs;
   });
 }
 
 StatusOr<torch::Tensor> CaptureSegmentInputs(const ViTModel& model, int64_t segment,
-                                             const torch::Tensor& input, SiteInputs* inputs) {
+                                             const torch::Tensor& input, SiteInputs* inputs,
+                                             bool nonlinear) {
   if (segment < 0 || segment >= model.num_segments()) {
     return InvalidArgumentError("no segment " + std::to_string(segment));
   }
   return GuardTorch("capture segment inputs", [&]() -> StatusOr<torch::Tensor> {
     c10::InferenceMode guard;
-    Recorder recorder(inputs);
+    Recorder recorder(inputs, nonlinear);
     return model.ForwardSegment(segment, input, &recorder);
   });
 }
@@ -746,8 +825,10 @@ std::vector<Evaluation> EvaluateSite(const ViTModel& model, const Site& site,
     Context c{model, site, candidates, data, options, costs, &results, &seconds};
     if (site.kind == SiteKind::kLinear) {
       EvaluateLinearSite(c);
-    } else {
+    } else if (site.kind == SiteKind::kMatmul) {
       EvaluateMatmulSite(c);
+    } else {
+      EvaluateNonlinearSite(c);
     }
   }
   costs->total_seconds += Since(start);

@@ -33,16 +33,21 @@
 
 namespace qs::core {
 
-// Per site: the linear input, or the matmul's two operands, from the float model.
+// Per site: the linear input, the matmul's two operands, or the non-linear op's input, from the
+// float model.
 using SiteInputs = std::map<std::string, std::vector<torch::Tensor>>;
 
-// One float forward pass over `images` (normalized), recording every site's inputs.
-StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tensor& images);
+// One float forward pass over `images` (normalized), recording every linear and matmul site's
+// inputs, and with `nonlinear` the non-linear sites' too (they are large: the attention scores,
+// the MLP's hidden activations).
+StatusOr<SiteInputs> CaptureSiteInputs(const ViTModel& model, const torch::Tensor& images,
+                                       bool nonlinear = false);
 
 // The same for the sites of one segment (ViTModel::ForwardSegment) run on `input`; returns the
 // segment's output too, so segments can be chained.
 StatusOr<torch::Tensor> CaptureSegmentInputs(const ViTModel& model, int64_t segment,
-                                             const torch::Tensor& input, SiteInputs* inputs);
+                                             const torch::Tensor& input, SiteInputs* inputs,
+                                             bool nonlinear = false);
 
 // The plan's view of the model: site names, kinds, weight sizes and MACs per image.
 std::vector<SiteInfo> DescribeSites(const ViTModel& model);

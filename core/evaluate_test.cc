@@ -16,6 +16,7 @@ namespace {
 struct Fixture {
   ViTModel model;
   SiteInputs inputs;
+  torch::Tensor images;
 };
 
 // The tiny model at MLP ratio 4, as ViTs have it: fc2's input is 4× its output.
@@ -25,9 +26,10 @@ Fixture Make(int64_t images = 16) {
   auto model = ViTModel::FromTensors(c, testing::TinyTensors(c, 31));
   EXPECT_TRUE(model.ok());
   torch::manual_seed(32);
-  auto inputs = CaptureSiteInputs(*model, torch::randn({images, 1, 16, 16}));
+  auto x = torch::randn({images, 1, 16, 16});
+  auto inputs = CaptureSiteInputs(*model, x);
   EXPECT_TRUE(inputs.ok());
-  return {*model, *inputs};
+  return {*model, *inputs, x};
 }
 
 QuantConfig Linear(int wbits, int abits, WeightMethod m = WeightMethod::kRtn) {
@@ -58,7 +60,15 @@ Evaluation Reference(const Fixture& f, const Site& site, const QuantConfig& conf
 
 TEST(EvaluateTest, CapturesEverySiteAndDescribesSizes) {
   auto f = Make();
-  EXPECT_EQ(f.inputs.size(), f.model.sites().size());
+  size_t linear_and_matmul = 0;
+  for (const Site& s : f.model.sites()) linear_and_matmul += s.kind != SiteKind::kNonlinear;
+  EXPECT_EQ(f.inputs.size(), linear_and_matmul);
+  // Non-linear inputs only when asked for: every site then.
+  auto all = CaptureSiteInputs(f.model, f.images, /*nonlinear=*/true);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), f.model.sites().size());
+  EXPECT_EQ(all->at("blocks.0.attn.softmax")[0].sizes().vec(),
+            (std::vector<int64_t>{16, 4, 17, 17}));
   EXPECT_EQ(f.inputs.at("blocks.0.attn.qkv")[0].sizes().vec(), (std::vector<int64_t>{16, 17, 32}));
   EXPECT_EQ(f.inputs.at("blocks.0.attn.av_matmul").size(), 2u);
   auto sites = DescribeSites(f.model);
@@ -67,7 +77,10 @@ TEST(EvaluateTest, CapturesEverySiteAndDescribesSizes) {
   EXPECT_EQ(sites[0].macs, 16 * 32 * 16);       // 16 patches
   EXPECT_EQ(sites[1].macs, 17 * 96 * 32);       // qkv over 17 tokens
   EXPECT_EQ(sites[2].macs, 4 * 17 * 17 * 8);    // q·kᵀ
-  EXPECT_EQ(sites.back().macs, 5 * 32);         // head on the pooled token
+  EXPECT_EQ(sites[f.model.SegmentSites(3).front() - &f.model.sites()[0]].macs,
+            5 * 32);  // head on the pooled token
+  EXPECT_EQ(sites.back().kind, SiteKind::kNonlinear);
+  EXPECT_EQ(sites.back().macs, 17 * 32);       // the final norm over 17 tokens
 }
 
 TEST(EvaluateTest, SegmentCaptureEqualsTheWholePass) {

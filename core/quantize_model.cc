@@ -91,6 +91,9 @@ class CalibratingHandler : public SiteHandler {
     if (!status_.ok()) return at::linear(x, weight, bias);
     auto r = QuantizeLinearSite(site, recipe_.Resolve(site.name, site.kind), site.num_heads, x,
                                 weight, bias, options_);
+    if (r.ok() && !AccumulatorConsumer(site.name).empty()) {
+      accumulator_scales_[AccumulatorConsumer(site.name)] = AccumulatorScale(r->site);
+    }
     return Keep(site, std::move(r), [&] { return at::linear(x, weight, bias); });
   }
 
@@ -99,7 +102,22 @@ class CalibratingHandler : public SiteHandler {
     if (!status_.ok()) return at::matmul(lhs, rhs);
     auto r = QuantizeMatmulSite(site, recipe_.Resolve(site.name, site.kind), site.num_heads,
                                 lhs, rhs, options_);
+    if (r.ok() && !AccumulatorConsumer(site.name).empty()) {
+      accumulator_scales_[AccumulatorConsumer(site.name)] = AccumulatorScale(r->site);
+    }
     return Keep(site, std::move(r), [&] { return at::matmul(lhs, rhs); });
+  }
+
+  torch::Tensor Softmax(const Site& site, const torch::Tensor& x) override {
+    return Nonlinear(site, x, nullptr, accumulator_scales_[site.name]);
+  }
+  torch::Tensor Gelu(const Site& site, const torch::Tensor& x) override {
+    return Nonlinear(site, x, nullptr, accumulator_scales_[site.name]);
+  }
+  torch::Tensor LayerNorm(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
+                          const torch::Tensor& bias, double eps) override {
+    const LayerNormParams ln{weight, bias, eps};
+    return Nonlinear(site, x, &ln, torch::Tensor());
   }
 
   const Status& status() const { return status_; }
@@ -119,10 +137,20 @@ class CalibratingHandler : public SiteHandler {
     return r->output;
   }
 
+  torch::Tensor Nonlinear(const Site& site, const torch::Tensor& x, const LayerNormParams* ln,
+                          const torch::Tensor& accumulator_scale) {
+    auto fallback = [&] { return FloatNonlinear(NonlinearOpOf(site.name), x, ln); };
+    if (!status_.ok()) return fallback();
+    auto r = QuantizeNonlinearSite(site, recipe_.Resolve(site.name, site.kind), x, ln,
+                                   accumulator_scale, options_);
+    return Keep(site, std::move(r), fallback);
+  }
+
   const ViTConfig& config_;
   const Recipe& recipe_;
   const QuantizeOptions& options_;
   Status status_;
+  std::map<std::string, torch::Tensor> accumulator_scales_;
   std::map<std::string, QuantizedSite> sites_;
   std::vector<SiteReport> reports_;
 };
@@ -132,6 +160,10 @@ class CalibratingHandler : public SiteHandler {
 torch::Tensor FakeQuantHandler::Linear(const Site& site, const torch::Tensor& x,
                                       const torch::Tensor& weight, const torch::Tensor& bias) {
   const QuantizedSite& q = sites_.at(site.name);
+  const std::string consumer = AccumulatorConsumer(site.name);
+  if (!consumer.empty() && !accumulator_scales_.count(consumer)) {
+    accumulator_scales_[consumer] = AccumulatorScale(q);
+  }
   if (q.reparam) {
     const auto& w = q.weight ? q.weight->dequantized : q.folded.weight;
     const auto& b = q.weight && q.weight->bias.defined() ? q.weight->bias : q.folded.bias;
@@ -146,7 +178,90 @@ torch::Tensor FakeQuantHandler::Linear(const Site& site, const torch::Tensor& x,
 torch::Tensor FakeQuantHandler::Matmul(const Site& site, const torch::Tensor& lhs,
                                       const torch::Tensor& rhs) {
   const QuantizedSite& q = sites_.at(site.name);
+  const std::string consumer = AccumulatorConsumer(site.name);
+  if (!consumer.empty() && !accumulator_scales_.count(consumer)) {
+    accumulator_scales_[consumer] = AccumulatorScale(q);
+  }
   return at::matmul(q.input.Apply(lhs), q.input_rhs.Apply(rhs));
+}
+
+torch::Tensor FakeQuantHandler::Softmax(const Site& site, const torch::Tensor& x) {
+  return ApplyNonlinearSite(*sites_.at(site.name).nonlinear, x, nullptr,
+                            accumulator_scales_[site.name]);
+}
+
+torch::Tensor FakeQuantHandler::Gelu(const Site& site, const torch::Tensor& x) {
+  return ApplyNonlinearSite(*sites_.at(site.name).nonlinear, x, nullptr,
+                            accumulator_scales_[site.name]);
+}
+
+torch::Tensor FakeQuantHandler::LayerNorm(const Site& site, const torch::Tensor& x,
+                                          const torch::Tensor& weight, const torch::Tensor& bias,
+                                          double eps) {
+  const LayerNormParams ln{weight, bias, eps};
+  return ApplyNonlinearSite(*sites_.at(site.name).nonlinear, x, &ln);
+}
+
+namespace {
+
+bool UniformAt(const ActivationQuantizerState& q, bool per_head_too) {
+  const ActivationQuant& spec = q.spec();
+  return spec.quantized() && spec.quantizer == ActivationQuantizer::kUniform &&
+         (spec.granularity == Granularity::kPerTensor ||
+          (per_head_too && spec.granularity == Granularity::kPerHead));
+}
+
+}  // namespace
+
+torch::Tensor AccumulatorScale(const QuantizedSite& site) {
+  if (site.nonlinear) return torch::Tensor();
+  if (!site.weight) {
+    // A matmul, whose right operand is fitted; a linear with a float weight has none, and no
+    // integer accumulator either.
+    if (!UniformAt(site.input, true) || !UniformAt(site.input_rhs, true)) return torch::Tensor();
+    return site.input.uniform().scale.to(torch::kFloat64) *
+           site.input_rhs.uniform().scale.to(torch::kFloat64);
+  }
+  if (!UniformAt(site.input, false)) return torch::Tensor();
+  const torch::Tensor& w = site.weight->grid.scale;
+  const int64_t rows = site.weight->codes.size(0);
+  if (w.numel() != 1 && w.numel() != rows) return torch::Tensor();  // per group
+  return site.input.uniform().scale.to(torch::kFloat64).reshape({-1}) *
+         w.to(torch::kFloat64).reshape({-1});
+}
+
+std::string AccumulatorConsumer(const std::string& site) {
+  auto replaced = [&](const std::string& suffix, const std::string& by) -> std::string {
+    if (site.size() < suffix.size() ||
+        site.compare(site.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      return "";
+    }
+    return site.substr(0, site.size() - suffix.size()) + by;
+  };
+  std::string out = replaced("attn.qk_matmul", "attn.softmax");
+  return out.empty() ? replaced("mlp.fc1", "mlp.gelu") : out;
+}
+
+StatusOr<SiteResult> QuantizeNonlinearSite(const Site& site, const QuantConfig& config,
+                                           const torch::Tensor& x, const LayerNormParams* ln,
+                                           const torch::Tensor& accumulator_scale,
+                                           const QuantizeOptions& options) {
+  QS_RETURN_IF_ERROR(ValidateQuantConfig(config, site.kind));
+  return GuardTorch("quantize", [&]() -> StatusOr<SiteResult> {
+    SiteResult r;
+    r.site.config = config;
+    r.report = {site.name, site.kind, kInf, 0, kInf, kInf, kInf};
+    QS_ASSIGN_OR_RETURN(r.site.nonlinear, FitNonlinearSite(site, config.nonlinear, x, ln));
+    r.output = ApplyNonlinearSite(*r.site.nonlinear, x, ln, accumulator_scale);
+    if (!options.site_reports) return r;
+    const NonlinearOp op = NonlinearOpOf(site.name);
+    r.reference_output = FloatNonlinear(op, x, ln);
+    SetOutputReport(r.reference_output, r.output, &r.report);
+    if (config.nonlinear.quantized()) {
+      r.report.input_sqnr_db = NonlinearInputSqnr(config.nonlinear.bits, x);
+    }
+    return r;
+  });
 }
 
 StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& config,

@@ -19,6 +19,7 @@
 #include "common/plan.h"
 #include "common/quant_config.h"
 #include "common/status.h"
+#include "core/nonlinear_site.h"
 #include "core/quantizer.h"
 #include "core/repapq.h"
 #include "core/reparam.h"
@@ -51,6 +52,8 @@ struct QuantizedSite {
   // RepAPQ (weight method repapq): the QPRep affine already folded into `weight`, kept so that
   // the across-block calibration can refine it (core/across_block.h).
   std::optional<QprepAffine> qprep;
+  // Non-linear sites: the method and its fitted input grid.
+  std::optional<NonlinearSiteState> nonlinear;
 };
 
 // Applies what calibration fitted at every site, and nothing else (QuantizedModel::Logits).
@@ -61,10 +64,26 @@ class FakeQuantHandler : public SiteHandler {
                        const torch::Tensor& bias) override;
   torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
                        const torch::Tensor& rhs) override;
+  torch::Tensor Softmax(const Site& site, const torch::Tensor& x) override;
+  torch::Tensor Gelu(const Site& site, const torch::Tensor& x) override;
+  torch::Tensor LayerNorm(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
+                          const torch::Tensor& bias, double eps) override;
 
  private:
   const std::map<std::string, QuantizedSite>& sites_;
+  // Softmax and GELU sites -> the scale of the accumulator they take (q·kᵀ's, fc1's).
+  std::map<std::string, torch::Tensor> accumulator_scales_;
 };
+
+// The scale the integer accumulator of a fitted site is on, or undefined where its products are
+// no integers of one scale per output. A matmul: the steps' product of uniform per-tensor or
+// per-head operands (not float, per channel, log or twin-uniform). A linear: the input step of a
+// uniform per-tensor input times the weight's per-tensor or per-channel steps ([out]; not a float
+// weight or per-group grids).
+torch::Tensor AccumulatorScale(const QuantizedSite& site);
+// The non-linear site that takes `site`'s accumulator: "<block>.attn.qk_matmul" feeds
+// "<block>.attn.softmax", "<block>.mlp.fc1" feeds "<block>.mlp.gelu"; "" for other sites.
+std::string AccumulatorConsumer(const std::string& site);
 
 struct QuantizeOptions {
   // Compare every site with its float operation on the same input (QuantizedModel::reports()):
@@ -129,6 +148,12 @@ StatusOr<SiteResult> QuantizeLinearSite(const Site& site, const QuantConfig& con
                                         int64_t num_heads, const torch::Tensor& x,
                                         const torch::Tensor& weight, const torch::Tensor& bias,
                                         const QuantizeOptions& options = {});
+// The same for a non-linear site with input `x` (`ln`: a LayerNorm's affine; `accumulator_scale`:
+// a softmax input's, may be undefined).
+StatusOr<SiteResult> QuantizeNonlinearSite(const Site& site, const QuantConfig& config,
+                                           const torch::Tensor& x, const LayerNormParams* ln,
+                                           const torch::Tensor& accumulator_scale,
+                                           const QuantizeOptions& options = {});
 // The same for an attention matmul site with operands `lhs` [B, H, N, K] and `rhs` [B, H, K, M].
 // config.reparam at softmax·v quantizes the post-softmax operand on the log√2 grid.
 StatusOr<SiteResult> QuantizeMatmulSite(const Site& site, const QuantConfig& config,

@@ -550,11 +550,16 @@ void ViTModel::BuildSites() {
     const int64_t in = w.numel() / w.size(0);
     return Site{name, SiteKind::kLinear, name + ".weight", heads, rows * w.numel(), rows * in};
   };
+  auto nonlinear = [&](const std::string& name, int64_t elements, int64_t heads) {
+    return Site{name, SiteKind::kNonlinear, "", heads, elements, elements};
+  };
   // A block's sites over `tokens` tokens per image attending in groups of `group` tokens
-  // (windows; all tokens for ViT): each matmul costs tokens · group · dim multiply-adds.
+  // (windows; all tokens for ViT): each matmul costs tokens · group · dim multiply-adds. The
+  // non-linear sites follow the six linear and matmul ones (ViTBlock and SwinBlock rely on it).
   auto block_sites = [&](const std::string& p, int64_t tokens, int64_t group, int64_t dim,
                          int64_t heads) {
     const int64_t macs = tokens * group * dim;
+    const int64_t hidden = tensors_.at(p + "mlp.fc1.weight").size(0);
     return std::vector<Site>{
         linear(p + "attn.qkv", tokens, heads),
         Site{p + "attn.qk_matmul", SiteKind::kMatmul, "", heads, macs, 2 * tokens * dim},
@@ -562,7 +567,11 @@ void ViTModel::BuildSites() {
              heads * tokens * group + tokens * dim},
         linear(p + "attn.proj", tokens, heads),
         linear(p + "mlp.fc1", tokens, heads),
-        linear(p + "mlp.fc2", tokens, heads)};
+        linear(p + "mlp.fc2", tokens, heads),
+        nonlinear(p + "norm1", tokens * dim, heads),
+        nonlinear(p + "attn.softmax", heads * tokens * group, heads),
+        nonlinear(p + "norm2", tokens * dim, heads),
+        nonlinear(p + "mlp.gelu", tokens * hidden, heads)};
   };
   if (c.is_repvgg()) {
     // One conv site per fused block; its macs and input count the conv, not the im2col copies.
@@ -578,15 +587,19 @@ void ViTModel::BuildSites() {
     add_segment({Segment::Kind::kHead, ""}, {linear("head.fc", 1, 1)});
   } else {
     const int64_t first_heads = c.is_swin() ? c.stage_heads.front() : c.num_heads;
-    add_segment({Segment::Kind::kEmbed, "patch_embed."},
-                {linear("patch_embed.proj", c.num_patches(), first_heads)});
+    std::vector<Site> embed = {linear("patch_embed.proj", c.num_patches(), first_heads)};
+    if (c.is_swin()) {
+      embed.push_back(nonlinear("patch_embed.norm", c.num_patches() * c.embed_dim, first_heads));
+    }
+    add_segment({Segment::Kind::kEmbed, "patch_embed."}, std::move(embed));
     if (c.is_swin()) {
       for (int64_t s = 0; s < c.num_stages(); ++s) {
         const std::string stage = "layers." + std::to_string(s) + ".";
         const int64_t r = c.stage_resolution(s), w = c.stage_window(s), heads = c.stage_heads[s];
         if (s > 0) {
           add_segment({Segment::Kind::kMerge, stage + "downsample.", s},
-                      {linear(stage + "downsample.reduction", r * r, heads)});
+                      {linear(stage + "downsample.reduction", r * r, heads),
+                       nonlinear(stage + "downsample.norm", r * r * 2 * c.stage_dim(s), heads)});
         }
         derived_[stage + "relative_position_index"] = RelativePositionIndex(w);
         const int64_t shift = r > c.window_size ? c.window_size / 2 : 0;
@@ -597,8 +610,10 @@ void ViTModel::BuildSites() {
                       block_sites(p, r * r, w * w, c.stage_dim(s), heads));
         }
       }
-      add_segment({Segment::Kind::kHead, "", c.num_stages() - 1},
-                  {linear("head.fc", 1, c.stage_heads.back())});
+      const int64_t last = c.num_stages() - 1, r = c.stage_resolution(last);
+      add_segment({Segment::Kind::kHead, "", last},
+                  {linear("head.fc", 1, c.stage_heads.back()),
+                   nonlinear("norm", r * r * c.num_features(), c.stage_heads.back())});
     } else {
       const int64_t tokens = c.num_patches() + c.num_prefix_tokens(tensors_.count("cls_token") > 0);
       for (int64_t i = 0; i < c.depth; ++i) {
@@ -608,6 +623,12 @@ void ViTModel::BuildSites() {
       }
       std::vector<Site> heads = {linear("head", 1, c.num_heads)};
       if (c.distilled) heads.push_back(linear("head_dist", 1, c.num_heads));
+      if (tensors_.count("norm.weight")) {
+        heads.push_back(nonlinear("norm", tokens * c.embed_dim, c.num_heads));
+      }
+      if (tensors_.count("fc_norm.weight")) {
+        heads.push_back(nonlinear("fc_norm", c.embed_dim, c.num_heads));
+      }
       add_segment({Segment::Kind::kHead, ""}, std::move(heads));
     }
   }
@@ -644,7 +665,9 @@ StatusOr<ViTModel> ViTModel::Load(const std::string& config_path,
 std::vector<std::string> EdgeSites(const ViTModel& model) {
   std::vector<std::string> out;
   for (int64_t s : {int64_t{0}, model.num_segments() - 1}) {
-    for (const Site* site : model.SegmentSites(s)) out.push_back(site->name);
+    for (const Site* site : model.SegmentSites(s)) {
+      if (site->kind == SiteKind::kLinear) out.push_back(site->name);
+    }
   }
   return out;
 }
@@ -693,6 +716,16 @@ torch::Tensor SiteHandler::Linear(const Site&, const torch::Tensor& x, const tor
 torch::Tensor SiteHandler::Matmul(const Site&, const torch::Tensor& lhs,
                                   const torch::Tensor& rhs) {
   return at::matmul(lhs, rhs);
+}
+
+torch::Tensor SiteHandler::Softmax(const Site&, const torch::Tensor& x) { return x.softmax(-1); }
+
+torch::Tensor SiteHandler::Gelu(const Site&, const torch::Tensor& x) { return at::gelu(x); }
+
+torch::Tensor SiteHandler::LayerNorm(const Site&, const torch::Tensor& x,
+                                     const torch::Tensor& weight, const torch::Tensor& bias,
+                                     double eps) {
+  return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
 }
 
 int64_t ViTModel::SegmentOf(const Site& site) const {
@@ -744,8 +777,8 @@ torch::Tensor ViTModel::EmbedPatches(const torch::Tensor& images, SiteHandler& h
                     tensor("patch_embed.proj.weight").reshape({c.embed_dim, -1}),
                     tensor("patch_embed.proj.bias"));
   if (c.is_swin()) {
-    x = at::layer_norm(x, {c.embed_dim}, tensor("patch_embed.norm.weight"),
-                       tensor("patch_embed.norm.bias"), c.layer_norm_eps);
+    x = h.LayerNorm(sites_[1], x, tensor("patch_embed.norm.weight"),
+                    tensor("patch_embed.norm.bias"), c.layer_norm_eps);
     return x.reshape({batch, g, g, c.embed_dim});
   }
   // timm's order: class token, distillation token, registers, then the patches.
@@ -782,7 +815,7 @@ torch::Tensor ViTModel::Attention(const Site* sites, const std::string& b, const
   auto q = qkv[0] * scale;
   auto scores = h.Matmul(sites[1], q, qkv[1].transpose(-2, -1));
   if (adjust) scores = adjust(scores);
-  auto ctx = h.Matmul(sites[2], scores.softmax(-1), qkv[2])
+  auto ctx = h.Matmul(sites[2], h.Softmax(sites[7], scores), qkv[2])
                  .transpose(1, 2)
                  .reshape({groups, tokens, -1});
   return h.Linear(sites[3], ctx, tensor(b + "attn.proj.weight"), tensor(b + "attn.proj.bias"));
@@ -790,8 +823,8 @@ torch::Tensor ViTModel::Attention(const Site* sites, const std::string& b, const
 
 torch::Tensor ViTModel::Mlp(const Site* sites, const std::string& b, const torch::Tensor& x,
                             SiteHandler& h) const {
-  auto y = at::gelu(h.Linear(sites[0], x, tensor(b + "mlp.fc1.weight"),
-                             tensor(b + "mlp.fc1.bias")));
+  auto y = h.Gelu(sites[5], h.Linear(sites[0], x, tensor(b + "mlp.fc1.weight"),
+                                      tensor(b + "mlp.fc1.bias")));
   return h.Linear(sites[1], y, tensor(b + "mlp.fc2.weight"), tensor(b + "mlp.fc2.bias"));
 }
 
@@ -802,11 +835,10 @@ torch::Tensor ViTModel::ViTBlock(const Segment& s, const torch::Tensor& input,
   const std::string& b = s.prefix;
   const double eps = c.layer_norm_eps;
   auto x = input;
-  auto y = at::layer_norm(x, {c.embed_dim}, tensor(b + "norm1.weight"),
-                          tensor(b + "norm1.bias"), eps);
+  auto y = h.LayerNorm(sites[6], x, tensor(b + "norm1.weight"), tensor(b + "norm1.bias"), eps);
   auto out = Attention(sites, b, y, c.num_heads, nullptr, h);
   x = x + (c.init_values ? out * tensor(b + "ls1.gamma") : out);
-  y = at::layer_norm(x, {c.embed_dim}, tensor(b + "norm2.weight"), tensor(b + "norm2.bias"), eps);
+  y = h.LayerNorm(sites[8], x, tensor(b + "norm2.weight"), tensor(b + "norm2.bias"), eps);
   out = Mlp(sites + 4, b, y, h);
   return x + (c.init_values ? out * tensor(b + "ls2.gamma") : out);
 }
@@ -820,7 +852,7 @@ torch::Tensor ViTModel::SwinBlock(const Segment& s, const torch::Tensor& input,
   const int64_t batch = input.size(0), r = input.size(1), dim = input.size(3);
   const int64_t w = c.stage_window(s.stage), n = w * w, heads = c.stage_heads[s.stage];
   const double eps = c.layer_norm_eps;
-  auto y = at::layer_norm(input, {dim}, tensor(b + "norm1.weight"), tensor(b + "norm1.bias"), eps);
+  auto y = h.LayerNorm(sites[6], input, tensor(b + "norm1.weight"), tensor(b + "norm1.bias"), eps);
   if (s.shift > 0) y = at::roll(y, {-s.shift, -s.shift}, {1, 2});
   // Windows [B·nW, N, C] attend within themselves, with the relative position bias and, in
   // shifted blocks, the mask that keeps regions the roll brought together apart.
@@ -838,7 +870,7 @@ torch::Tensor ViTModel::SwinBlock(const Segment& s, const torch::Tensor& input,
   auto out = WindowReverse(Attention(sites, b, WindowPartition(y, w), heads, adjust, h), w, r);
   if (s.shift > 0) out = at::roll(out, {s.shift, s.shift}, {1, 2});
   auto x = input + out;
-  y = at::layer_norm(x, {dim}, tensor(b + "norm2.weight"), tensor(b + "norm2.bias"), eps);
+  y = h.LayerNorm(sites[8], x, tensor(b + "norm2.weight"), tensor(b + "norm2.bias"), eps);
   return x + Mlp(sites + 4, b, y, h);
 }
 
@@ -849,8 +881,8 @@ torch::Tensor ViTModel::SwinMerge(const Segment& s, const torch::Tensor& input,
   auto x = input.reshape({batch, r / 2, 2, r / 2, 2, dim})
                .permute({0, 1, 3, 4, 2, 5})
                .reshape({batch, r / 2, r / 2, 4 * dim});
-  x = at::layer_norm(x, {4 * dim}, tensor(s.prefix + "norm.weight"), tensor(s.prefix + "norm.bias"),
-                     config_.layer_norm_eps);
+  x = h.LayerNorm(sites_[s.first_site + 1], x, tensor(s.prefix + "norm.weight"),
+                  tensor(s.prefix + "norm.bias"), config_.layer_norm_eps);
   return h.Linear(sites_[s.first_site], x, tensor(s.prefix + "reduction.weight"), torch::Tensor());
 }
 
@@ -862,14 +894,15 @@ torch::Tensor ViTModel::Head(const Segment& s, const torch::Tensor& input, SiteH
     return h.Linear(head, input.mean({2, 3}), tensor("head.fc.weight"), tensor("head.fc.bias"));
   }
   if (c.is_swin()) {
-    auto x = at::layer_norm(input, {c.num_features()}, tensor("norm.weight"),
-                            tensor("norm.bias"), eps);
+    auto x = h.LayerNorm(sites_[s.first_site + 1], input, tensor("norm.weight"),
+                         tensor("norm.bias"), eps);
     return h.Linear(head, x.mean({1, 2}), tensor("head.fc.weight"), tensor("head.fc.bias"));
   }
   auto x = input;
   const int64_t tokens = x.size(1), prefix = c.num_prefix_tokens(tensors_.count("cls_token") > 0);
+  const Site* norm_site = &sites_[s.first_site + (c.distilled ? 2 : 1)];
   if (tensors_.count("norm.weight")) {
-    x = at::layer_norm(x, {c.embed_dim}, tensor("norm.weight"), tensor("norm.bias"), eps);
+    x = h.LayerNorm(*norm_site++, x, tensor("norm.weight"), tensor("norm.bias"), eps);
   }
   torch::Tensor pooled;
   if (c.global_pool == "token") {
@@ -878,8 +911,8 @@ torch::Tensor ViTModel::Head(const Segment& s, const torch::Tensor& input, SiteH
     pooled = x.narrow(1, prefix, tokens - prefix).mean(1);
   }
   if (tensors_.count("fc_norm.weight")) {
-    pooled = at::layer_norm(pooled, {c.embed_dim}, tensor("fc_norm.weight"),
-                            tensor("fc_norm.bias"), eps);
+    pooled = h.LayerNorm(*norm_site, pooled, tensor("fc_norm.weight"), tensor("fc_norm.bias"),
+                         eps);
   }
   auto logits = h.Linear(head, pooled, tensor("head.weight"), tensor("head.bias"));
   if (!c.distilled) return logits;

@@ -96,9 +96,9 @@ nlohmann::json ToJson(const ViTConfig& config);
 struct Site {
   std::string name;         // module path, e.g. "blocks.3.mlp.fc1" or "blocks.3.attn.qk_matmul"
   SiteKind kind;
-  std::string weight;       // linear sites: the weight tensor name; empty for matmul sites
+  std::string weight;       // linear sites: the weight tensor name; empty for the others
   int64_t num_heads = 1;    // heads of the attention around the site (per-head grouping)
-  int64_t macs = 0;         // multiply-adds per image
+  int64_t macs = 0;         // multiply-adds per image; non-linear sites: elements per image
   int64_t input_elements = 0;  // elements of the site's inputs per image (both matmul operands)
 };
 
@@ -121,6 +121,14 @@ class SiteHandler {
   // lhs·rhs for an attention matmul site (lhs: [B, H, N, K], rhs: [B, H, K, M]).
   virtual torch::Tensor Matmul(const Site& site, const torch::Tensor& lhs,
                                const torch::Tensor& rhs);
+  // The non-linear sites: softmax over the last dimension of the attention scores [G, H, N, N],
+  // the exact GELU of fc1's output, and LayerNorm over the last dimension with affine
+  // `weight`, `bias` (float [C]) and `eps`.
+  virtual torch::Tensor Softmax(const Site& site, const torch::Tensor& x);
+  virtual torch::Tensor Gelu(const Site& site, const torch::Tensor& x);
+  virtual torch::Tensor LayerNorm(const Site& site, const torch::Tensor& x,
+                                  const torch::Tensor& weight, const torch::Tensor& bias,
+                                  double eps);
 };
 
 class ViTModel {
@@ -134,6 +142,11 @@ class ViTModel {
                                         std::map<std::string, torch::Tensor> tensors);
 
   const ViTConfig& config() const { return config_; }
+  // Every site, segment by segment: a segment's linear and matmul sites in forward order, then its
+  // non-linear sites (LayerNorms, softmax, GELU; none in RepVGG) in forward order. Non-linear
+  // site names: "<block>.norm1", "<block>.attn.softmax", "<block>.norm2", "<block>.mlp.gelu",
+  // the final "norm" / "fc_norm", Swin's "patch_embed.norm" and "<stage>.downsample.norm"; a
+  // LayerNorm site's affine is "<name>.weight" / "<name>.bias".
   const std::vector<Site>& sites() const { return sites_; }
   const Site* FindSite(const std::string& name) const;
   std::map<std::string, SiteKind> SiteKinds() const;
@@ -185,12 +198,13 @@ class ViTModel {
   };
   void BuildSites();
   torch::Tensor OptionalTensor(const std::string& name) const;  // undefined when absent
-  // A block's attention (sites[0..3]: qkv, q·kᵀ, softmax·v, proj) over token groups x [G, N, C]
+  // A block's attention (sites[0..3]: qkv, q·kᵀ, softmax·v, proj; sites[7]: the softmax) over
+  // token groups x [G, N, C]
   // (G: images for ViT, windows for Swin); `adjust`, when set, changes q·kᵀ before the softmax.
   using ScoreAdjust = std::function<torch::Tensor(const torch::Tensor&)>;
   torch::Tensor Attention(const Site* sites, const std::string& prefix, const torch::Tensor& x,
                           int64_t heads, const ScoreAdjust& adjust, SiteHandler& h) const;
-  // A block's MLP (sites[0..1]: fc1, fc2) with the exact GELU.
+  // A block's MLP (sites[0..1]: fc1, fc2; sites[5]: the GELU).
   torch::Tensor Mlp(const Site* sites, const std::string& prefix, const torch::Tensor& x,
                     SiteHandler& h) const;
   torch::Tensor EmbedPatches(const torch::Tensor& images, SiteHandler& h) const;

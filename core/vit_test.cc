@@ -173,28 +173,50 @@ TEST(ViTModelTest, PatchEmbeddingEqualsTheConvolution) {
   EXPECT_EQ(logits.sizes().vec(), (std::vector<int64_t>{3, 5}));
 }
 
+// Records the sites a forward pass calls, linear and matmul apart from non-linear ones.
+struct RecordOrder : SiteHandler {
+  std::vector<std::string> seen, seen_nonlinear;
+  torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
+                       const torch::Tensor& b) override {
+    seen.push_back(s.name);
+    return SiteHandler::Linear(s, x, w, b);
+  }
+  torch::Tensor Matmul(const Site& s, const torch::Tensor& a, const torch::Tensor& b) override {
+    seen.push_back(s.name);
+    return SiteHandler::Matmul(s, a, b);
+  }
+  torch::Tensor Softmax(const Site& s, const torch::Tensor& x) override {
+    seen_nonlinear.push_back(s.name);
+    return SiteHandler::Softmax(s, x);
+  }
+  torch::Tensor Gelu(const Site& s, const torch::Tensor& x) override {
+    seen_nonlinear.push_back(s.name);
+    return SiteHandler::Gelu(s, x);
+  }
+  torch::Tensor LayerNorm(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
+                          const torch::Tensor& b, double eps) override {
+    seen_nonlinear.push_back(s.name);
+    return SiteHandler::LayerNorm(s, x, w, b, eps);
+  }
+};
+
 TEST(ViTModelTest, SitesFollowTheForwardOrder) {
   const auto c = TinyConfig();
   auto model = ViTModel::FromTensors(c, TinyTensors(c, 0));
   ASSERT_TRUE(model.ok());
   std::vector<std::string> seen;
-  struct Order : SiteHandler {
-    std::vector<std::string>* seen;
-    torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
-                         const torch::Tensor& b) override {
-      seen->push_back(s.name);
-      return SiteHandler::Linear(s, x, w, b);
-    }
-    torch::Tensor Matmul(const Site& s, const torch::Tensor& a, const torch::Tensor& b) override {
-      seen->push_back(s.name);
-      return SiteHandler::Matmul(s, a, b);
-    }
-  } order;
-  order.seen = &seen;
+  RecordOrder order;
   model->Forward(torch::zeros({1, 1, 16, 16}), &order);
-  ASSERT_EQ(seen.size(), model->sites().size());
-  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], model->sites()[i].name);
-  EXPECT_EQ(model->sites().size(), 2u + 6u * 2u);
+  // Linear and matmul sites in forward order; the non-linear ones too, among themselves (each
+  // segment lists them after its linear and matmul sites).
+  std::vector<std::string> listed, listed_nonlinear;
+  for (const Site& site : model->sites()) {
+    (site.kind == SiteKind::kNonlinear ? listed_nonlinear : listed).push_back(site.name);
+  }
+  EXPECT_EQ(order.seen, listed);
+  EXPECT_EQ(order.seen_nonlinear, listed_nonlinear);
+  EXPECT_EQ(listed.size(), 2u + 6u * 2u);
+  EXPECT_EQ(listed_nonlinear.size(), 4u * 2u + 1u);  // norm1, softmax, norm2, GELU; final norm
 }
 
 TEST(ViTModelTest, SegmentsRunTheirOwnSitesAndChainToTheFullForward) {
@@ -202,32 +224,21 @@ TEST(ViTModelTest, SegmentsRunTheirOwnSitesAndChainToTheFullForward) {
   auto model = ViTModel::FromTensors(c, TinyTensors(c, 4));
   ASSERT_TRUE(model.ok());
   ASSERT_EQ(model->num_segments(), c.depth + 2);
-  struct Order : SiteHandler {
-    std::vector<std::string> seen;
-    torch::Tensor Linear(const Site& s, const torch::Tensor& x, const torch::Tensor& w,
-                         const torch::Tensor& b) override {
-      seen.push_back(s.name);
-      return SiteHandler::Linear(s, x, w, b);
-    }
-    torch::Tensor Matmul(const Site& s, const torch::Tensor& a, const torch::Tensor& b) override {
-      seen.push_back(s.name);
-      return SiteHandler::Matmul(s, a, b);
-    }
-  };
   torch::manual_seed(5);
   auto x = torch::randn({2, 1, 16, 16});
   const auto full = model->Forward(x);
   size_t covered = 0;
   for (int64_t seg = 0; seg < model->num_segments(); ++seg) {
-    Order order;
+    RecordOrder order;
     x = model->ForwardSegment(seg, x, &order);
-    std::vector<std::string> expected;
+    std::vector<std::string> expected, expected_nonlinear;
     for (const Site* site : model->SegmentSites(seg)) {
-      expected.push_back(site->name);
+      (site->kind == SiteKind::kNonlinear ? expected_nonlinear : expected).push_back(site->name);
       EXPECT_EQ(model->SegmentOf(*site), seg) << site->name;
     }
     EXPECT_EQ(order.seen, expected) << "segment " << seg;
-    covered += expected.size();
+    EXPECT_EQ(order.seen_nonlinear, expected_nonlinear) << "segment " << seg;
+    covered += expected.size() + expected_nonlinear.size();
   }
   EXPECT_EQ(covered, model->sites().size());
   EXPECT_TRUE(torch::equal(x, full));
@@ -275,17 +286,22 @@ struct FamilyCase {
   const char* name;
   ViTConfig config;
   std::vector<std::string> must_have_sites;
-  size_t sites;
+  size_t sites;            // linear and matmul
+  size_t nonlinear_sites;  // LayerNorms, softmaxes, GELUs
 };
 
 std::vector<FamilyCase> FamilyCases() {
   return {
-      {"distilled", testing::TinyDistilledConfig(), {"head", "head_dist"}, 1 + 6 * 2 + 2},
-      {"layerscale_registers", testing::TinyLayerScaleRegistersConfig(), {"head"}, 1 + 6 * 2 + 1},
+      {"distilled", testing::TinyDistilledConfig(), {"head", "head_dist"}, 1 + 6 * 2 + 2,
+       4 * 2 + 1},
+      {"layerscale_registers", testing::TinyLayerScaleRegistersConfig(), {"head"}, 1 + 6 * 2 + 1,
+       4 * 2 + 1},
       {"swin",
        testing::TinySwinConfig(),
-       {"layers.0.blocks.1.attn.qk_matmul", "layers.1.downsample.reduction", "head.fc"},
-       1 + 1 + 6 * 4 + 1},
+       {"layers.0.blocks.1.attn.qk_matmul", "layers.1.downsample.reduction", "head.fc",
+        "patch_embed.norm", "layers.1.downsample.norm", "layers.1.blocks.1.mlp.gelu", "norm"},
+       1 + 1 + 6 * 4 + 1,
+       1 + 1 + 4 * 4 + 1},
   };
 }
 
@@ -297,7 +313,7 @@ TEST(ModelFamilyTest, ConfigsRoundTripAndSegmentsChainToTheForward) {
     EXPECT_EQ(ToJson(*parsed), ToJson(f.config));
     auto model = ViTModel::FromTensors(*parsed, TinyTensors(*parsed, 8));
     ASSERT_TRUE(model.ok()) << model.status().ToString();
-    EXPECT_EQ(model->sites().size(), f.sites);
+    EXPECT_EQ(model->sites().size(), f.sites + f.nonlinear_sites);
     for (const auto& name : f.must_have_sites) EXPECT_NE(model->FindSite(name), nullptr) << name;
     torch::manual_seed(9);
     auto x = torch::randn({3, f.config.in_chans, f.config.img_size, f.config.img_size});

@@ -14,9 +14,19 @@ using nlohmann::json;
 json Finite(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 json EvalSummary(const Evaluation& e) {
-  return json{{"key", e.key},          {"sqnr_db", Finite(e.sqnr_db)}, {"mse", e.mse},
-              {"mae", e.mae ? json(*e.mae) : json(nullptr)},          {"cosine", e.cosine},           {"noise_ratio", e.noise_ratio},
-              {"weight_sqnr_db", Finite(e.weight_sqnr_db)}};
+  json j{{"key", e.key},
+         {"sqnr_db", Finite(e.sqnr_db)},
+         {"mse", e.mse},
+         {"mae", e.mae ? json(*e.mae) : json(nullptr)},
+         {"cosine", e.cosine},
+         {"noise_ratio", e.noise_ratio},
+         {"weight_sqnr_db", Finite(e.weight_sqnr_db)}};
+  // Non-linear sites: the input's SQNR and the difference the mixed choice ranks by.
+  if (e.input_sqnr_db) {
+    j["input_sqnr_db"] = Finite(*e.input_sqnr_db);
+    j["sqnr_difference_db"] = Finite(*e.input_sqnr_db - e.sqnr_db);
+  }
+  return j;
 }
 
 std::string Escape(const std::string& s) {
@@ -61,6 +71,11 @@ std::string ConfigLabel(const QuantConfig& c, SiteKind kind) {
                                                                         ToString(a.quantizer);
     return "a" + std::to_string(a.bits) + q;
   };
+  if (kind == SiteKind::kNonlinear) {
+    if (!c.nonlinear.quantized()) return "float";
+    s << ToString(c.nonlinear.method) << " " << c.nonlinear.bits << "-bit";
+    return s.str();
+  }
   if (kind == SiteKind::kLinear) {
     if (c.weight.quantized()) {
       s << ToString(c.weight.method) << " w" << c.weight.bits << " " << ToString(c.weight.granularity);
@@ -214,6 +229,10 @@ void HeatmapHtml(const SearchResult& r, std::ostream& h) {
         color = HeatColor(it->second.sqnr_db);
         title += ": " + (std::isfinite(it->second.sqnr_db) ? Fixed(it->second.sqnr_db, 1) + " dB"
                                                            : std::string("lossless"));
+        if (it->second.input_sqnr_db && std::isfinite(it->second.sqnr_db)) {
+          title += ", SQNR difference " +
+                   Fixed(*it->second.input_sqnr_db - it->second.sqnr_db, 1) + " dB";
+        }
       } else if (it != r.evaluations.end()) {
         title += ": failed: " + it->second.error;
       }

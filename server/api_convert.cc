@@ -53,6 +53,8 @@ StatusOr<json> SpecJsonFromProto(const v1::JobSpec& spec) {
     }
     if (s.softmax_quantizers_size()) search["softmax_quantizers"] = List(s.softmax_quantizers());
     if (s.reparam_size()) search["reparam"] = List(s.reparam());
+    if (s.nonlinear_methods_size()) search["nonlinear_methods"] = List(s.nonlinear_methods());
+    if (s.nonlinear_bits_size()) search["nonlinear_bits"] = List(s.nonlinear_bits());
     if (s.skip_size()) search["skip"] = List(s.skip());
     if (!s.pin().empty()) {
       json pin = json::object();
@@ -125,6 +127,12 @@ v1::JobSpec ProtoFromSpec(const JobSpec& spec) {
   if (spec.space.reparam != std::vector<bool>{false}) {
     for (bool v : spec.space.reparam) search->add_reparam(v);
   }
+  if (s.contains("nonlinear_methods")) {
+    for (const auto& v : s.at("nonlinear_methods")) {
+      search->add_nonlinear_methods(v.get<std::string>());
+    }
+  }
+  for (int v : spec.space.nonlinear_bits) search->add_nonlinear_bits(v);
   for (const auto& v : spec.space.skip) search->add_skip(v);
   for (const auto& [site, config] : spec.space.pin) (*search->mutable_pin())[site] = config.dump();
   p.mutable_objective()->set_budget_kind(ToString(spec.budget_kind));

@@ -76,6 +76,8 @@ struct QuantizeArgs {
   std::string sampling = "balanced";
   bool quantize_edges = false;
   bool reparam = false;
+  std::string nonlinear;   // "" (as the recipe says), float, ibert, fqvit, ivit or mixed
+  int nonlinear_bits = 0;  // 0: the recipe's activation bits
   bool json_output = false;
 };
 
@@ -106,6 +108,9 @@ json PerSiteReports(const core::QuantizedModel& quantized) {
                         {"weight_bits", c.weight.bits},
                         {"activation_bits", c.activation.bits},
                         {"reparam", c.reparam}});
+    if (r.kind == SiteKind::kNonlinear) {
+      per_site.back()["nonlinear"] = ToJson(c, r.kind)["nonlinear"];
+    }
   }
   return per_site;
 }
@@ -139,6 +144,15 @@ int RunQuantize(const QuantizeArgs& a) {
     }
   }
   if (a.calib_count < 1) return Fail(InvalidArgumentError("--calib-count must be >= 1"));
+  int nonlinear_bits = a.nonlinear_bits;
+  if (!a.nonlinear.empty() && nonlinear_bits == 0) {
+    nonlinear_bits = recipe->linear_default.activation.bits;
+    if (nonlinear_bits < 4 && a.nonlinear != "float") {
+      return Fail(InvalidArgumentError(
+          "--nonlinear " + a.nonlinear + " needs --nonlinear-bits (4..8): the recipe's activation "
+          "bits (" + std::to_string(nonlinear_bits) + ") are no integer width for it"));
+    }
+  }
 
   const core::ViTConfig& config = model->config();
   auto calib_set = core::OpenAndDraw(a.calib, config, a.calib_count, a.seed, a.sampling);
@@ -149,6 +163,24 @@ int RunQuantize(const QuantizeArgs& a) {
   if (!eval.ok()) return Fail(eval.status().WithContext("--eval"));
   auto calib_x = core::NormalizeImages(*calib, config);
   if (!calib_x.ok()) return Fail(calib_x.status());
+  if (!a.nonlinear.empty()) {
+    // One choice at every non-linear site, replacing what the recipe set; `mixed` chooses per
+    // site by SQNR difference on the calibration images.
+    for (auto it = recipe->sites.begin(); it != recipe->sites.end();) {
+      it = model->SiteKinds().at(it->first) == SiteKind::kNonlinear ? recipe->sites.erase(it)
+                                                                    : std::next(it);
+    }
+    recipe->nonlinear_default = QuantConfig{};
+    if (a.nonlinear == "mixed") {
+      auto chosen = core::ChooseMixedNonlinear(*model, *calib_x, nonlinear_bits);
+      if (!chosen.ok()) return Fail(chosen.status().WithContext("--nonlinear mixed"));
+      recipe->sites.insert(chosen->begin(), chosen->end());
+    } else {
+      auto method = ParseNonlinearMethod(a.nonlinear);
+      if (!method.ok()) return Fail(method.status().WithContext("--nonlinear"));
+      recipe->nonlinear_default.nonlinear = {*method, nonlinear_bits > 0 ? nonlinear_bits : 8};
+    }
+  }
 
   auto t0 = std::chrono::steady_clock::now();
   auto fp_logits = core::StreamLogits(*eval, config,
@@ -358,6 +390,16 @@ int RunCli(int argc, char** argv) {
                      "RepQ-ViT reparameterization wherever it applies: post-LayerNorm inputs "
                      "calibrated per channel and folded into per-tensor quantizers, log√2 for "
                      "post-softmax values");
+  quantize
+      ->add_option("--nonlinear", q.nonlinear,
+                   "every Softmax, GELU and LayerNorm by one method: float, ibert, fqvit (GELU "
+                   "stays float: FQ-ViT has none), ivit, or mixed (per site the method with the "
+                   "least SQNR difference on the calibration images)")
+      ->check(CLI::IsMember({"float", "ibert", "fqvit", "ivit", "mixed"}));
+  quantize
+      ->add_option("--nonlinear-bits", q.nonlinear_bits,
+                   "integer width of --nonlinear (4..8; default: the recipe's activation bits)")
+      ->check(CLI::Range(4, 8));
   quantize->add_flag("--json", q.json_output, "print metrics.json on stdout");
 
   EvalArgs e;

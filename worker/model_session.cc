@@ -375,6 +375,25 @@ StatusOr<std::shared_ptr<const core::SiteInputs>> ModelSession::SegmentInputs(
   return inputs;
 }
 
+StatusOr<std::vector<torch::Tensor>> ModelSession::NonlinearInput(const core::Site& site) const {
+  // Not cached with the segment: non-linear inputs are the segment's largest tensors, and only
+  // jobs that search non-linear methods ask for them, one task per site.
+  return core::GuardTorch("capture", [&]() -> StatusOr<std::vector<torch::Tensor>> {
+    c10::InferenceMode guard;
+    const int64_t segment = model_.SegmentOf(site);
+    const torch::Tensor& input = checkpoints_.at(segment);
+    std::vector<torch::Tensor> pieces;
+    for (int64_t b = 0; b < input.size(0); b += options_.capture_batch) {
+      core::SiteInputs batch;
+      auto x = input.narrow(0, b, std::min(options_.capture_batch, input.size(0) - b))
+                   .to(torch::kFloat32);
+      QS_RETURN_IF_ERROR(core::CaptureSegmentInputs(model_, segment, x, &batch, true).status());
+      pieces.push_back(batch.at(site.name).at(0).to(capture_dtype_));
+    }
+    return std::vector<torch::Tensor>{at::cat(pieces, 0)};
+  });
+}
+
 StatusOr<std::vector<Evaluation>> ModelSession::EvaluateTask(
     const std::string& site, const std::vector<core::SiteCandidate>& candidates,
     const core::SiteEvaluationOptions& options,
@@ -387,7 +406,9 @@ StatusOr<std::vector<Evaluation>> ModelSession::EvaluateTask(
     auto it = grams_.find(site);
     if (it != grams_.end()) data.gram = it->second;
   }
-  if (!data.gram.defined() || !GramSuffices(model_, *s, candidates, options)) {
+  if (s->kind == SiteKind::kNonlinear) {
+    QS_ASSIGN_OR_RETURN(data.inputs, NonlinearInput(*s));
+  } else if (!data.gram.defined() || !GramSuffices(model_, *s, candidates, options)) {
     QS_ASSIGN_OR_RETURN(auto inputs, SegmentInputs(model_.SegmentOf(*s)));
     auto it = inputs->find(site);
     if (it != inputs->end()) data.inputs = it->second;

@@ -156,6 +156,8 @@ class ModelSession {
   std::string CheckpointName(int64_t segment) const;
   // The float inputs of every site of `segment` on the calibration set, captured on demand.
   StatusOr<std::shared_ptr<const core::SiteInputs>> SegmentInputs(int64_t segment) const;
+  // A non-linear site's float input over the calibration set (captured anew each call).
+  StatusOr<std::vector<torch::Tensor>> NonlinearInput(const core::Site& site) const;
 
   SessionOptions options_;
   core::ViTModel model_;

@@ -46,6 +46,10 @@ class ModelSessionTest : public ::testing::Test {
         w4a8.activation.bits = 8;
         w4.weight.bits = 4;
         candidates = {{w4a8, name + "/w4a8"}, {w4, name + "/w4"}};
+      } else if (site->kind == SiteKind::kNonlinear) {
+        QuantConfig ibert;
+        ibert.nonlinear = {NonlinearMethod::kIbert, 8};
+        candidates = {{ibert, name + "/ibert8"}};
       } else {
         candidates = {{a8, name + "/a8"}};
       }
