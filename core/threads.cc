@@ -58,7 +58,14 @@ ThreadPlan PlanThreads(int workers, int cores, int intra_op_threads) {
   plan.cores = std::max(1, cores);
   plan.workers = workers > 0 ? workers : std::min(plan.cores, 8);
   const int share = std::max(1, plan.cores / plan.workers);
-  plan.blas_threads = share;
+  // BLAS threads from the cores alone (the default split's share), not from the workers asked
+  // for: OpenBLAS's float32 GEMM results depend on its thread count on some CPUs (its Zen kernels
+  // on an AMD EPYC: a service worker with one thread on 2 cores, BLAS on both, evaluated
+  // candidates 1e-9 apart from `qsearch run`'s two workers), and an evaluation must give the
+  // same numbers however the work is split. Fewer only when more workers than the default would
+  // oversubscribe the cores.
+  const int default_share = std::max(1, plan.cores / std::min(plan.cores, 8));
+  plan.blas_threads = std::min(default_share, share);
   plan.intra_op_threads =
       intra_op_threads > 0 ? std::min(intra_op_threads, share) : (OpenMpSleepsWhenIdle() ? share : 1);
   plan.requested_intra_op_threads = intra_op_threads;
@@ -66,7 +73,9 @@ ThreadPlan PlanThreads(int workers, int cores, int intra_op_threads) {
 }
 
 ThreadPlan SingleStreamPlan(const ThreadPlan& plan) {
-  return PlanThreads(1, plan.cores, plan.requested_intra_op_threads);
+  ThreadPlan single = PlanThreads(1, plan.cores, plan.requested_intra_op_threads);
+  single.blas_threads = single.cores;
+  return single;
 }
 
 void ApplyThreadPlan(const ThreadPlan& plan) {
@@ -75,6 +84,18 @@ void ApplyThreadPlan(const ThreadPlan& plan) {
 }
 
 void ApplyWorkerThreads(const ThreadPlan& plan) { at::set_num_threads(plan.intra_op_threads); }
+
+ScopedBlasThreads::ScopedBlasThreads(int threads) {
+  auto set = BlasSymbol<void (*)(int)>("openblas_set_num_threads");
+  if (threads <= 0 || set == nullptr) return;
+  previous_ = BlasThreads();
+  if (previous_ != threads) set(threads);
+}
+
+ScopedBlasThreads::~ScopedBlasThreads() {
+  auto set = BlasSymbol<void (*)(int)>("openblas_set_num_threads");
+  if (previous_ > 0 && set != nullptr && BlasThreads() != previous_) set(previous_);
+}
 
 std::string BlasKernels() {
   auto name = BlasSymbol<char* (*)()>("openblas_get_corename");

@@ -21,7 +21,7 @@ namespace qs::core {
 struct ThreadPlan {
   int cores = 1;             // usable cores
   int workers = 1;           // evaluation workers (threads serving the task queue)
-  int blas_threads = 1;      // process-wide: cores / workers
+  int blas_threads = 1;      // process-wide: cores / min(cores, 8) (fewer if more workers)
   int intra_op_threads = 1;  // LibTorch intra-op threads of each worker
   int requested_intra_op_threads = 0;  // what PlanThreads was asked for (0: its rule)
 };
@@ -32,10 +32,13 @@ int UsableCores();
 
 // Splits `cores` among `workers`. 0 picks min(cores, 8): most of a site's evaluation is
 // single-threaded work between small GEMMs, so workers side by side beat BLAS threads inside
-// one (two workers evaluated the fixture about 1.8× as fast as one on 2 cores). `intra_op_threads`
+// one (two workers evaluated the fixture about 1.8× as fast as one on 2 cores). BLAS threads
+// follow the cores, not the workers (up to that default count of workers), so evaluations give
+// the same numbers however many workers share the machine. `intra_op_threads`
 // > 0 forces the per-worker intra-op count (at most cores / workers); 0 applies the rule above.
 ThreadPlan PlanThreads(int workers, int cores, int intra_op_threads = 0);
-// The plan for work one thread does at a time: one worker, every core for BLAS.
+// The plan for work one thread does at a time (whole-model tasks): one worker, every core for
+// BLAS.
 ThreadPlan SingleStreamPlan(const ThreadPlan& plan);
 
 // Sets BLAS's thread count (process-wide, when the BLAS is OpenBLAS) and the calling thread's
@@ -43,6 +46,20 @@ ThreadPlan SingleStreamPlan(const ThreadPlan& plan);
 void ApplyThreadPlan(const ThreadPlan& plan);
 // Sets the calling worker thread's LibTorch intra-op threads (OpenMP keeps them per thread).
 void ApplyWorkerThreads(const ThreadPlan& plan);
+
+// Sets BLAS's thread count (when it is OpenBLAS and `threads` > 0) for the scope and restores
+// the previous count after: what must give the same numbers wherever it runs (captured site
+// inputs) runs at one count whichever plan is in force around it.
+class ScopedBlasThreads {
+ public:
+  explicit ScopedBlasThreads(int threads);
+  ~ScopedBlasThreads();
+  ScopedBlasThreads(const ScopedBlasThreads&) = delete;
+  ScopedBlasThreads& operator=(const ScopedBlasThreads&) = delete;
+
+ private:
+  int previous_ = 0;
+};
 
 // Debian's OpenBLAS 0.3.21 does not recognize some recent CPUs (this project's Xeon, family 6
 // model 207, among them) and falls back to its generic Prescott kernels: float32 GEMM ran at

@@ -30,6 +30,12 @@ TEST(ThreadsTest, PlansNeverOversubscribeTheCores) {
   EXPECT_EQ(PlanThreads(0, 16).blas_threads, 2);
   EXPECT_EQ(PlanThreads(0, 64).workers, 8);
   EXPECT_EQ(PlanThreads(0, 64).blas_threads, 8);
+  // BLAS threads follow the cores, not the workers (up to the default count): evaluations give
+  // the same numbers with one worker or with the default split.
+  EXPECT_EQ(PlanThreads(1, 2).blas_threads, 1);
+  EXPECT_EQ(PlanThreads(1, 16).blas_threads, 2);
+  EXPECT_EQ(PlanThreads(3, 16).blas_threads, 2);
+  EXPECT_EQ(PlanThreads(16, 16).blas_threads, 1);  // more workers: no oversubscription
   const ThreadPlan single = SingleStreamPlan(PlanThreads(0, 16));
   EXPECT_EQ(single.workers, 1);
   EXPECT_EQ(single.blas_threads, 16);

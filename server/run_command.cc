@@ -36,7 +36,7 @@ class EmbeddedWorkers {
   // `progress`, when set, hears the session's float passes as stage "prepare".
   EmbeddedWorkers(storage::DocumentStore& evaluations, storage::TaskQueue& queue,
                   const core::ThreadPlan& threads, const scheduler::ProgressFn& progress)
-      : queue_(queue), threads_plan_(threads), sessions_(SessionOptionsFor(progress)) {
+      : queue_(queue), threads_plan_(threads), sessions_(SessionOptionsFor(threads, progress)) {
     serve_.threads = &threads_plan_;
     for (int i = 0; i < threads_plan_.workers; ++i) {
       threads_.emplace_back(
@@ -51,9 +51,11 @@ class EmbeddedWorkers {
   }
 
  private:
-  static worker::SessionCacheOptions SessionOptionsFor(const scheduler::ProgressFn& progress) {
+  static worker::SessionCacheOptions SessionOptionsFor(const core::ThreadPlan& threads,
+                                                      const scheduler::ProgressFn& progress) {
     worker::SessionCacheOptions options;
     options.max_sessions = 1;
+    options.session.capture_blas_threads = threads.blas_threads;
     if (progress) {
       options.session.open_progress = [progress](int64_t done, int64_t total) {
         progress("prepare", static_cast<size_t>(done), static_cast<size_t>(total));

@@ -578,6 +578,7 @@ int RunWorker(const ServiceConfig& c) {
   // The calibration checkpoints, shared by every worker and job through the LRU instance.
   storage::ChunkedCache checkpoints(redis->cache, "qs:v1:act:", std::chrono::hours(24));
   worker::SessionCacheOptions session_options;
+  session_options.session.capture_blas_threads = plan.blas_threads;
   session_options.session.checkpoint_cache = &checkpoints;
   session_options.session.on_checkpoint_lookup = [&metrics](bool hit, int64_t bytes) {
     metrics.ActivationCacheLookup(hit, bytes);

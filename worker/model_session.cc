@@ -12,6 +12,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "core/metrics.h"
+#include "core/threads.h"
 #include "core/torch_status.h"
 
 namespace qs::worker {
@@ -347,6 +348,7 @@ StatusOr<std::shared_ptr<const core::SiteInputs>> ModelSession::SegmentInputs(
   // Run the segment again from its checkpoint, a batch at a time, and keep its sites' inputs.
   auto captured = core::GuardTorch("capture", [&]() -> StatusOr<core::SiteInputs> {
     c10::InferenceMode guard;
+    core::ScopedBlasThreads blas(options_.capture_blas_threads);
     const torch::Tensor& input = checkpoints_.at(segment);
     BatchedInputs parts;
     for (int64_t b = 0; b < input.size(0); b += options_.capture_batch) {
@@ -380,6 +382,7 @@ StatusOr<std::vector<torch::Tensor>> ModelSession::NonlinearInput(const core::Si
   // jobs that search non-linear methods ask for them, one task per site.
   return core::GuardTorch("capture", [&]() -> StatusOr<std::vector<torch::Tensor>> {
     c10::InferenceMode guard;
+    core::ScopedBlasThreads blas(options_.capture_blas_threads);
     const int64_t segment = model_.SegmentOf(site);
     const torch::Tensor& input = checkpoints_.at(segment);
     std::vector<torch::Tensor> pieces;

@@ -66,6 +66,10 @@ struct SessionOptions {
   int64_t activation_cache_bytes = int64_t{2} << 30;
   // Calibration images per forward batch when checkpointing and capturing.
   int64_t capture_batch = 64;
+  // BLAS threads while site inputs are captured (0: whatever is set): the evaluation plan's, so
+  // inputs captured while opening (under the whole-model plan) and those captured again in a task
+  // are the same numbers (core/threads.h on why the count matters).
+  int capture_blas_threads = 0;
   // Hears Open's progress: images through its two float passes (validation, then calibration)
   // out of the total. May be empty.
   std::function<void(int64_t done, int64_t total)> open_progress;
