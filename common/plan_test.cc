@@ -224,7 +224,7 @@ std::vector<SiteInfo> SitesWithNonlinear() {
   auto sites = Sites();
   sites.push_back({"blocks.0.norm1", SiteKind::kNonlinear, 0, 17 * 96});
   sites.push_back({"blocks.0.attn.softmax", SiteKind::kNonlinear, 0, 4 * 17 * 17});
-  sites.push_back({"blocks.0.mlp.gelu", SiteKind::kNonlinear, 0, 17 * 384});
+  sites.push_back({"blocks.0.mlp.act", SiteKind::kNonlinear, 0, 17 * 384});
   return sites;
 }
 
@@ -277,10 +277,10 @@ TEST(PlanTest, NonlinearSitesArePlannedOnlyWhenAnIntegerMethodIsOffered) {
   EXPECT_FALSE(plan->sites[7].candidates[0].config.nonlinear.quantized());
 
   // A pin of FQ-ViT at a GELU is refused by name.
-  spec.space.pin["blocks.0.mlp.gelu"] = {{"nonlinear", {{"method", "fqvit"}, {"bits", 8}}}};
+  spec.space.pin["blocks.0.mlp.act"] = {{"nonlinear", {{"method", "fqvit"}, {"bits", 8}}}};
   auto refused = MakePlan(spec, SitesWithNonlinear());
   ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.status().message().find("blocks.0.mlp.gelu"), std::string::npos);
+  EXPECT_NE(refused.status().message().find("blocks.0.mlp.act"), std::string::npos);
   EXPECT_NE(refused.status().message().find("gelu kernel"), std::string::npos);
 }
 

@@ -213,8 +213,8 @@ StatusOr<NonlinearMethod> ParseNonlinearMethod(const std::string& s) {
 }
 
 NonlinearOp NonlinearOpOf(const std::string& site_name) {
-  if (EndsWith(site_name, "softmax")) return NonlinearOp::kSoftmax;
-  if (EndsWith(site_name, "gelu")) return NonlinearOp::kGelu;
+  if (EndsWith(site_name, "attn.softmax")) return NonlinearOp::kSoftmax;
+  if (EndsWith(site_name, "mlp.act")) return NonlinearOp::kGelu;
   return NonlinearOp::kLayerNorm;
 }
 

@@ -82,7 +82,7 @@ const char* ToString(SiteKind v);
 const char* ToString(NonlinearOp v);
 const char* ToString(NonlinearMethod v);
 StatusOr<NonlinearMethod> ParseNonlinearMethod(const std::string& s);
-// The operator of the non-linear site named `site_name` ("....attn.softmax", "....mlp.gelu",
+// The operator of the non-linear site named `site_name` ("....attn.softmax", "....mlp.act",
 // every other name a LayerNorm: "blocks.3.norm1", "norm", "fc_norm", "patch_embed.norm", ...).
 NonlinearOp NonlinearOpOf(const std::string& site_name);
 // Whether `method` has a kernel for `op` (FQ-ViT has none for GELU; float has every op).

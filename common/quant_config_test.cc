@@ -133,7 +133,7 @@ TEST(RecipeJsonTest, ReparamRoundTripsAndResolvesOnlyWhereItApplies) {
 
 TEST(RecipeJsonTest, NonlinearSitesRoundTripAndResolve) {
   auto sites = kSites;
-  sites["blocks.0.norm1"] = sites["blocks.0.attn.softmax"] = sites["blocks.0.mlp.gelu"] =
+  sites["blocks.0.norm1"] = sites["blocks.0.attn.softmax"] = sites["blocks.0.mlp.act"] =
       SiteKind::kNonlinear;
   auto r = ParseUniformRecipe("w8a8");
   ASSERT_TRUE(r.ok());
@@ -156,11 +156,11 @@ TEST(RecipeJsonTest, NonlinearSitesRoundTripAndResolve) {
   EXPECT_EQ(back->Resolve("blocks.0.attn.softmax", SiteKind::kNonlinear).nonlinear,
             (NonlinearQuant{NonlinearMethod::kIvit, 8}));
   // FQ-ViT has no GELU kernel: the default leaves GELU float, a site entry asking for it fails.
-  EXPECT_FALSE(back->Resolve("blocks.0.mlp.gelu", SiteKind::kNonlinear).nonlinear.quantized());
-  j["sites"]["blocks.0.mlp.gelu"] = j["nonlinear_default"];
+  EXPECT_FALSE(back->Resolve("blocks.0.mlp.act", SiteKind::kNonlinear).nonlinear.quantized());
+  j["sites"]["blocks.0.mlp.act"] = j["nonlinear_default"];
   auto bad = RecipeFromJson(j, sites);
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("blocks.0.mlp.gelu"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("blocks.0.mlp.act"), std::string::npos);
   // Bits outside 4..8, an unknown method, weights at a non-linear site, a method elsewhere.
   for (const char* text : {R"({"nonlinear": {"method": "ibert", "bits": 3}})",
                            R"({"nonlinear": {"method": "softermax", "bits": 8}})",

@@ -77,16 +77,16 @@ TEST(NonlinearSiteTest, EveryLayerNormSoftmaxAndGeluIsASite) {
   }
   const std::set<std::string> expected = {
       "blocks.0.norm1",    "blocks.0.attn.softmax", "blocks.0.norm2",
-      "blocks.0.mlp.gelu", "blocks.1.norm1",        "blocks.1.attn.softmax",
-      "blocks.1.norm2",    "blocks.1.mlp.gelu",     "norm"};
+      "blocks.0.mlp.act", "blocks.1.norm1",        "blocks.1.attn.softmax",
+      "blocks.1.norm2",    "blocks.1.mlp.act",     "norm"};
   EXPECT_EQ(nonlinear, expected);
   EXPECT_EQ(NonlinearOpOf("blocks.0.attn.softmax"), NonlinearOp::kSoftmax);
-  EXPECT_EQ(NonlinearOpOf("blocks.0.mlp.gelu"), NonlinearOp::kGelu);
+  EXPECT_EQ(NonlinearOpOf("blocks.0.mlp.act"), NonlinearOp::kGelu);
   EXPECT_EQ(NonlinearOpOf("norm"), NonlinearOp::kLayerNorm);
   // Elements per image: 16 tokens + class token, width 32, 4 heads, hidden 64.
   EXPECT_EQ(vit.FindSite("blocks.0.norm1")->macs, 17 * 32);
   EXPECT_EQ(vit.FindSite("blocks.0.attn.softmax")->macs, 4 * 17 * 17);
-  EXPECT_EQ(vit.FindSite("blocks.0.mlp.gelu")->macs, 17 * 64);
+  EXPECT_EQ(vit.FindSite("blocks.0.mlp.act")->macs, 17 * 64);
 
   const ViTModel swin = Tiny(TinySwinConfig(), 2);
   std::set<std::string> swin_norms;
@@ -165,7 +165,7 @@ TEST(NonlinearSiteTest, SoftmaxTakesTheAccumulatorOfUniformOperands) {
   const auto units = scores / scale;
   EXPECT_LT((units - at::round(units)).abs().max().item<double>(), 1e-2);
   EXPECT_EQ(AccumulatorConsumer("blocks.0.attn.qk_matmul"), "blocks.0.attn.softmax");
-  EXPECT_EQ(AccumulatorConsumer("blocks.0.mlp.fc1"), "blocks.0.mlp.gelu");
+  EXPECT_EQ(AccumulatorConsumer("blocks.0.mlp.fc1"), "blocks.0.mlp.act");
   EXPECT_EQ(AccumulatorConsumer("blocks.0.mlp.fc2"), "");
   // A per-channel operand has no single accumulator scale.
   ActivationQuant per_channel = recipe.matmul_default.activation;
@@ -199,7 +199,7 @@ TEST(NonlinearSiteTest, EvaluationReportsTheSqnrDifference) {
   torch::manual_seed(8);
   auto inputs = CaptureSiteInputs(model, torch::randn({16, 1, 16, 16}), /*nonlinear=*/true);
   ASSERT_TRUE(inputs.ok());
-  const Site& gelu = *model.FindSite("blocks.0.mlp.gelu");
+  const Site& gelu = *model.FindSite("blocks.0.mlp.act");
   std::vector<SiteCandidate> candidates;
   for (auto [m, bits] :
        std::vector<std::pair<NonlinearMethod, int>>{{NonlinearMethod::kFloat, 8},

@@ -239,7 +239,7 @@ std::string AccumulatorConsumer(const std::string& site) {
     return site.substr(0, site.size() - suffix.size()) + by;
   };
   std::string out = replaced("attn.qk_matmul", "attn.softmax");
-  return out.empty() ? replaced("mlp.fc1", "mlp.gelu") : out;
+  return out.empty() ? replaced("mlp.fc1", "mlp.act") : out;
 }
 
 StatusOr<SiteResult> QuantizeNonlinearSite(const Site& site, const QuantConfig& config,

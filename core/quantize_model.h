@@ -82,7 +82,7 @@ class FakeQuantHandler : public SiteHandler {
 // weight or per-group grids).
 torch::Tensor AccumulatorScale(const QuantizedSite& site);
 // The non-linear site that takes `site`'s accumulator: "<block>.attn.qk_matmul" feeds
-// "<block>.attn.softmax", "<block>.mlp.fc1" feeds "<block>.mlp.gelu"; "" for other sites.
+// "<block>.attn.softmax", "<block>.mlp.fc1" feeds "<block>.mlp.act"; "" for other sites.
 std::string AccumulatorConsumer(const std::string& site);
 
 struct QuantizeOptions {

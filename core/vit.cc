@@ -571,7 +571,7 @@ void ViTModel::BuildSites() {
         nonlinear(p + "norm1", tokens * dim, heads),
         nonlinear(p + "attn.softmax", heads * tokens * group, heads),
         nonlinear(p + "norm2", tokens * dim, heads),
-        nonlinear(p + "mlp.gelu", tokens * hidden, heads)};
+        nonlinear(p + "mlp.act", tokens * hidden, heads)};
   };
   if (c.is_repvgg()) {
     // One conv site per fused block; its macs and input count the conv, not the im2col copies.

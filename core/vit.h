@@ -144,7 +144,7 @@ class ViTModel {
   const ViTConfig& config() const { return config_; }
   // Every site, segment by segment: a segment's linear and matmul sites in forward order, then its
   // non-linear sites (LayerNorms, softmax, GELU; none in RepVGG) in forward order. Non-linear
-  // site names: "<block>.norm1", "<block>.attn.softmax", "<block>.norm2", "<block>.mlp.gelu",
+  // site names: "<block>.norm1", "<block>.attn.softmax", "<block>.norm2", "<block>.mlp.act",
   // the final "norm" / "fc_norm", Swin's "patch_embed.norm" and "<stage>.downsample.norm"; a
   // LayerNorm site's affine is "<name>.weight" / "<name>.bias".
   const std::vector<Site>& sites() const { return sites_; }

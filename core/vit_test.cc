@@ -299,7 +299,7 @@ std::vector<FamilyCase> FamilyCases() {
       {"swin",
        testing::TinySwinConfig(),
        {"layers.0.blocks.1.attn.qk_matmul", "layers.1.downsample.reduction", "head.fc",
-        "patch_embed.norm", "layers.1.downsample.norm", "layers.1.blocks.1.mlp.gelu", "norm"},
+        "patch_embed.norm", "layers.1.downsample.norm", "layers.1.blocks.1.mlp.act", "norm"},
        1 + 1 + 6 * 4 + 1,
        1 + 1 + 4 * 4 + 1},
   };

@@ -16,6 +16,7 @@ TEST(ApiConvertTest, TypedSpecAndJsonSpecConvertBothWays) {
     "search": {"weight_methods": ["rtn", "erq"], "weight_bits": [3, 4],
                "weight_granularities": ["per_group"], "group_size": 32,
                "activation_bits": [0, 8], "reparam": [true, false], "skip": ["head"],
+               "nonlinear_methods": ["float", "ibert", "ivit"], "nonlinear_bits": [6],
                "pin": {"blocks.0.mlp.fc1": {"weight": {"bits": 8}}}},
     "objective": {"bops": 1.5e9, "metric": "mse"},
     "accuracy": {"max_rel_top1_drop": 0.02, "max_validations": 5, "refine": false},
@@ -28,6 +29,9 @@ TEST(ApiConvertTest, TypedSpecAndJsonSpecConvertBothWays) {
   EXPECT_EQ(typed.objective().budget_kind(), "bops");
   ASSERT_EQ(typed.search().reparam_size(), 2);
   EXPECT_TRUE(typed.search().reparam(0));
+  ASSERT_EQ(typed.search().nonlinear_methods_size(), 3);
+  EXPECT_EQ(typed.search().nonlinear_methods(2), "ivit");
+  ASSERT_EQ(typed.search().nonlinear_bits_size(), 1);
   auto back = SpecJsonFromProto(typed);
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   auto again = ParseJobSpec(*back, "");
