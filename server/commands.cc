@@ -466,7 +466,12 @@ int RunCli(int argc, char** argv) {
     bench_args.threads = threads;
     return bench::RunBenchCommand(bench_args);
   }
-  if (threads > 0) core::ApplyThreadPlan(core::PlanThreads(1, core::UsableCores(), threads));
+  // One stream of work: every core for BLAS, as a search's validation has it, so a replayed
+  // recipe computes what the search measured.
+  if (threads > 0) {
+    core::ApplyThreadPlan(
+        core::SingleStreamPlan(core::PlanThreads(1, core::UsableCores(), threads)));
+  }
   if (quantize->parsed()) return RunQuantize(q);
   if (eval->parsed()) return RunEval(e);
   if (inspect->parsed()) return RunInspect(i);
