@@ -3,18 +3,15 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <random>
 
 #include "core/torch_status.h"
+#include "core/training.h"
 
 namespace qs::core {
 namespace {
 
 constexpr double kMinGamma = 0.25, kMaxGamma = 4.0;  // as FitAffineL1 keeps them
 constexpr uint64_t kBatchSeed = 0x5eed;
-
-// Rounds forward, passes the gradient straight through.
-torch::Tensor RoundSte(const torch::Tensor& v) { return v + (v.round() - v).detach(); }
 
 // x fake-quantized on a uniform grid with scale exp(log_scale), differentiable in both.
 torch::Tensor LearnedFakeQuantize(const torch::Tensor& x, const torch::Tensor& log_scale,
@@ -156,51 +153,24 @@ StageState CollectLearnedSites(const ViTModel& model, std::pair<int64_t, int64_t
   return state;
 }
 
-// Adam with cosine decay on the stage's MAE, over mini-batches from a fixed-seed permutation
-// (Fisher–Yates with mt19937_64, which the standard fully specifies).
+// Adam with cosine decay on the stage's MAE, over mini-batches from a fixed-seed permutation.
 void TrainStage(const ViTModel& model, std::pair<int64_t, int64_t> stage,
                 const torch::Tensor& x_all, const torch::Tensor& y_all, SiteHandler* handler,
                 StageState* state) {
   const WeightQuant& spec = *state->spec;
-  std::vector<torch::Tensor>& params = state->params;
-  const int64_t n = x_all.size(0), batch = std::min<int64_t>(spec.repapq_batch, n);
-  std::vector<torch::Tensor> m, v;
-  for (const auto& p : params) {
-    m.push_back(torch::zeros_like(p));
-    v.push_back(torch::zeros_like(p));
-  }
-  std::mt19937_64 rng(kBatchSeed);
-  std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  int64_t cursor = n;
+  SeededBatches batches(x_all.size(0), spec.repapq_batch, kBatchSeed);
+  Adam adam(state->params);
   const int iterations = spec.repapq_iterations;
   for (int step = 0; step < iterations; ++step) {
-    std::vector<int64_t> pick;
-    while (static_cast<int64_t>(pick.size()) < batch) {
-      if (cursor == n) {
-        for (int64_t i = n - 1; i > 0; --i) {
-          std::swap(order[i], order[static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1))]);
-        }
-        cursor = 0;
-      }
-      pick.push_back(order[cursor++]);
-    }
-    auto idx = torch::tensor(pick, torch::kLong).to(x_all.device());
+    auto idx = batches.Next(x_all.device());
     torch::AutoGradMode grad(true);
     auto out = ForwardStage(model, stage, x_all.index_select(0, idx), handler);
     auto loss = (out - y_all.index_select(0, idx)).abs().mean();
-    for (auto& p : params) p.mutable_grad() = torch::Tensor();
+    adam.ZeroGrad();
     loss.backward();
     torch::NoGradGuard no_grad;
     const double lr = 0.5 * spec.repapq_lr * (1 + std::cos(M_PI * step / iterations));
-    const double bc1 = 1 - std::pow(0.9, step + 1), bc2 = 1 - std::pow(0.999, step + 1);
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (!params[i].grad().defined()) continue;
-      auto g = params[i].grad();
-      m[i].mul_(0.9).add_(g, 0.1);
-      v[i].mul_(0.999).addcmul_(g, g, 0.001);
-      params[i].addcdiv_(m[i] / bc1, (v[i] / bc2).sqrt_().add_(1e-8), -lr);
-    }
+    adam.Step(std::vector<double>(state->params.size(), lr));
     for (auto& [name, l] : state->learned) l.gamma.clamp_(kMinGamma, kMaxGamma);
   }
 }
