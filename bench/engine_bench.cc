@@ -177,11 +177,13 @@ StatusOr<EvaluationRun> RunEvaluation(const JobSpec& spec, int workers, int intr
   return run;
 }
 
-// Seconds in each weight method, by its recipe name (every method, Liu and RepAPQ included).
+// Seconds in each weight method the engine evaluates, by its recipe name (Liu and RepAPQ
+// included; block reconstruction is no candidate, so never measured here).
 json MethodSeconds(const core::EvaluationCosts& costs) {
   json out = json::object();
   for (int m = 0; m < kWeightMethodCount; ++m) {
-    out[ToString(static_cast<WeightMethod>(m))] = costs.method_seconds[m];
+    const auto method = static_cast<WeightMethod>(m);
+    if (!IsReconstructionMethod(method)) out[ToString(method)] = costs.method_seconds[m];
   }
   return out;
 }

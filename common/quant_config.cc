@@ -38,6 +38,8 @@ constexpr std::pair<const char*, WeightMethod> kWeightMethods[] = {
     {"erq", WeightMethod::kErq},
     {"liu", WeightMethod::kLiu},
     {"repapq", WeightMethod::kRepapq},
+    {"brecq", WeightMethod::kBrecq},
+    {"mgrq", WeightMethod::kMgrq},
 };
 
 constexpr std::pair<const char*, NonlinearMethod> kNonlinearMethods[] = {
@@ -98,6 +100,25 @@ json WeightToJson(const WeightQuant& w) {
     j["repapq_batch"] = w.repapq_batch;
     j["repapq_lr"] = w.repapq_lr;
   }
+  if (IsReconstructionMethod(w.method)) {
+    j["recon_iterations"] = w.recon_iterations;
+    j["recon_batch"] = w.recon_batch;
+    j["recon_lr"] = w.recon_lr;
+    j["recon_act_lr"] = w.recon_act_lr;
+    j["recon_round_weight"] = w.recon_round_weight;
+    j["recon_warmup"] = w.recon_warmup;
+    j["recon_beta_start"] = w.recon_beta_start;
+    j["recon_beta_end"] = w.recon_beta_end;
+    j["recon_seed"] = w.recon_seed;
+    j["recon_init"] = ToString(w.recon_init);
+  }
+  if (w.method == WeightMethod::kMgrq) {
+    j["mgrq_block_weight"] = w.mgrq_block_weight;
+    j["mgrq_global_weight"] = w.mgrq_global_weight;
+    j["mgrq_local_weight"] = w.mgrq_local_weight;
+    j["mgrq_global_distance"] = w.mgrq_global_distance;
+    j["mgrq_local_distance"] = w.mgrq_local_distance;
+  }
   return j;
 }
 
@@ -118,7 +139,10 @@ StatusOr<WeightQuant> WeightFromJson(const json& j) {
           "gptq_damp", "gptq_block_size", "gptq_act_order", "gptq_static_groups",
           "erq_aqer_lambda", "erq_aqer_lambda_pooled", "erq_wqer_lambda", "erq_wqer_iterations",
           "liu_alpha", "liu_beta", "liu_grid", "liu_rounds", "liu_bias_correction",
-          "repapq_iterations", "repapq_batch", "repapq_lr"},
+          "repapq_iterations", "repapq_batch", "repapq_lr", "recon_iterations", "recon_batch",
+          "recon_lr", "recon_act_lr", "recon_round_weight", "recon_warmup", "recon_beta_start",
+          "recon_beta_end", "recon_seed", "recon_init", "mgrq_block_weight", "mgrq_global_weight",
+          "mgrq_local_weight", "mgrq_global_distance", "mgrq_local_distance"},
       "weight"));
   WeightQuant w;
   QS_RETURN_IF_ERROR(ReadEnumField(j, "method", ParseWeightMethod, &w.method));
@@ -144,6 +168,21 @@ StatusOr<WeightQuant> WeightFromJson(const json& j) {
   QS_RETURN_IF_ERROR(ReadField(j, "repapq_iterations", &w.repapq_iterations));
   QS_RETURN_IF_ERROR(ReadField(j, "repapq_batch", &w.repapq_batch));
   QS_RETURN_IF_ERROR(ReadField(j, "repapq_lr", &w.repapq_lr));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_iterations", &w.recon_iterations));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_batch", &w.recon_batch));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_lr", &w.recon_lr));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_act_lr", &w.recon_act_lr));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_round_weight", &w.recon_round_weight));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_warmup", &w.recon_warmup));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_beta_start", &w.recon_beta_start));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_beta_end", &w.recon_beta_end));
+  QS_RETURN_IF_ERROR(ReadField(j, "recon_seed", &w.recon_seed));
+  QS_RETURN_IF_ERROR(ReadEnumField(j, "recon_init", ParseWeightMethod, &w.recon_init));
+  QS_RETURN_IF_ERROR(ReadField(j, "mgrq_block_weight", &w.mgrq_block_weight));
+  QS_RETURN_IF_ERROR(ReadField(j, "mgrq_global_weight", &w.mgrq_global_weight));
+  QS_RETURN_IF_ERROR(ReadField(j, "mgrq_local_weight", &w.mgrq_local_weight));
+  QS_RETURN_IF_ERROR(ReadField(j, "mgrq_global_distance", &w.mgrq_global_distance));
+  QS_RETURN_IF_ERROR(ReadField(j, "mgrq_local_distance", &w.mgrq_local_distance));
   return w;
 }
 
@@ -235,6 +274,10 @@ StatusOr<WeightMethod> ParseWeightMethod(const std::string& s) {
   return ParseEnum(s, "weight method", kWeightMethods);
 }
 
+bool IsReconstructionMethod(WeightMethod method) {
+  return method == WeightMethod::kBrecq || method == WeightMethod::kMgrq;
+}
+
 bool WeightQuant::operator==(const WeightQuant& o) const {
   return WeightToJson(*this) == WeightToJson(o);
 }
@@ -245,6 +288,43 @@ bool QuantConfig::operator==(const QuantConfig& o) const {
   return weight == o.weight && activation == o.activation && activation_rhs == o.activation_rhs &&
          reparam == o.reparam && nonlinear == o.nonlinear;
 }
+
+namespace {
+
+Status ValidateReconstructionFields(const WeightQuant& w) {
+  auto bad = [](const std::string& what) { return InvalidArgumentError("weight " + what); };
+  if (w.recon_iterations < 0 || w.recon_iterations > 1000000) {
+    return bad("recon_iterations must be 0..1000000");
+  }
+  if (w.recon_batch < 1 || w.recon_batch > 65536) return bad("recon_batch must be 1..65536");
+  if (!(w.recon_lr > 0 && w.recon_lr <= 1)) return bad("recon_lr must be in (0, 1]");
+  if (!(w.recon_act_lr >= 0 && w.recon_act_lr <= 1)) return bad("recon_act_lr must be in [0, 1]");
+  if (!(w.recon_round_weight >= 0 && w.recon_round_weight <= 1e6)) {
+    return bad("recon_round_weight must be in [0, 1e6]");
+  }
+  if (!(w.recon_warmup >= 0 && w.recon_warmup < 1)) return bad("recon_warmup must be in [0, 1)");
+  if (!(w.recon_beta_end >= 1 && w.recon_beta_start >= w.recon_beta_end &&
+        w.recon_beta_start <= 1000)) {
+    return bad("recon_beta_start and recon_beta_end need 1 <= end <= start <= 1000");
+  }
+  if (w.recon_seed < 0) return bad("recon_seed must be >= 0");
+  if (w.recon_init != WeightMethod::kRtn && w.recon_init != WeightMethod::kGptq &&
+      w.recon_init != WeightMethod::kErq) {
+    return bad("recon_init must be rtn, gptq or erq");
+  }
+  for (double v : {w.mgrq_block_weight, w.mgrq_global_weight, w.mgrq_local_weight}) {
+    if (!(v >= 0 && v <= 1e6)) return bad("mgrq loss weights must be in [0, 1e6]");
+  }
+  if (w.mgrq_global_distance != "kl" && w.mgrq_global_distance != "mse") {
+    return bad("mgrq_global_distance must be \"kl\" or \"mse\"");
+  }
+  if (w.mgrq_local_distance != "moments" && w.mgrq_local_distance != "mse") {
+    return bad("mgrq_local_distance must be \"moments\" or \"mse\"");
+  }
+  return OkStatus();
+}
+
+}  // namespace
 
 Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
   const WeightQuant& w = config.weight;
@@ -306,6 +386,7 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
     if (!(w.repapq_lr > 0 && w.repapq_lr <= 1)) {
       return InvalidArgumentError("weight repapq_lr must be in (0, 1]");
     }
+    QS_RETURN_IF_ERROR(ValidateReconstructionFields(w));
     if (w.quantized()) {
       if (w.method == WeightMethod::kRepapq && w.granularity != Granularity::kPerChannel) {
         return InvalidArgumentError(
@@ -357,6 +438,9 @@ Status ValidateQuantConfig(const QuantConfig& config, SiteKind kind) {
   }
   return OkStatus();
 }
+
+json ToJson(const WeightQuant& weight) { return WeightToJson(weight); }
+StatusOr<WeightQuant> WeightQuantFromJson(const json& j) { return WeightFromJson(j); }
 
 json ToJson(const QuantConfig& config, SiteKind kind) {
   json j;

@@ -53,9 +53,16 @@ enum class WeightMethod {
   kLiu,   // Liu et al. 2021: weight and input intervals searched for output Pearson correlation
   kRepapq,  // RepAPQ: MAE-calibrated grids, a per-output-channel affine (QPRep) folded into the
             // weight scales and bias, refined across blocks against stage outputs
+  kBrecq,   // BRECQ: block reconstruction, AdaRound rounding and LSQ activation steps learned
+            // per block against the float block output
+  kMgrq,    // MGRQ: block reconstruction plus global (model output) and local (per-layer
+            // output distribution) supervision, the three losses fused by weights
 };
 
-inline constexpr int kWeightMethodCount = 5;
+inline constexpr int kWeightMethodCount = 7;
+// Whether `method` is a block-reconstruction method (brecq, mgrq): trained over whole blocks, so
+// measured only by whole-model validation (a search's reconstruction tier), never per site.
+bool IsReconstructionMethod(WeightMethod method);
 
 enum class SiteKind {
   kLinear,     // weight and input activation of a linear layer (incl. the patch-embedding conv)
@@ -129,6 +136,33 @@ struct WeightQuant {
   int repapq_iterations = 300;
   int repapq_batch = 64;
   double repapq_lr = 1e-2;
+
+  // Block reconstruction (kBrecq, kMgrq; core/block_reconstruction.h). Per stage, Adam steps on
+  // mini-batches of `recon_batch` images drawn by a permutation seeded with `recon_seed`:
+  // AdaRound rounding variables at `recon_lr`, activation step sizes (LSQ) at `recon_act_lr`.
+  // The rounding regularizer weighs `recon_round_weight` after the first `recon_warmup`
+  // fraction of steps, its exponent β annealed from `recon_beta_start` to `recon_beta_end`.
+  int recon_iterations = 500;
+  int recon_batch = 32;
+  double recon_lr = 1e-3;
+  double recon_act_lr = 4e-5;
+  double recon_round_weight = 0.01;
+  double recon_warmup = 0.2;
+  double recon_beta_start = 20.0;
+  double recon_beta_end = 2.0;
+  int recon_seed = 0;
+  // Where the rounding starts: the weights of `rtn`, `gptq` or `erq` at the same bits and grid
+  // settings (ERQ's bias change kept). Zero steps give exactly that method's weights.
+  WeightMethod recon_init = WeightMethod::kRtn;
+  // MGRQ (kMgrq only): L = block_weight·L_block + global_weight·L_global + local_weight·L_local.
+  // L_global compares the model output after the float rest of the network ("kl": KL from the
+  // float softmax, "mse"); L_local each linear output inside the block ("moments": per-channel
+  // mean and standard deviation, "mse").
+  double mgrq_block_weight = 1.0;
+  double mgrq_global_weight = 1.0;
+  double mgrq_local_weight = 1.0;
+  std::string mgrq_global_distance = "kl";
+  std::string mgrq_local_distance = "moments";
 
   bool quantized() const { return bits > 0; }
   bool operator==(const WeightQuant& o) const;
@@ -205,6 +239,10 @@ Status CheckQuantizerSuitsDomain(const ActivationQuant& spec, ValueDomain domain
                                  const std::string& where);
 
 nlohmann::json ToJson(const QuantConfig& config, SiteKind kind);
+// One weight config's JSON (the "weight" object of a recipe site), both ways; the parse checks
+// keys and types, ValidateQuantConfig the values.
+nlohmann::json ToJson(const WeightQuant& weight);
+StatusOr<WeightQuant> WeightQuantFromJson(const nlohmann::json& j);
 // Fields left out keep their defaults; unknown fields are INVALID_ARGUMENT.
 StatusOr<QuantConfig> QuantConfigFromJson(const nlohmann::json& j, SiteKind kind);
 

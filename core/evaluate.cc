@@ -573,6 +573,12 @@ void EvaluateLinearSite(const Context& c) {
     const QuantConfig& config = c.candidates[i].config;
     Status valid = CheckReparam(config, c.site.name, c.site.kind);
     if (valid.ok()) valid = ValidateQuantConfig(config, c.site.kind);
+    if (valid.ok() && config.weight.quantized() && IsReconstructionMethod(config.weight.method)) {
+      valid = InvalidArgumentError(
+          std::string("weight method ") + ToString(config.weight.method) +
+          " trains whole blocks, so no site measures it alone: a search applies it to validated "
+          "mixes (search.reconstruction)");
+    }
     if (!valid.ok()) {
       results[i].SetError(valid);
       continue;

@@ -10,6 +10,7 @@
 
 #include "common/strings.h"
 #include "core/across_block.h"
+#include "core/block_reconstruction.h"
 #include "core/erq.h"
 #include "core/gptq.h"
 #include "core/liu.h"
@@ -33,6 +34,12 @@ StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& 
   const bool conv = IsPatchEmbedding(site);
   const bool dynamic_groups = spec.granularity == Granularity::kPerGroup &&
                               spec.group_size < weight.size(1) && !spec.gptq_static_groups;
+  if (IsReconstructionMethod(spec.method)) {
+    // Block reconstruction starts from its init method's weights (core/block_reconstruction.h).
+    WeightQuant init = spec;
+    init.method = spec.recon_init;
+    return QuantizeWeight(site, x, x_hat, weight, bias, init, grids);
+  }
   const bool grid_of_weight = spec.method == WeightMethod::kRtn ||
                               (spec.method == WeightMethod::kGptq && !dynamic_groups) ||
                               (spec.method == WeightMethod::kErq && conv);
@@ -62,6 +69,9 @@ StatusOr<QuantizedWeight> QuantizeWeight(const Site& site, const torch::Tensor& 
     case WeightMethod::kLiu:
     case WeightMethod::kRepapq:
       break;  // fitted with more than the weight (QuantizeLinearSite)
+    case WeightMethod::kBrecq:
+    case WeightMethod::kMgrq:
+      break;  // started from their init method above
   }
   return InternalError("no weight quantization for method " + std::string(ToString(spec.method)));
 }
@@ -413,16 +423,29 @@ SiteInfo DescribeSite(const ViTModel& model, const Site& site) {
 
 namespace {
 
-// Whether some site of `model` is quantized by repapq with training steps to take.
-bool UsesAcrossBlockCalibration(const ViTModel& model, const Recipe& recipe) {
+// What the stage-by-stage pass must provide: whether some site of `model` is quantized by
+// repapq with training steps to take, or by a block-reconstruction method; and whether MGRQ's
+// global supervision needs the float logits.
+struct StageTraining {
+  bool any = false;
+  bool float_logits = false;
+};
+
+StageTraining StageTrainingOf(const ViTModel& model, const Recipe& recipe) {
+  StageTraining t;
   for (const Site& site : model.sites()) {
+    if (site.kind != SiteKind::kLinear) continue;
     const WeightQuant& w = recipe.Resolve(site.name, site.kind).weight;
-    if (site.kind == SiteKind::kLinear && w.quantized() && w.method == WeightMethod::kRepapq &&
-        w.repapq_iterations > 0) {
-      return true;
+    if (!w.quantized()) continue;
+    if ((w.method == WeightMethod::kRepapq && w.repapq_iterations > 0) ||
+        IsReconstructionMethod(w.method)) {
+      t.any = true;
+    }
+    if (w.method == WeightMethod::kMgrq && w.mgrq_global_weight > 0) {
+      t.float_logits = true;
     }
   }
-  return false;
+  return t;
 }
 
 }  // namespace
@@ -454,24 +477,41 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
   return GuardTorch("quantize", [&]() -> StatusOr<QuantizedModel> {
     CalibratingHandler handler(model.config(), recipe, options);
     auto images = calib_images.to(model.device(), torch::kFloat32);
-    if (!UsesAcrossBlockCalibration(model, recipe)) {
+    const StageTraining training = StageTrainingOf(model, recipe);
+    std::vector<StageReconstruction> reconstructions;
+    if (!training.any) {
       c10::InferenceMode guard;
       model.Forward(images, &handler);
       QS_RETURN_IF_ERROR(handler.status());
     } else {
       // Stage by stage: calibrate the stage's sites on the quantized model's input, then train
-      // its repapq sites against the float model's stage output (no inference mode: training
+      // its repapq sites (across-block calibration) or its brecq and mgrq sites (block
+      // reconstruction) against the float model's stage output (no inference mode: training
       // needs autograd-capable tensors).
       torch::NoGradGuard no_grad;
-      torch::Tensor x = images, x_float = images;
+      torch::Tensor x = images, x_float = images, float_logits;
+      if (training.float_logits) float_logits = model.Forward(images);
       for (const auto& stage : StageRanges(model)) {
         const torch::Tensor stage_input = x;
         x = ForwardStage(model, stage, x, &handler);
         QS_RETURN_IF_ERROR(handler.status());
         const torch::Tensor target = ForwardStage(model, stage, x_float);
+        bool trained = false;
         if (StageHasRepapq(model, stage, handler.sites())) {
           QS_RETURN_IF_ERROR(
               CalibrateAcrossBlocks(model, stage, stage_input, target, &handler.sites()).status());
+          trained = true;
+        }
+        if (StageHasReconstruction(model, stage, handler.sites())) {
+          QS_ASSIGN_OR_RETURN(
+              StageReconstruction r,
+              ReconstructStage(model, stage, {stage_input, target, x_float, float_logits},
+                               &handler.sites()));
+          if (options.on_reconstructed) options.on_reconstructed(r);
+          reconstructions.push_back(std::move(r));
+          trained = true;
+        }
+        if (trained) {
           FakeQuantHandler refined(handler.sites());
           x = ForwardStage(model, stage, stage_input, &refined);
         }
@@ -483,6 +523,7 @@ StatusOr<QuantizedModel> QuantizeModel(const ViTModel& model, const Recipe& reci
     q.recipe_ = recipe;
     q.sites_ = std::move(handler.sites());
     q.reports_ = std::move(handler.reports());
+    q.reconstructions_ = std::move(reconstructions);
     return q;
   });
 }

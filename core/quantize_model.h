@@ -9,6 +9,7 @@
 #ifndef QS_CORE_QUANTIZE_MODEL_H_
 #define QS_CORE_QUANTIZE_MODEL_H_
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -37,6 +38,25 @@ struct SiteReport {
   double weight_sqnr_db = 0; // linear sites with a quantized weight; +inf otherwise
   double input_sqnr_db = 0;  // input (linear) or left operand (matmul); +inf when float
   double rhs_sqnr_db = 0;    // matmul right operand; +inf when float or linear
+};
+
+// What one stage's block reconstruction did (core/block_reconstruction.h). Losses are on every
+// calibration image: the stage output's mean squared error per element against the float stage
+// output.
+struct StageReconstruction {
+  std::string stage;        // the stage's name, e.g. "blocks.3", "patch_embed", "head"
+  WeightMethod method = WeightMethod::kBrecq;
+  double loss_before = 0;   // with the calibrated sites (the init method's weights)
+  double loss_after = 0;    // with the learned rounding and steps, as kept
+  // The method's objective (brecq: L_block; mgrq: the fused loss; no rounding regularizer),
+  // mean over the images: what decides whether the learned sites are kept.
+  double objective_before = 0;
+  double objective_after = 0;
+  bool kept = false;        // false: the objective did not fall, the calibrated sites stay
+  int iterations = 0;
+  int64_t weights = 0;      // reconstructed weight elements
+  int64_t flipped = 0;      // of those, rounded otherwise than the init method did (when kept)
+  double seconds = 0;
 };
 
 // Everything fitted at one site.
@@ -69,7 +89,7 @@ class FakeQuantHandler : public SiteHandler {
   torch::Tensor LayerNorm(const Site& site, const torch::Tensor& x, const torch::Tensor& weight,
                           const torch::Tensor& bias, double eps) override;
 
- private:
+ protected:
   const std::map<std::string, QuantizedSite>& sites_;
   // Softmax and GELU sites -> the scale of the accumulator they take (q·kᵀ's, fc1's).
   std::map<std::string, torch::Tensor> accumulator_scales_;
@@ -93,6 +113,8 @@ struct QuantizeOptions {
   // GPTQ (static or no groups) and ERQ at the patch embedding (no Aqer there) take theirs from
   // it. Null: fitted here.
   WeightGridCache* weight_grids = nullptr;
+  // Hears each stage's block reconstruction as it ends (brecq and mgrq sites). May be empty.
+  std::function<void(const StageReconstruction&)> on_reconstructed;
 };
 
 class QuantizedModel {
@@ -101,6 +123,8 @@ class QuantizedModel {
   const Recipe& recipe() const { return recipe_; }
   const std::map<std::string, QuantizedSite>& sites() const { return sites_; }
   const std::vector<SiteReport>& reports() const { return reports_; }
+  // Every stage's block reconstruction, in order (empty without brecq or mgrq sites).
+  const std::vector<StageReconstruction>& reconstructions() const { return reconstructions_; }
 
   // Fake-quantized logits for normalized images (CPU float), in batches.
   StatusOr<torch::Tensor> Logits(const torch::Tensor& images, int64_t batch_size = 256) const;
@@ -119,6 +143,7 @@ class QuantizedModel {
   Recipe recipe_;
   std::map<std::string, QuantizedSite> sites_;
   std::vector<SiteReport> reports_;
+  std::vector<StageReconstruction> reconstructions_;
 };
 
 

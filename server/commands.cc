@@ -189,7 +189,18 @@ int RunQuantize(const QuantizeArgs& a) {
   const double fp_seconds = Seconds(t0);
 
   t0 = std::chrono::steady_clock::now();
-  auto quantized = core::QuantizeModel(*model, *recipe, *calib_x);
+  core::QuantizeOptions quantize_options;
+  // Block reconstruction takes a while per stage: say each one as it ends.
+  quantize_options.on_reconstructed = [&](const core::StageReconstruction& r) {
+    if (a.json_output) return;
+    std::fprintf(stderr,
+                 "  %s: %s, %d steps, stage MSE %.4g -> %.4g (%s), %lld of %lld weights rounded "
+                 "otherwise than at the start, %.1fs\n",
+                 r.stage.c_str(), ToString(r.method), r.iterations, r.loss_before, r.loss_after,
+                 r.kept ? "kept" : "no lower: the starting weights kept",
+                 static_cast<long long>(r.flipped), static_cast<long long>(r.weights), r.seconds);
+  };
+  auto quantized = core::QuantizeModel(*model, *recipe, *calib_x, quantize_options);
   if (!quantized.ok()) return Fail(quantized.status());
   const double quantize_seconds = Seconds(t0);
 
@@ -220,6 +231,23 @@ int RunQuantize(const QuantizeArgs& a) {
         {"total", Seconds(t_start)}}},
       {"per_site", PerSiteReports(*quantized)},
   };
+  if (!quantized->reconstructions().empty()) {
+    json stages = json::array();
+    for (const auto& r : quantized->reconstructions()) {
+      stages.push_back({{"stage", r.stage},
+                        {"method", ToString(r.method)},
+                        {"iterations", r.iterations},
+                        {"mse_before", r.loss_before},
+                        {"mse_after", r.loss_after},
+                        {"objective_before", r.objective_before},
+                        {"objective_after", r.objective_after},
+                        {"kept", r.kept},
+                        {"weights", r.weights},
+                        {"flipped", r.flipped},
+                        {"seconds", r.seconds}});
+    }
+    metrics["reconstruction"] = stages;
+  }
 
   Status s = WriteFileAtomically(a.out + "/recipe.json",
                                  RecipeToJson(*recipe, model->SiteKinds()).dump(2) + "\n");
