@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 namespace qs {
 namespace {
 
@@ -264,6 +266,40 @@ TEST(ValidateQuantConfigTest, RejectsImpossibleConfigs) {
   EXPECT_EQ(shorthand.sites.at("head").weight.bits, 8);
   EXPECT_EQ(ParseUniformRecipe("w6a6").value().linear_default.weight.calibrator,
             RangeCalibrator::kOmse);
+
+  // Block reconstruction: fields round-trip under their method only, and are checked.
+  QuantConfig mgrq;
+  mgrq.weight.method = WeightMethod::kMgrq;
+  mgrq.weight.bits = 3;
+  mgrq.weight.recon_iterations = 70;
+  mgrq.weight.mgrq_global_distance = "mse";
+  mgrq.weight.mgrq_local_weight = 0.25;
+  back = QuantConfigFromJson(ToJson(mgrq, SiteKind::kLinear), SiteKind::kLinear);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(*back == mgrq);
+  EXPECT_EQ(back->weight.mgrq_global_distance, "mse");
+  EXPECT_EQ(back->weight.recon_iterations, 70);
+  QuantConfig brecq = mgrq;
+  brecq.weight.method = WeightMethod::kBrecq;
+  const nlohmann::json brecq_json = ToJson(brecq, SiteKind::kLinear);
+  EXPECT_TRUE(brecq_json["weight"].contains("recon_iterations"));
+  EXPECT_FALSE(brecq_json["weight"].contains("mgrq_local_weight"));
+  EXPECT_FALSE(ToJson(repapq, SiteKind::kLinear)["weight"].contains("recon_iterations"));
+  EXPECT_TRUE(IsReconstructionMethod(WeightMethod::kBrecq));
+  EXPECT_FALSE(IsReconstructionMethod(WeightMethod::kGptq));
+  for (auto edit : std::vector<std::function<void(WeightQuant&)>>{
+           [](WeightQuant& w) { w.recon_batch = 0; },
+           [](WeightQuant& w) { w.recon_warmup = 1; },
+           [](WeightQuant& w) { w.recon_beta_end = 30; },
+           [](WeightQuant& w) { w.recon_seed = -1; },
+           [](WeightQuant& w) { w.mgrq_global_weight = -1; },
+           [](WeightQuant& w) { w.mgrq_global_distance = "l1"; }}) {
+    QuantConfig bad = mgrq;
+    edit(bad.weight);
+    EXPECT_EQ(ValidateQuantConfig(bad, SiteKind::kLinear).code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(ParseUniformRecipe("w4a4:mgrq").value().linear_default.weight.method,
+            WeightMethod::kMgrq);
 
   QuantConfig log_on_linear;
   log_on_linear.activation.bits = 4;
