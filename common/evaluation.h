@@ -52,6 +52,7 @@ struct ValidationResult {
   double top1_agreement = 0;  // with the float model's predictions
   double output_kl = 0;       // mean KL(float ‖ quantized) of the output distributions, nats
   double seconds = 0;         // quantization (calibration pass) plus evaluation
+  double reconstruction_seconds = 0;  // of `seconds`, block reconstruction (brecq, mgrq sites)
 };
 
 // The returned recipe on the test set, which neither calibration nor the choice saw.

@@ -1,5 +1,8 @@
 #include "common/job_spec.h"
 
+#include <iterator>
+#include <set>
+
 #include "common/enum_names.h"
 #include "common/file_util.h"
 #include "common/json_fields.h"
@@ -60,15 +63,68 @@ auto EnumReader(Parse parse) {
   };
 }
 
+// The fields of a weight config the reconstruction tier takes from the spec.
+constexpr const char* kReconstructionFields[] = {
+    "method", "recon_iterations", "recon_batch", "recon_lr", "recon_act_lr",
+    "recon_round_weight", "recon_warmup", "recon_beta_start", "recon_beta_end", "recon_seed",
+    "recon_init", "mgrq_block_weight", "mgrq_global_weight", "mgrq_local_weight", "mgrq_global_distance",
+    "mgrq_local_distance"};
+
+StatusOr<WeightQuant> ReconstructionTierFromJson(const json& j) {
+  auto fail = [](const Status& s) { return s.WithContext("field 'reconstruction'"); };
+  if (!j.is_object()) return InvalidArgumentError("field 'reconstruction' must be an object");
+  if (!j.contains("method")) {
+    return InvalidArgumentError("field 'reconstruction': missing 'method' (brecq or mgrq)");
+  }
+  Status s = CheckKeys(j, std::set<std::string>(std::begin(kReconstructionFields),
+                                                std::end(kReconstructionFields)),
+                       "reconstruction");
+  if (!s.ok()) return fail(s);
+  auto w = WeightQuantFromJson(j);
+  if (!w.ok()) return fail(w.status());
+  if (!IsReconstructionMethod(w->method)) {
+    return InvalidArgumentError("field 'reconstruction': method must be brecq or mgrq");
+  }
+  QuantConfig probe;
+  probe.weight = *w;
+  probe.weight.bits = 4;
+  s = ValidateQuantConfig(probe, SiteKind::kLinear);
+  if (!s.ok()) return fail(s);
+  return *w;
+}
+
+json ReconstructionTierToJson(const WeightQuant& w) {
+  WeightQuant probe = w;
+  probe.bits = 4;
+  const json all = ToJson(probe);
+  json out = json::object();
+  for (const char* key : kReconstructionFields) {
+    if (all.contains(key)) out[key] = all[key];
+  }
+  return out;
+}
+
 Status ParseSearch(const json& j, CandidateSpace* space) {
   QS_RETURN_IF_ERROR(CheckKeys(j,
                                {"weight_methods", "weight_bits", "weight_granularities",
                                 "group_size", "weight_calibrators", "activation_bits",
                                 "activation_calibrators", "softmax_quantizers", "reparam",
-                                "nonlinear_methods", "nonlinear_bits", "skip", "pin"},
+                                "nonlinear_methods", "nonlinear_bits", "reconstruction", "skip",
+                                "pin"},
                                "search"));
   QS_RETURN_IF_ERROR(ReadArrayField<WeightMethod>(
       j, "weight_methods", EnumReader<WeightMethod>(ParseWeightMethod), &space->weight_methods));
+  for (WeightMethod m : space->weight_methods) {
+    if (IsReconstructionMethod(m)) {
+      return InvalidArgumentError(std::string("field 'weight_methods': ") + ToString(m) +
+                                  " trains whole blocks, so no candidate measures it; ask for "
+                                  "it as the reconstruction tier: \"reconstruction\": "
+                                  "{\"method\": \"" + ToString(m) + "\"}");
+    }
+  }
+  if (j.contains("reconstruction")) {
+    QS_ASSIGN_OR_RETURN(space->reconstruction, ReconstructionTierFromJson(j["reconstruction"]));
+  }
   QS_RETURN_IF_ERROR(ReadArrayField<int>(
       j, "weight_bits", [](const json& v, int* b) { return ReadBits(v, b, 2); },
       &space->weight_bits));
@@ -324,6 +380,9 @@ json ToJson(const JobSpec& spec) {
     search["nonlinear_methods"] = names(spec.space.nonlinear_methods);
   }
   if (!spec.space.nonlinear_bits.empty()) search["nonlinear_bits"] = spec.space.nonlinear_bits;
+  if (spec.space.reconstruction) {
+    search["reconstruction"] = ReconstructionTierToJson(*spec.space.reconstruction);
+  }
   if (spec.max_abs_top1_drop >= 0) accuracy["max_abs_top1_drop"] = spec.max_abs_top1_drop;
   if (spec.max_rel_top1_drop >= 0) accuracy["max_rel_top1_drop"] = spec.max_rel_top1_drop;
   return json{
@@ -348,6 +407,40 @@ json ToJson(const JobSpec& spec) {
       {"accuracy", accuracy},
       {"compute", {{"device", spec.device}, {"capture_dtype", spec.capture_dtype}}},
   };
+}
+
+Recipe ApplyReconstructionTier(const Recipe& recipe, const JobSpec& spec) {
+  if (!spec.space.reconstruction) return recipe;
+  const WeightQuant& tier = *spec.space.reconstruction;
+  auto apply = [&](WeightQuant* w) {
+    if (!w->quantized()) return;
+    WeightQuant next = tier;
+    // Reconstruction refines the chosen method's rounding where it can start from it.
+    const bool startable = w->method == WeightMethod::kRtn || w->method == WeightMethod::kGptq ||
+                           w->method == WeightMethod::kErq;
+    next.recon_init = startable ? w->method : WeightMethod::kRtn;
+    next.bits = w->bits;
+    next.granularity = w->granularity;
+    next.group_size = w->group_size;
+    next.calibrator = w->calibrator;
+    next.symmetric = w->symmetric;
+    next.percentile = w->percentile;
+    next.gptq_damp = w->gptq_damp;
+    next.gptq_block_size = w->gptq_block_size;
+    next.gptq_act_order = w->gptq_act_order;
+    next.gptq_static_groups = w->gptq_static_groups;
+    next.erq_aqer_lambda = w->erq_aqer_lambda;
+    next.erq_aqer_lambda_pooled = w->erq_aqer_lambda_pooled;
+    next.erq_wqer_lambda = w->erq_wqer_lambda;
+    next.erq_wqer_iterations = w->erq_wqer_iterations;
+    *w = next;
+  };
+  Recipe out = recipe;
+  apply(&out.linear_default.weight);
+  for (auto& [site, config] : out.sites) {
+    if (!spec.space.pin.count(site)) apply(&config.weight);
+  }
+  return out;
 }
 
 }  // namespace qs

@@ -9,6 +9,7 @@
 #define QS_COMMON_JOB_SPEC_H_
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,12 @@ struct CandidateSpace {
   // and they stay float.
   std::vector<NonlinearMethod> nonlinear_methods = {NonlinearMethod::kFloat};
   std::vector<int> nonlinear_bits;
+  // The reconstruction tier: when set (method brecq or mgrq with its recon_* and mgrq_* fields),
+  // every mix that validation measures has its quantized linear weights, pinned sites apart,
+  // re-quantized by that block reconstruction at the bits, granularity and grid of the chosen
+  // candidate (ApplyReconstructionTier). Too costly to run per candidate, it refines the
+  // selection instead: the candidates rank the mixes, validation measures them reconstructed.
+  std::optional<WeightQuant> reconstruction;
   std::vector<std::string> skip;  // site-name prefixes kept in float
   std::map<std::string, nlohmann::json> pin;  // site -> fixed config (recipe site JSON)
 };
@@ -103,6 +110,11 @@ StatusOr<JobSpec> LoadJobSpec(const std::string& path);
 
 // The canonical JSON of a spec (sorted keys; paths as resolved).
 nlohmann::json ToJson(const JobSpec& spec);
+
+// `recipe` with the spec's reconstruction tier applied (unchanged without one): each quantized
+// linear weight outside the spec's pins takes the tier's method and fields and keeps its bits,
+// granularity, group size, calibrator, symmetry and percentile.
+Recipe ApplyReconstructionTier(const Recipe& recipe, const JobSpec& spec);
 
 const char* ToString(BudgetKind v);
 const char* ToString(RankingMetric v);

@@ -81,6 +81,60 @@ TEST(JobSpecTest, ParsesTheDocumentedInterface) {
   }
 }
 
+TEST(JobSpecTest, ReconstructionTierRewritesTheQuantizedWeightsOutsideThePins) {
+  json j = Minimal();
+  EXPECT_FALSE(ToJson(ParseJobSpec(j, "spec.json").value())["search"].contains("reconstruction"));
+  j["search"]["reconstruction"] = {{"method", "mgrq"}, {"recon_iterations", 40},
+                                   {"mgrq_global_weight", 0.5}};
+  j["search"]["pin"] = {{"head", {{"weight", {{"bits", 8}, {"method", "erq"}}}}}};
+  auto spec = ParseJobSpec(j, "spec.json");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  ASSERT_TRUE(spec->space.reconstruction.has_value());
+  EXPECT_EQ(spec->space.reconstruction->method, WeightMethod::kMgrq);
+  EXPECT_EQ(spec->space.reconstruction->recon_iterations, 40);
+  // The canonical form holds the tier's fields only, and parses back to itself.
+  const json tier = ToJson(*spec)["search"]["reconstruction"];
+  EXPECT_EQ(tier["mgrq_global_weight"], 0.5);
+  EXPECT_FALSE(tier.contains("bits"));
+  auto again = ParseJobSpec(ToJson(*spec), "spec.json");
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(ToJson(*again).dump(), ToJson(*spec).dump());
+
+  Recipe recipe;
+  QuantConfig gptq3;
+  gptq3.weight.method = WeightMethod::kGptq;
+  gptq3.weight.bits = 3;
+  gptq3.weight.granularity = Granularity::kPerGroup;
+  gptq3.weight.group_size = 32;
+  gptq3.weight.calibrator = RangeCalibrator::kMae;
+  gptq3.activation.bits = 4;
+  recipe.sites["blocks.0.attn.qkv"] = gptq3;
+  QuantConfig floating;
+  recipe.sites["blocks.0.mlp.fc2"] = floating;
+  QuantConfig pinned;
+  pinned.weight.method = WeightMethod::kErq;
+  pinned.weight.bits = 8;
+  recipe.sites["head"] = pinned;
+  const Recipe tiered = ApplyReconstructionTier(recipe, *spec);
+  const WeightQuant& w = tiered.sites.at("blocks.0.attn.qkv").weight;
+  EXPECT_EQ(w.method, WeightMethod::kMgrq);
+  EXPECT_EQ(w.recon_iterations, 40);
+  EXPECT_EQ(w.mgrq_global_weight, 0.5);
+  EXPECT_EQ(w.bits, 3);
+  EXPECT_EQ(w.granularity, Granularity::kPerGroup);
+  EXPECT_EQ(w.group_size, 32);
+  EXPECT_EQ(w.calibrator, RangeCalibrator::kMae);
+  EXPECT_EQ(w.recon_init, WeightMethod::kGptq);  // refines the chosen method's weights
+  EXPECT_EQ(tiered.sites.at("blocks.0.attn.qkv").activation, gptq3.activation);
+  EXPECT_FALSE(tiered.sites.at("blocks.0.mlp.fc2").weight.quantized());
+  EXPECT_EQ(tiered.sites.at("head").weight.method, WeightMethod::kErq);  // pinned
+  // Without a tier the recipe is unchanged.
+  EXPECT_EQ(ApplyReconstructionTier(recipe, ParseJobSpec(Minimal(), "spec.json").value())
+                .sites.at("blocks.0.attn.qkv")
+                .weight.method,
+            WeightMethod::kGptq);
+}
+
 TEST(JobSpecTest, ErrorsNameTheField) {
   struct Case {
     std::function<void(json&)> edit;
@@ -107,6 +161,18 @@ TEST(JobSpecTest, ErrorsNameTheField) {
       {[](json& j) { j["search"]["reparam"] = json::array({false, "on"}); }, "reparam[1]"},
       {[](json& j) { j["search"]["reparam"] = true; }, "reparam"},
       {[](json& j) { j["search"]["weight_calibrators"] = json::array({"liu"}); }, "weight_methods"},
+      {[](json& j) { j["search"]["weight_methods"] = json::array({"rtn", "brecq"}); },
+       "\"reconstruction\": {\"method\": \"brecq\"}"},
+      {[](json& j) { j["search"]["reconstruction"] = {{"method", "gptq"}}; }, "brecq or mgrq"},
+      {[](json& j) { j["search"]["reconstruction"] = json::object(); }, "missing 'method'"},
+      {[](json& j) { j["search"]["reconstruction"] = {{"method", "mgrq"}, {"bits", 4}}; },
+       "bits"},
+      {[](json& j) {
+         j["search"]["reconstruction"] = {{"method", "mgrq"}, {"mgrq_local_distance", "l1"}};
+       },
+       "mgrq_local_distance"},
+      {[](json& j) { j["search"]["reconstruction"] = {{"method", "brecq"}, {"recon_lr", 0}}; },
+       "recon_lr"},
       {[](json& j) { j["objective"] = json::object(); }, "exactly one budget"},
       {[](json& j) { j["objective"]["model_bytes"] = 1000; }, "exactly one budget"},
       {[](json& j) { j["objective"]["avg_weight_bits"] = -1; }, "positive"},

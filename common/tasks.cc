@@ -112,17 +112,21 @@ json ToJson(const ValidationResult& v) {
   return {{"top1", v.top1},
           {"top1_agreement", v.top1_agreement},
           {"output_kl", v.output_kl},
-          {"seconds", v.seconds}};
+          {"seconds", v.seconds},
+          {"reconstruction_seconds", v.reconstruction_seconds}};
 }
 
 StatusOr<ValidationResult> ValidationResultFromJson(const json& j) {
   ValidationResult v;
   QS_RETURN_IF_ERROR(
-      RequireKeys(j, {"top1", "top1_agreement", "output_kl", "seconds"}, "validation result"));
+      RequireKeys(j, {"top1", "top1_agreement", "output_kl", "seconds"}, "validation result",
+                  {"reconstruction_seconds"}));
   QS_RETURN_IF_ERROR(ReadField(j, "top1", &v.top1));
   QS_RETURN_IF_ERROR(ReadField(j, "top1_agreement", &v.top1_agreement));
   QS_RETURN_IF_ERROR(ReadField(j, "output_kl", &v.output_kl));
   QS_RETURN_IF_ERROR(ReadField(j, "seconds", &v.seconds));
+  // Optional: results saved before the reconstruction tier existed lack it.
+  QS_RETURN_IF_ERROR(ReadField(j, "reconstruction_seconds", &v.reconstruction_seconds));
   return v;
 }
 

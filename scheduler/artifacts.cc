@@ -122,7 +122,7 @@ json MetricsDocument(const JobSpec& spec, const SearchResult& r, double artifact
   const size_t validations = std::count_if(r.pareto.begin(), r.pareto.end(),
                                            [](const ParetoPoint& p) { return p.validated; });
   auto ratio = [](double a, double b) { return b > 0 ? json(a / b) : json(nullptr); };
-  return json{
+  json doc{
       {"fp32_top1", r.facts.fp32_top1},
       {"quant_top1", r.validation.top1},
       {"top1_agreement", r.validation.top1_agreement},
@@ -169,6 +169,12 @@ json MetricsDocument(const JobSpec& spec, const SearchResult& r, double artifact
         {"validate_per_validation_in_fp32_passes",
          validations > 0 ? ratio(r.seconds.validate / validations, both_passes) : json(nullptr)}}},
   };
+  if (spec.space.reconstruction) {
+    // The tier's cost for the returned mix (each validated point paid its own).
+    doc["reconstruction"] = {{"method", ToString(spec.space.reconstruction->method)},
+                             {"seconds", r.validation.reconstruction_seconds}};
+  }
+  return doc;
 }
 
 json ParetoDocument(const JobSpec& spec, const SearchResult& r) {

@@ -502,7 +502,8 @@ class JobRun {
       const Candidate& c = r_.plan.sites[i].candidates[selection.option_candidate[i][s.choice[i]]];
       recipe.sites[c.site] = c.config;
     }
-    return recipe;
+    // The reconstruction tier: every mix validated (and so the one returned) is reconstructed.
+    return ApplyReconstructionTier(recipe, spec_);
   }
 
   // Tiered validation; each point validated is saved, so a resumed job does not redo it.

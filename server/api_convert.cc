@@ -56,6 +56,13 @@ StatusOr<json> SpecJsonFromProto(const v1::JobSpec& spec) {
     if (s.nonlinear_methods_size()) search["nonlinear_methods"] = List(s.nonlinear_methods());
     if (s.nonlinear_bits_size()) search["nonlinear_bits"] = List(s.nonlinear_bits());
     if (s.skip_size()) search["skip"] = List(s.skip());
+    if (!s.reconstruction().empty()) {
+      json tier = json::parse(s.reconstruction(), nullptr, /*allow_exceptions=*/false);
+      if (tier.is_discarded()) {
+        return InvalidArgumentError("spec search: reconstruction is not JSON");
+      }
+      search["reconstruction"] = tier;
+    }
     if (!s.pin().empty()) {
       json pin = json::object();
       for (const auto& [site, text] : s.pin()) {
@@ -134,6 +141,7 @@ v1::JobSpec ProtoFromSpec(const JobSpec& spec) {
   }
   for (int v : spec.space.nonlinear_bits) search->add_nonlinear_bits(v);
   for (const auto& v : spec.space.skip) search->add_skip(v);
+  if (s.contains("reconstruction")) search->set_reconstruction(s.at("reconstruction").dump());
   for (const auto& [site, config] : spec.space.pin) (*search->mutable_pin())[site] = config.dump();
   p.mutable_objective()->set_budget_kind(ToString(spec.budget_kind));
   p.mutable_objective()->set_budget(spec.budget);

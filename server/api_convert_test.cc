@@ -17,6 +17,8 @@ TEST(ApiConvertTest, TypedSpecAndJsonSpecConvertBothWays) {
                "weight_granularities": ["per_group"], "group_size": 32,
                "activation_bits": [0, 8], "reparam": [true, false], "skip": ["head"],
                "nonlinear_methods": ["float", "ibert", "ivit"], "nonlinear_bits": [6],
+               "reconstruction": {"method": "mgrq", "recon_iterations": 50,
+                                  "mgrq_local_distance": "mse"},
                "pin": {"blocks.0.mlp.fc1": {"weight": {"bits": 8}}}},
     "objective": {"bops": 1.5e9, "metric": "mse"},
     "accuracy": {"max_rel_top1_drop": 0.02, "max_validations": 5, "refine": false},
@@ -32,11 +34,21 @@ TEST(ApiConvertTest, TypedSpecAndJsonSpecConvertBothWays) {
   ASSERT_EQ(typed.search().nonlinear_methods_size(), 3);
   EXPECT_EQ(typed.search().nonlinear_methods(2), "ivit");
   ASSERT_EQ(typed.search().nonlinear_bits_size(), 1);
+  EXPECT_NE(typed.search().reconstruction().find("\"mgrq_local_distance\":\"mse\""),
+            std::string::npos);
   auto back = SpecJsonFromProto(typed);
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   auto again = ParseJobSpec(*back, "");
   ASSERT_TRUE(again.ok()) << again.status().ToString() << "\n" << back->dump(2);
   EXPECT_EQ(ToJson(*again).dump(), ToJson(*spec).dump());
+}
+
+TEST(ApiConvertTest, AReconstructionTierThatIsNoJsonIsRefused) {
+  qsearch::v1::JobSpec typed;
+  typed.mutable_search()->set_reconstruction("{method: mgrq");
+  auto j = SpecJsonFromProto(typed);
+  ASSERT_EQ(j.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(j.status().message().find("reconstruction"), std::string::npos);
 }
 
 TEST(ApiConvertTest, UnsetTypedFieldsKeepTheJsonDefaults) {

@@ -369,6 +369,58 @@ class SearchTest(unittest.TestCase):
                 self.assertIsNotNone(per_site[site]["sqnr_db"], site)  # integer, not float
             self.assertEqual(replayed["quant_top1"], m["test_top1"])
 
+    def test_reconstruction_tier_refines_the_chosen_mix_and_replays(self):
+        # MGRQ as the reconstruction tier: the candidates (RTN, GPTQ at 3 and 4 bits) choose the
+        # bits exactly as the same search without the tier does (it shares the cache and
+        # evaluates nothing), the validated mix is reconstructed, and the returned recipe replays
+        # through `qsearch quantize` to the validated top-1.
+        with tempfile.TemporaryDirectory() as d:
+            search = {"weight_methods": ["rtn", "gptq"], "weight_bits": [3, 4],
+                      "activation_bits": [6]}
+            accuracy = {"max_validations": 1}
+            tier = {"method": "mgrq", "recon_iterations": 30, "recon_seed": 3}
+            plain = spec(d, "plain.json", search=search, accuracy=accuracy,
+                         objective={"avg_weight_bits": 3.5})
+            tiered = spec(d, "tiered.json", search=dict(search, reconstruction=tier),
+                          accuracy=accuracy, objective={"avg_weight_bits": 3.5})
+            cache = os.path.join(d, "cache")
+            m_plain = json.loads(run(plain, os.path.join(d, "plain"), cache).stdout)
+            out = os.path.join(d, "out")
+            m = json.loads(run(tiered, out, cache).stdout)
+            self.assertEqual(m["evaluations"], 0)  # the tier adds no candidate
+            self.assertEqual(m["candidates"], m_plain["candidates"])
+            self.assertGreater(m["reconstruction"]["seconds"], 0)
+            self.assertEqual(m["reconstruction"]["method"], "mgrq")
+            recipes = {}
+            for name in ("plain", "out"):
+                with open(os.path.join(d, name, "recipe.json")) as f:
+                    recipes[name] = json.load(f)
+            weights = {site: c["weight"] for site, c in recipes["out"]["sites"].items()
+                       if c.get("weight", {}).get("bits", 0) > 0}
+            self.assertEqual(len(weights), 18)  # every linear site of the fixture
+            for site, w in weights.items():
+                self.assertEqual(w["method"], "mgrq", site)
+                self.assertEqual(w["recon_iterations"], 30, site)
+                self.assertEqual(w["recon_seed"], 3, site)
+                self.assertEqual(w["bits"], recipes["plain"]["sites"][site]["weight"]["bits"], site)
+            q = subprocess.run([QSEARCH, "--threads", "2", "quantize",
+                                "--config", os.path.join(ROOT, "tests/data/fixture/config.json"),
+                                "--weights", os.path.join(ROOT, "tests/data/fixture/model.safetensors"),
+                                "--recipe", os.path.join(out, "recipe.json"),
+                                "--out", os.path.join(d, "replay"), "--calib-count", "64",
+                                "--seed", "0", "--eval-limit", "500", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(q.returncode, 0, q.stderr)
+            replayed = json.loads(q.stdout)
+            self.assertEqual(replayed["quant_top1"], m["quant_top1"])
+            stages = replayed["reconstruction"]
+            self.assertEqual([r["stage"] for r in stages],
+                             ["patch_embed", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"])
+            for r in stages:
+                self.assertEqual(r["method"], "mgrq")
+                if r["kept"]:
+                    self.assertLess(r["objective_after"], r["objective_before"], r["stage"])
+
     def test_repvgg_conv_sites_search_with_repapq_and_replay(self):
         # The RepVGG fixture: every fused conv is a site of the candidate space, RTN and RepAPQ
         # compete at 4 and 8 bits, and the chosen recipe (across-block calibration included)

@@ -478,6 +478,7 @@ StatusOr<ValidationResult> ModelSession::Validate(const Recipe& recipe) {
   v.top1_agreement = core::Top1Agreement(fp32_logits_, logits);
   v.output_kl = core::OutputKl(fp32_logits_, logits);
   v.seconds = Since(start);
+  for (const auto& r : q->reconstructions()) v.reconstruction_seconds += r.seconds;
   return v;
 }
 
