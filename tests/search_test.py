@@ -75,6 +75,18 @@ def replay(d):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def replay_single_stream(model_dir, recipe, out):
+    """`qsearch --threads 2 quantize` with `recipe` on the model in model_dir, calibrated on the
+    draw of spec()'s calibration and measured on its validation images, single-stream as a
+    search's validation runs."""
+    return subprocess.run([QSEARCH, "--threads", "2", "quantize",
+                           "--config", os.path.join(model_dir, "config.json"),
+                           "--weights", os.path.join(model_dir, "model.safetensors"),
+                           "--recipe", recipe, "--out", out, "--calib-count", "64",
+                           "--seed", "0", "--eval-limit", "500", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def cached_files(cache):
     n = 0
     for _, _, files in os.walk(os.path.join(cache, "evaluations")):
@@ -403,13 +415,8 @@ class SearchTest(unittest.TestCase):
                 self.assertEqual(w["recon_iterations"], 30, site)
                 self.assertEqual(w["recon_seed"], 3, site)
                 self.assertEqual(w["bits"], recipes["plain"]["sites"][site]["weight"]["bits"], site)
-            q = subprocess.run([QSEARCH, "--threads", "2", "quantize",
-                                "--config", os.path.join(ROOT, "tests/data/fixture/config.json"),
-                                "--weights", os.path.join(ROOT, "tests/data/fixture/model.safetensors"),
-                                "--recipe", os.path.join(out, "recipe.json"),
-                                "--out", os.path.join(d, "replay"), "--calib-count", "64",
-                                "--seed", "0", "--eval-limit", "500", "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            q = replay_single_stream(os.path.join(ROOT, "tests/data/fixture"),
+                                     os.path.join(out, "recipe.json"), os.path.join(d, "replay"))
             self.assertEqual(q.returncode, 0, q.stderr)
             replayed = json.loads(q.stdout)
             self.assertEqual(replayed["quant_top1"], m["quant_top1"])
@@ -447,13 +454,8 @@ class SearchTest(unittest.TestCase):
             self.assertEqual(set(recipe["sites"]), convs | {"head.fc"})
             methods = {c["weight"]["method"] for c in recipe["sites"].values()}
             self.assertIn("repapq", methods)
-            q = subprocess.run([QSEARCH, "--threads", "2", "quantize",
-                                "--config", os.path.join(repvgg, "config.json"),
-                                "--weights", os.path.join(repvgg, "model.safetensors"),
-                                "--recipe", os.path.join(out, "recipe.json"),
-                                "--out", os.path.join(d, "replay"), "--calib-count", "64",
-                                "--seed", "0", "--eval-limit", "500", "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            q = replay_single_stream(repvgg, os.path.join(out, "recipe.json"),
+                                     os.path.join(d, "replay"))
             self.assertEqual(q.returncode, 0, q.stderr)
             self.assertEqual(json.loads(q.stdout)["quant_top1"], m["quant_top1"])
 
