@@ -334,7 +334,7 @@ class Objective {
   const ViTModel& model_;
   std::pair<int64_t, int64_t> stage_;
   const StageReconstructionInputs& in_;
-  const WeightQuant& spec_;
+  const WeightQuant spec_;  // a copy: the sites it came from are replaced at the end
   bool global_ = false, local_ = false;
   double global_scale_ = 1, local_scale_ = 1;
 };
@@ -496,12 +496,13 @@ StatusOr<StageReconstruction> ReconstructStage(const ViTModel& model,
     const double per_image = static_cast<double>(elements) / static_cast<double>(n);
     report.loss_before = report.loss_after = start_losses.block / per_image;
     report.objective_before = report.objective_after = objective.Fuse(start_losses);
-    if (objective.Fuse(end_losses) < report.objective_before) {
-      *sites = std::move(learned);
+    const double objective_after = objective.Fuse(end_losses);
+    if (objective_after < report.objective_before) {
       report.kept = true;
       report.loss_after = end_losses.block / per_image;
-      report.objective_after = objective.Fuse(end_losses);
+      report.objective_after = objective_after;
       report.flipped = flipped;
+      *sites = std::move(learned);  // last: `t` points into the old sites
     }
     report.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
