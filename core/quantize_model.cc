@@ -534,13 +534,11 @@ StatusOr<torch::Tensor> QuantizedModel::Logits(const torch::Tensor& images,
   return float_model_.Logits(images, &handler, batch_size);
 }
 
-Status QuantizedModel::WriteWeights(const std::string& path) const {
+std::map<std::string, torch::Tensor> QuantizedModel::DeployedTensors() const {
   std::map<std::string, torch::Tensor> out;
-  nlohmann::json layout = nlohmann::json::object();
-  std::set<std::string> replaced;
+  for (const auto& [name, t] : float_model_.tensors()) out[name] = t;
   auto replace = [&](const std::string& name, const torch::Tensor& t) {
     out[name] = t.to(torch::kCPU, torch::kFloat32).contiguous();
-    replaced.insert(name);
   };
   for (const auto& site : float_model_.sites()) {
     auto it = sites_.find(site.name);
@@ -558,18 +556,27 @@ Status QuantizedModel::WriteWeights(const std::string& path) const {
       replace(bias_name, q.folded.bias);
     }
     if (!q.weight) continue;
-    const QuantizedWeight& w = *q.weight;
+    replace(site.weight,
+            q.weight->dequantized.reshape(float_model_.tensor(site.weight).sizes()));
+    // The method moved the bias (ERQ): the float tensor under its timm name is the new one.
+    if (q.weight->bias.defined()) replace(bias_name, q.weight->bias);
+  }
+  return out;
+}
+
+Status QuantizedModel::WriteWeights(const std::string& path) const {
+  std::map<std::string, torch::Tensor> out = DeployedTensors();
+  nlohmann::json layout = nlohmann::json::object();
+  for (const auto& site : float_model_.sites()) {
+    auto it = sites_.find(site.name);
+    if (site.kind != SiteKind::kLinear || it == sites_.end() || !it->second.weight) continue;
+    const QuantizedSite& q = it->second;
     const WeightQuant& spec = q.config.weight;
     PackedWeightInput input{site.name, site.weight,
-                            float_model_.tensor(site.weight).sizes().vec(), &w,
+                            float_model_.tensor(site.weight).sizes().vec(), &*q.weight,
                             spec.granularity == Granularity::kPerGroup ? spec.group_size : 0};
+    out.erase(site.weight);
     QS_RETURN_IF_ERROR(AddPackedWeight(input, &out, &layout));
-    replaced.insert(site.weight);
-    // The method moved the bias (ERQ): the float tensor under its timm name is the new one.
-    if (w.bias.defined()) replace(bias_name, w.bias);
-  }
-  for (const auto& [name, t] : float_model_.tensors()) {
-    if (!replaced.count(name)) out[name] = t;
   }
   const auto recipe_json = RecipeToJson(recipe_, float_model_.SiteKinds());
   return WriteSafetensors(path, out,

@@ -129,6 +129,12 @@ class QuantizedModel {
   // Fake-quantized logits for normalized images (CPU float), in batches.
   StatusOr<torch::Tensor> Logits(const torch::Tensor& images, int64_t batch_size = 256) const;
 
+  // Every tensor of the quantized model as float32 under its timm name and shape: quantized
+  // weights dequantized (on their grids), biases moved by ERQ, reparameterized sites' LayerNorm
+  // affine and linear weight and bias folded; the rest as in the float model. Loaded as float
+  // weights, these give QuantizedModel::Logits once each site's activation quantizers are applied.
+  std::map<std::string, torch::Tensor> DeployedTensors() const;
+
   // Writes the quantized weights in the "qsearch.quantized.v1" format (core/quantized_format.h):
   // bit-packed codes, scales and zero points for every quantized linear weight (the
   // patch-embedding conv flattened in (C, p, p) order), every other tensor in F32 under its timm
