@@ -13,6 +13,7 @@ packages=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   python3 python3-torch python3-numpy python3-torchvision python3-pil
+  libonnx-dev python3-onnx
   chromium
 )
 
@@ -52,6 +53,16 @@ if ! cmp -s tests/deploy/package-lock.json "$stamp" 2>/dev/null; then
   echo "setup: installing tests/deploy's npm packages" >&2
   npm ci --ignore-scripts --no-audit --no-fund --prefix tests/deploy >/dev/null
   cp tests/deploy/package-lock.json "$stamp"
+fi
+
+# onnxruntime-node for the export checks' reference runner (tests/export/package-lock.json pins
+# it). Its install script downloads GPU libraries from outside the registry and fails offline; the
+# package already carries the CPU runtime for linux/x64, so install scripts are not run.
+stamp=tests/export/node_modules/.installed-lock
+if ! cmp -s tests/export/package-lock.json "$stamp" 2>/dev/null; then
+  echo "setup: installing tests/export's npm packages" >&2
+  npm ci --ignore-scripts --no-audit --no-fund --prefix tests/export >/dev/null
+  cp tests/export/package-lock.json "$stamp"
 fi
 
 # kubectl with kustomize v5, for rendering deploy/'s overlays. Debian 12's kubernetes-client is
