@@ -21,6 +21,7 @@
 #include "core/threads.h"
 #include "core/vit.h"
 #include "bench/engine_bench.h"
+#include "server/export_command.h"
 #include "server/run_command.h"
 #include "server/service_commands.h"
 
@@ -78,6 +79,8 @@ struct QuantizeArgs {
   bool reparam = false;
   std::string nonlinear;   // "" (as the recipe says), float, ibert, fqvit, ivit or mixed
   int nonlinear_bits = 0;  // 0: the recipe's activation bits
+  std::string exports;      // formats written into out/export (exports/export.h)
+  std::string dump_logits;  // the quantized logits on the evaluation images
   bool json_output = false;
 };
 
@@ -144,6 +147,12 @@ int RunQuantize(const QuantizeArgs& a) {
     }
   }
   if (a.calib_count < 1) return Fail(InvalidArgumentError("--calib-count must be >= 1"));
+  std::vector<exports::ExportFormat> export_formats;
+  if (!a.exports.empty()) {
+    auto f = exports::ParseExportFormats(a.exports);
+    if (!f.ok()) return Fail(f.status().WithContext("--export"));
+    export_formats = *f;
+  }
   int nonlinear_bits = a.nonlinear_bits;
   if (!a.nonlinear.empty() && nonlinear_bits == 0) {
     nonlinear_bits = recipe->linear_default.activation.bits;
@@ -252,6 +261,19 @@ int RunQuantize(const QuantizeArgs& a) {
   Status s = WriteFileAtomically(a.out + "/recipe.json",
                                  RecipeToJson(*recipe, model->SiteKinds()).dump(2) + "\n");
   if (s.ok()) s = quantized->WriteWeights(a.out + "/weights.safetensors");
+  if (s.ok() && !a.dump_logits.empty()) {
+    s = core::WriteSafetensors(a.dump_logits, {{"logits", *q_logits}, {"labels", labels}});
+  }
+  if (s.ok() && !export_formats.empty()) {
+    auto written = WriteExports(*quantized, export_formats, a.out + "/export",
+                                {{"model_digest", metrics["model_digest"]},
+                                 {"calibration", metrics["calibration"]}});
+    if (written.ok()) {
+      metrics["exports"] = *written;
+    } else {
+      s = written.status();
+    }
+  }
   if (s.ok()) s = WriteFileAtomically(a.out + "/metrics.json", metrics.dump(2) + "\n");
   if (!s.ok()) return Fail(s);
 
@@ -428,6 +450,12 @@ int RunCli(int argc, char** argv) {
       ->add_option("--nonlinear-bits", q.nonlinear_bits,
                    "integer width of --nonlinear (4..8; default: the recipe's activation bits)")
       ->check(CLI::Range(4, 8));
+  quantize->add_option("--export", q.exports,
+                       "also write these formats into OUT/export: onnx-qdq, "
+                       "safetensors-fakequant, safetensors-packed (comma-separated)");
+  quantize->add_option("--dump-logits", q.dump_logits,
+                       "write the quantized logits and labels of the evaluation images to this "
+                       "safetensors file");
   quantize->add_flag("--json", q.json_output, "print metrics.json on stdout");
 
   EvalArgs e;
@@ -451,6 +479,9 @@ int RunCli(int argc, char** argv) {
                   "evaluation workers (0: one per usable core, at most 8)")
       ->capture_default_str()
       ->check(CLI::Range(0, 256));
+  run->add_option("--export", run_args.exports,
+                  "also write the searched recipe in these formats into OUT/export: onnx-qdq, "
+                  "safetensors-fakequant, safetensors-packed (comma-separated)");
   run->add_flag("--json", run_args.json_output, "print metrics.json on stdout");
 
   bench::BenchArgs bench_args;
@@ -479,6 +510,7 @@ int RunCli(int argc, char** argv) {
   AddModelOptions(inspect, &i);
 
   auto run_service_command = AddServiceCommands(app, argc, argv);
+  auto run_export_command = AddExportCommand(app);
 
   try {
     app.parse(argc, argv);
@@ -501,6 +533,7 @@ int RunCli(int argc, char** argv) {
         core::SingleStreamPlan(core::PlanThreads(1, core::UsableCores(), threads)));
   }
   if (quantize->parsed()) return RunQuantize(q);
+  if (const int code = run_export_command(); code >= 0) return code;
   if (eval->parsed()) return RunEval(e);
   if (inspect->parsed()) return RunInspect(i);
   if (images->parsed()) return RunImages(im);

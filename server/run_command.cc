@@ -14,8 +14,10 @@
 
 #include "common/file_util.h"
 #include "common/job_spec.h"
+#include "common/json_fields.h"
 #include "core/threads.h"
 #include "scheduler/artifacts.h"
+#include "server/export_command.h"
 #include "server/progress.h"
 #include "server/spec_file.h"
 #include "scheduler/search.h"
@@ -96,6 +98,12 @@ int RunSearchCommand(const RunArgs& args) {
   if (!spec.ok()) return Fail(spec.status());
   // Where the results go is checked before the search, not found unwritable after it.
   if (Status s = CheckWritableDirectory(args.out); !s.ok()) return Fail(s.WithContext("--out"));
+  std::vector<exports::ExportFormat> export_formats;
+  if (!args.exports.empty()) {
+    auto f = exports::ParseExportFormats(args.exports);
+    if (!f.ok()) return Fail(f.status().WithContext("--export"));
+    export_formats = *f;
+  }
   const std::string cache = args.cache.empty() ? DefaultCacheDir() : args.cache;
   auto store = storage::OpenDirectoryDocumentStore(cache + "/evaluations");
   if (!store.ok()) return Fail(store.status());
@@ -135,8 +143,20 @@ int RunSearchCommand(const RunArgs& args) {
     }
     artifacts_seconds = Seconds(artifacts_start);
   }
-  const json metrics =
+  json exported;
+  if (!export_formats.empty()) {
+    // The recipe just written, refitted on the job's calibration images as validation fitted
+    // it (its recorded digests are checked).
+    auto recipe = ReadJsonFile(args.out + "/recipe.json");
+    if (!recipe.ok()) return Fail(recipe.status());
+    auto written = ExportRecipe(ExportSourceOf(*spec), *recipe, export_formats,
+                                args.out + "/export");
+    if (!written.ok()) return Fail(written.status().WithContext("--export"));
+    exported = (*written)["exports"];
+  }
+  json metrics =
       scheduler::MetricsDocument(*spec, result, artifacts_seconds, Seconds(start));
+  if (!exported.is_null()) metrics["exports"] = exported;
   Status s = WriteFileAtomically(args.out + "/metrics.json", metrics.dump(2) + "\n");
   if (!s.ok()) return Fail(s);
   s = (*jobs)->Delete(job);

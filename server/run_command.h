@@ -16,6 +16,7 @@ struct RunArgs {
   std::string cache;   // evaluation cache directory; empty: the default (see DefaultCacheDir)
   int workers = 0;     // evaluation workers; 0 picks (core::PlanThreads)
   int threads = 0;     // LibTorch/BLAS threads per worker; 0: the cores' share
+  std::string exports;  // formats written into out/export after the search (comma-separated)
   bool json_output = false;
 };
 
@@ -23,7 +24,8 @@ struct RunArgs {
 std::string DefaultCacheDir();
 
 // Runs the search and writes DIR/{recipe.json, metrics.json, pareto.json, weights.safetensors,
-// report.html}. Returns the process exit code (0 ok, 1 failed with the reason on stderr).
+// report.html}, and with `exports` the searched recipe exported into DIR/export
+// (server/export_command.h). Returns the process exit code (0 ok, 1 failed with the reason on stderr).
 int RunSearchCommand(const RunArgs& args);
 
 }  // namespace qs::server

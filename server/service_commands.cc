@@ -12,8 +12,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include "common/file_util.h"
+#include "common/json_fields.h"
 #include "server/api_convert.h"
 #include "server/client.h"
+#include "server/export_command.h"
 #include "server/progress.h"
 #include "server/service.h"
 #include "server/spec_file.h"
@@ -31,6 +33,7 @@ struct Settings {
   Status config_error;
   // Client commands.
   std::string spec, name, out, state, page_token, request_id;
+  std::string exports;  // fetch: formats to export the fetched recipe in (server/export_command.h)
   int page_size = 0;
   bool wait = false, json_output = false;
 };
@@ -259,6 +262,17 @@ int Submit(Settings& s) {
 }
 
 int Fetch(Settings& s) {
+  std::vector<exports::ExportFormat> formats;
+  if (!s.exports.empty()) {
+    auto f = exports::ParseExportFormats(s.exports);
+    if (!f.ok()) return Fail(f.status().WithContext("--export"));
+    if (s.spec.empty()) {
+      return Fail(InvalidArgumentError(
+          "--export refits the recipe on the job's model and calibration images: name the job "
+          "spec that was submitted with --spec"));
+    }
+    formats = *f;
+  }
   auto client = ApiClient::Connect(s.client);
   if (!client.ok()) return Fail(client.status());
   v1::GetResultRequest req;
@@ -284,6 +298,17 @@ int Fetch(Settings& s) {
     if (!st.ok()) return Fail(st);
   }
   std::printf("wrote %d files to %s\n", result.artifacts_size(), s.out.c_str());
+  if (formats.empty()) return 0;
+  auto spec = LoadSpecFile(s.spec);
+  if (!spec.ok()) return Fail(spec.status().WithContext("--spec"));
+  auto recipe = ReadJsonFile(s.out + "/recipe.json");
+  if (!recipe.ok()) return Fail(recipe.status());
+  auto written = ExportRecipe(ExportSourceOf(*spec), *recipe, formats, s.out + "/export");
+  if (!written.ok()) return Fail(written.status().WithContext("--export"));
+  for (const auto& e : (*written)["exports"]) {
+    std::printf("exported %s into %s/export\n", e["format"].get<std::string>().c_str(),
+                s.out.c_str());
+  }
   return 0;
 }
 
@@ -383,6 +408,12 @@ std::function<int()> AddServiceCommands(CLI::App& app, int argc, char** argv) {
   AddConnection(fetch, s.get(), false);
   fetch->add_option("name", s->name, "jobs/<id>")->required();
   fetch->add_option("--out", s->out, "output directory")->required();
+  fetch->add_option("--export", s->exports,
+                    "also export the recipe into OUT/export: onnx-qdq, safetensors-fakequant, "
+                    "safetensors-packed (comma-separated; needs --spec)");
+  fetch->add_option("--spec", s->spec,
+                    "the job spec that was submitted: its model and calibration, for --export")
+      ->check(CLI::ExistingFile);
 
   return [=]() -> int {
     const bool any = scheduler->parsed() || worker->parsed() || submit->parsed() ||

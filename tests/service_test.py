@@ -94,6 +94,18 @@ class ServiceTest(unittest.TestCase):
         files = sorted(os.listdir(self.fetched(s, name)))
         self.assertEqual(files, ["metrics.json", "pareto.json", "recipe.json", "report.html",
                                  "weights.safetensors"])
+        # fetch --export refits the fetched recipe on the spec's model and calibration images: the
+        # packed weights are the ones the worker wrote, byte for byte.
+        exported = os.path.join(s.dir, "fetched_export")
+        s.run("fetch", name, "--out", exported, "--export", "safetensors-packed,onnx-qdq",
+              "--spec", self.small)
+        with open(os.path.join(exported, "weights.safetensors"), "rb") as a, \
+                open(os.path.join(exported, "export", "weights.safetensors"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        self.assertTrue(os.path.exists(os.path.join(exported, "export", "model.onnx")))
+        r = s.run("fetch", name, "--out", exported, "--export", "onnx-qdq", check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--spec", r.stderr)
         # Both workers took tasks, and every metrics page passes promtool.
         done = []
         for p in ports:
