@@ -17,6 +17,12 @@ import unittest
 QSEARCH = "build/qsearch"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# The sanitized suite (scripts/test_sanitized.sh) runs the search's own machinery here (scheduler,
+# workers, caches, resume, artifacts) and leaves the tests whose time goes to one method's
+# arithmetic, which its unit tests already run under the sanitizers, to the main suite.
+main_suite_only = unittest.skipIf(
+    os.environ.get("QS_SANITIZED"),
+    "a method's arithmetic, run under the sanitizers by its unit tests; this runs in the main suite")
 
 
 def spec(d, name, **overrides):
@@ -234,6 +240,7 @@ class SearchTest(unittest.TestCase):
             # 2 blocks × 4 linears + patch embed + head, 9 candidates each; q·kᵀ 1, softmax·v 3.
             self.assertEqual(m["candidates"], 10 * 9 + 2 * (1 + 3))
 
+    @main_suite_only
     def test_every_family_searches_and_reports_a_disjoint_test_set(self):
         for name in ("deit_distilled", "vit_reg_tokens_no_embed_class_bf16",
                      "swin_shifted_windows"):
@@ -276,6 +283,7 @@ class SearchTest(unittest.TestCase):
                 self.assertIn("share 12", r.stderr)
                 self.assertIn("validation", r.stderr)
 
+    @main_suite_only
     def test_nuclear_ranking_measures_what_the_cache_lacks_then_reuses_it(self):
         # Liu et al.'s nuclear-norm sensitivity: asked for, it is measured even for candidates
         # the cache holds by noise ratio, stored with them, and then reused.
@@ -336,6 +344,7 @@ class SearchTest(unittest.TestCase):
             self.assertEqual(replayed["quant_top1"], m["test_top1"])
             self.assertEqual({p["site"] for p in replayed["per_site"] if p["reparam"]}, chosen)
 
+    @main_suite_only
     def test_nonlinear_methods_in_the_candidate_space_choose_as_mixed_and_replay(self):
         # I-BERT, FQ-ViT and I-ViT offered at every Softmax, GELU and LayerNorm, with W8A8 the
         # only linear choice: non-linear sites cost no weight bits, so each takes its least-loss
@@ -381,6 +390,7 @@ class SearchTest(unittest.TestCase):
                 self.assertIsNotNone(per_site[site]["sqnr_db"], site)  # integer, not float
             self.assertEqual(replayed["quant_top1"], m["test_top1"])
 
+    @main_suite_only
     def test_reconstruction_tier_refines_the_chosen_mix_and_replays(self):
         # MGRQ as the reconstruction tier: the candidates (RTN, GPTQ at 3 and 4 bits) choose the
         # bits exactly as the same search without the tier does (it shares the cache and
@@ -428,6 +438,7 @@ class SearchTest(unittest.TestCase):
                 if r["kept"]:
                     self.assertLess(r["objective_after"], r["objective_before"], r["stage"])
 
+    @main_suite_only
     def test_repvgg_conv_sites_search_with_repapq_and_replay(self):
         # The RepVGG fixture: every fused conv is a site of the candidate space, RTN and RepAPQ
         # compete at 4 and 8 bits, and the chosen recipe (across-block calibration included)
@@ -460,6 +471,7 @@ class SearchTest(unittest.TestCase):
             self.assertEqual(json.loads(q.stdout)["quant_top1"], m["quant_top1"])
 
     @unittest.skipUnless(CHROMIUM, "chromium is not installed (scripts/setup.sh installs it)")
+    @main_suite_only
     def test_report_renders_in_headless_chromium(self):
         with tempfile.TemporaryDirectory() as d:
             out = os.path.join(d, "out")
