@@ -1,10 +1,10 @@
 #include "exports/export.h"
 
-#include <set>
+#include <algorithm>
 
+#include "common/enum_names.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
-#include "common/strings.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
 #include "exports/onnx_qdq.h"
@@ -62,19 +62,10 @@ json ActivationEncoding(const core::ActivationQuantizerState& a) {
 }  // namespace
 
 StatusOr<ExportFormat> ParseExportFormat(const std::string& name) {
-  for (const auto& [n, f] : kFormats) {
-    if (name == n) return f;
-  }
-  return InvalidArgumentError("unknown export format \"" + name +
-                              "\": onnx-qdq, safetensors-fakequant or safetensors-packed");
+  return ParseEnum(name, "export format", kFormats);
 }
 
-const char* ToString(ExportFormat format) {
-  for (const auto& [n, f] : kFormats) {
-    if (f == format) return n;
-  }
-  return "?";
-}
+const char* ToString(ExportFormat format) { return EnumName(format, kFormats); }
 
 StatusOr<std::vector<ExportFormat>> ParseExportFormats(const std::string& list) {
   std::vector<ExportFormat> out;
@@ -89,6 +80,17 @@ StatusOr<std::vector<ExportFormat>> ParseExportFormats(const std::string& list) 
     start = comma + 1;
   }
   return out;
+}
+
+Status CheckExportable(const core::ViTConfig& config, const std::vector<ExportFormat>& formats) {
+  const bool onnx =
+      std::find(formats.begin(), formats.end(), ExportFormat::kOnnxQdq) != formats.end();
+  if (onnx && (config.is_swin() || config.is_repvgg())) {
+    return UnimplementedError("onnx-qdq exports ViT and DeiT models; this one is " +
+                              config.architecture +
+                              " (safetensors-fakequant and safetensors-packed take it)");
+  }
+  return OkStatus();
 }
 
 json ActivationEncodings(const core::QuantizedModel& quantized) {

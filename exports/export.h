@@ -31,6 +31,10 @@ const char* ToString(ExportFormat format);
 // A comma-separated list of formats (each once).
 StatusOr<std::vector<ExportFormat>> ParseExportFormats(const std::string& list);
 
+// OK when every format can export a model of `config`'s family (onnx-qdq: ViT and DeiT only,
+// UNIMPLEMENTED otherwise), so a command can refuse before its work rather than after it.
+Status CheckExportable(const core::ViTConfig& config, const std::vector<ExportFormat>& formats);
+
 struct ExportOptions {
   std::string out_dir;  // created if missing
   // Where the quantizers were fitted, recorded in quant_config.json (e.g. the calibration

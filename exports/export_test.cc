@@ -151,6 +151,16 @@ TEST(OnnxQdqTest, OtherViTFamiliesExportAndSwinIsRefused) {
   }
   const QuantizedModel swin = Quantized(core::testing::TinySwinConfig(), Shorthand("w8a8"));
   EXPECT_EQ(BuildQdqModel(swin).status().code(), StatusCode::kUnimplemented);
+  // Commands ask first, before their work.
+  const auto swin_config = core::testing::TinySwinConfig();
+  EXPECT_EQ(
+      CheckExportable(swin_config, {ExportFormat::kSafetensorsFakeQuant, ExportFormat::kOnnxQdq})
+          .code(),
+      StatusCode::kUnimplemented);
+  EXPECT_TRUE(CheckExportable(swin_config, {ExportFormat::kSafetensorsFakeQuant,
+                                            ExportFormat::kSafetensorsPacked})
+                  .ok());
+  EXPECT_TRUE(CheckExportable(TinyConfig(), {ExportFormat::kOnnxQdq}).ok());
 }
 
 TEST(ExportTest, PackedWeightsReadBackAsTheFakeQuantTensors) {

@@ -5,7 +5,6 @@
 #include <onnx/shape_inference/implementation.h>
 
 #include <cmath>
-#include <cstring>
 #include <exception>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -14,6 +13,7 @@
 
 #include "common/file_util.h"
 #include "core/torch_status.h"
+#include "exports/export.h"
 
 namespace qs::exports {
 namespace {
@@ -170,7 +170,6 @@ class VitGraph {
         summary_(summary) {}
 
   std::string Build(const std::string& images) {
-    images_ = images;
     std::string x = Embed(images);
     for (int64_t b = 0; b < c_.depth; ++b) x = Block(b, x);
     return Head(x);
@@ -421,7 +420,6 @@ class VitGraph {
   std::map<std::string, torch::Tensor> tensors_;
   GraphWriter g_;
   OnnxExportSummary* summary_;
-  std::string images_;
 };
 
 void SetTensorType(onnx::ValueInfoProto* v, const std::string& name,
@@ -447,10 +445,7 @@ std::string JoinJson(const std::vector<std::string>& v) { return nlohmann::json(
 StatusOr<onnx::ModelProto> BuildQdqModel(const QuantizedModel& quantized,
                                          OnnxExportSummary* summary) {
   const core::ViTConfig& c = quantized.float_model().config();
-  if (c.is_swin() || c.is_repvgg()) {
-    return UnimplementedError("onnx-qdq exports ViT and DeiT models; this one is " +
-                              c.architecture);
-  }
+  QS_RETURN_IF_ERROR(CheckExportable(c, {ExportFormat::kOnnxQdq}));
   for (const auto& [name, site] : quantized.sites()) {
     for (const auto* a : {&site.config.activation, &site.config.activation_rhs}) {
       if (a->bits > 8) {

@@ -152,6 +152,9 @@ int RunQuantize(const QuantizeArgs& a) {
     auto f = exports::ParseExportFormats(a.exports);
     if (!f.ok()) return Fail(f.status().WithContext("--export"));
     export_formats = *f;
+    if (Status s = exports::CheckExportable(model->config(), export_formats); !s.ok()) {
+      return Fail(s.WithContext("--export"));
+    }
   }
   int nonlinear_bits = a.nonlinear_bits;
   if (!a.nonlinear.empty() && nonlinear_bits == 0) {

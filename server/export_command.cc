@@ -60,6 +60,7 @@ StatusOr<json> ExportRecipe(const ExportSource& source, const json& recipe_json,
                             const std::string& out_dir) {
   QS_RETURN_IF_ERROR(CheckWritableDirectory(out_dir).WithContext("export directory"));
   QS_ASSIGN_OR_RETURN(core::ViTModel model, core::ViTModel::Load(source.config, source.weights));
+  QS_RETURN_IF_ERROR(exports::CheckExportable(model.config(), formats));
   QS_ASSIGN_OR_RETURN(Recipe recipe, RecipeFromJson(recipe_json, model.SiteKinds()));
   if (const std::string want = RecordedDigest(recipe_json, "model_digest");
       !want.empty() && want != model.Digest()) {

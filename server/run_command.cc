@@ -16,6 +16,7 @@
 #include "common/job_spec.h"
 #include "common/json_fields.h"
 #include "core/threads.h"
+#include "core/vit.h"
 #include "scheduler/artifacts.h"
 #include "server/export_command.h"
 #include "server/progress.h"
@@ -103,6 +104,12 @@ int RunSearchCommand(const RunArgs& args) {
     auto f = exports::ParseExportFormats(args.exports);
     if (!f.ok()) return Fail(f.status().WithContext("--export"));
     export_formats = *f;
+    // Refused before the search rather than after it.
+    auto config = core::LoadViTConfig(spec->model_config);
+    if (!config.ok()) return Fail(config.status());
+    if (Status s = exports::CheckExportable(*config, export_formats); !s.ok()) {
+      return Fail(s.WithContext("--export"));
+    }
   }
   const std::string cache = args.cache.empty() ? DefaultCacheDir() : args.cache;
   auto store = storage::OpenDirectoryDocumentStore(cache + "/evaluations");
