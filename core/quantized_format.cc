@@ -30,6 +30,14 @@ torch::Tensor Expand(const torch::Tensor& compact, int64_t in, int64_t group_siz
 
 }  // namespace
 
+UniformGrid CompactWeightGrid(const UniformGrid& grid, int64_t rows, int64_t group_size) {
+  if (grid.scale.numel() == 1) return grid;
+  UniformGrid out = grid;
+  out.scale = Compact(grid.scale, rows, group_size);
+  out.zero_point = Compact(grid.zero_point, rows, group_size);
+  return out;
+}
+
 Status AddPackedWeight(const PackedWeightInput& w, std::map<std::string, torch::Tensor>* tensors,
                        json* layout) {
   const QuantizedWeight& q = *w.quantized;

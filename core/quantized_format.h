@@ -40,6 +40,11 @@ struct PackedWeightInput {
 Status AddPackedWeight(const PackedWeightInput& w, std::map<std::string, torch::Tensor>* tensors,
                        nlohmann::json* layout);
 
+// `grid` (a linear weight's, viewed as [out, in]) with its scale and zero point as the file
+// stores them: [rows, groups] (groups = ceil(in / group_size); group_size 0: one per row), or
+// unchanged when per tensor. Fitted per-group grids hold their parameters expanded to [out, in].
+UniformGrid CompactWeightGrid(const UniformGrid& grid, int64_t rows, int64_t group_size);
+
 // Whether `file` is in the quantized format.
 bool IsQuantizedWeightsFile(const SafetensorsFile& file);
 

@@ -5,6 +5,7 @@
 #include "common/enum_names.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
+#include "core/quantized_format.h"
 #include "core/safetensors.h"
 #include "core/torch_status.h"
 #include "exports/onnx_qdq.h"
@@ -104,20 +105,11 @@ json ActivationEncodings(const core::QuantizedModel& quantized) {
           activations[site.name] = {{"input", ActivationEncoding(q.input)}};
         }
         if (q.weight) {
-          // Scales per output row ([out, groups]) of the weight viewed as [out, in]; per-group
-          // grids are held expanded to [out, in], one column per group is kept.
+          // Scales per output row and group ([out, groups]) of the weight viewed as [out, in].
           const WeightQuant& spec = q.config.weight;
-          core::UniformGrid grid = q.weight->grid;
-          const int64_t rows = q.weight->codes.size(0), cols = q.weight->codes.size(1);
-          if (grid.scale.numel() > 1) {
-            grid.scale = grid.scale.reshape({rows, -1});
-            grid.zero_point = grid.zero_point.reshape({rows, -1});
-          }
-          if (spec.granularity == Granularity::kPerGroup && grid.scale.numel() == rows * cols) {
-            const auto starts = torch::arange(0, cols, spec.group_size, torch::kInt64);
-            grid.scale = grid.scale.index_select(1, starts);
-            grid.zero_point = grid.zero_point.index_select(1, starts);
-          }
+          const core::UniformGrid grid = core::CompactWeightGrid(
+              q.weight->grid, q.weight->codes.size(0),
+              spec.granularity == Granularity::kPerGroup ? spec.group_size : 0);
           json w = UniformEncoding(grid);
           w["granularity"] = ToString(spec.granularity);
           w["method"] = ToString(spec.method);
@@ -164,7 +156,6 @@ StatusOr<ExportResult> Export(const core::QuantizedModel& quantized, ExportForma
                               const ExportOptions& options) {
   QS_RETURN_IF_ERROR(MakeDirectories(options.out_dir));
   const std::string dir = options.out_dir + "/";
-  const json recipe = RecipeToJson(quantized.recipe(), quantized.float_model().SiteKinds());
   ExportResult result;
   result.summary = {{"format", ToString(format)}};
   switch (format) {
@@ -178,6 +169,7 @@ StatusOr<ExportResult> Export(const core::QuantizedModel& quantized, ExportForma
       return result;
     }
     case ExportFormat::kSafetensorsFakeQuant: {
+      const json recipe = RecipeToJson(quantized.recipe(), quantized.float_model().SiteKinds());
       std::map<std::string, torch::Tensor> tensors = quantized.DeployedTensors();
       QS_RETURN_IF_ERROR(
           core::WriteSafetensors(dir + "model.safetensors", tensors, {{"format", "pt"}}));

@@ -12,6 +12,7 @@
 #include <variant>
 
 #include "common/file_util.h"
+#include "core/quantized_format.h"
 #include "core/torch_status.h"
 #include "exports/export.h"
 
@@ -209,17 +210,12 @@ class VitGraph {
 
   std::string QuantizedMatMul(const std::string& name, const std::string& x, const torch::Tensor& w,
                               const core::QuantizedWeight& qw, const WeightQuant& spec) {
-    const UniformGrid& grid = qw.grid;
     const int64_t out = w.size(0), in = w.size(1);
-    auto scale = grid.scale.to(torch::kCPU, torch::kFloat32).reshape({out, -1});
-    auto zero = grid.zero_point.to(torch::kCPU, torch::kFloat32).reshape({out, -1});
+    const UniformGrid grid = core::CompactWeightGrid(
+        qw.grid, out, spec.granularity == Granularity::kPerGroup ? spec.group_size : 0);
     const bool per_tensor = grid.scale.numel() == 1;
-    const bool per_group = spec.granularity == Granularity::kPerGroup && scale.size(1) == in;
-    if (per_group) {  // the grid is expanded to [out, in]: one column per group
-      const auto starts = torch::arange(0, in, spec.group_size, torch::kInt64);
-      scale = scale.index_select(1, starts);
-      zero = zero.index_select(1, starts);
-    }
+    const auto scale = grid.scale.to(torch::kCPU, torch::kFloat32).reshape({out, -1});
+    const auto zero = grid.zero_point.to(torch::kCPU, torch::kFloat32).reshape({out, -1});
     const int64_t groups = per_tensor ? 1 : scale.size(1);
     if (per_tensor || groups == 1) {
       UniformGrid t = grid;

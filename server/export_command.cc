@@ -98,13 +98,82 @@ StatusOr<json> ExportRecipe(const ExportSource& source, const json& recipe_json,
   return json{{"out", out_dir}, {"exports", written}, {"fitted_on", provenance}};
 }
 
+namespace {
+
+struct ExportArgs {
+  ExportSource source;
+  std::string spec, recipe, formats, out;
+  bool json_output = false;
+};
+
+// Which source flags were given: --spec fills only the others.
+struct GivenFlags {
+  bool config, weights, calib, count, seed, sampling;
+};
+
+StatusOr<ExportSource> ResolveSource(const ExportArgs& a, const GivenFlags& given) {
+  ExportSource source = a.source;
+  if (!a.spec.empty()) {
+    auto spec = LoadSpecFile(a.spec);
+    if (!spec.ok()) return spec.status().WithContext("--spec");
+    const ExportSource from = ExportSourceOf(*spec);
+    if (!given.config) source.config = from.config;
+    if (!given.weights) source.weights = from.weights;
+    if (!given.calib) source.calib = from.calib;
+    if (!given.count) source.calib_count = from.calib_count;
+    if (!given.seed) source.seed = from.seed;
+    if (!given.sampling) source.sampling = from.sampling;
+  }
+  if (source.config.empty() || source.weights.empty()) {
+    return InvalidArgumentError("export needs the model: --config and --weights, or --spec");
+  }
+  return source;
+}
+
+void PrintExports(const json& written, const std::string& out, const std::string& calib) {
+  for (const auto& e : written["exports"]) {
+    std::string files;
+    for (const auto& f : e["files"]) files += (files.empty() ? "" : ", ") + f.get<std::string>();
+    std::printf("%s: %s/{%s}\n", e["format"].get<std::string>().c_str(), out.c_str(),
+                files.c_str());
+    if (e.contains("float_nonlinear_sites") && !e["float_nonlinear_sites"].empty()) {
+      std::printf("  left in float (no standard ONNX operator): %s\n",
+                  e["float_nonlinear_sites"].dump().c_str());
+    }
+    if (e.contains("float_activation_sites") && !e["float_activation_sites"].empty()) {
+      std::printf("  non-uniform grids left in float: %s\n",
+                  e["float_activation_sites"].dump().c_str());
+    }
+  }
+  std::printf("refitted on %lld images of %s in %.1fs\n",
+              written["fitted_on"]["calibration"]["count"].get<long long>(), calib.c_str(),
+              written["seconds"].get<double>());
+}
+
+int RunExport(const ExportArgs& a, const GivenFlags& given) {
+  auto source = ResolveSource(a, given);
+  if (!source.ok()) return Fail(source.status());
+  auto formats = exports::ParseExportFormats(a.formats);
+  if (!formats.ok()) return Fail(formats.status().WithContext("--format"));
+  auto recipe = ReadJsonFile(a.recipe);
+  if (!recipe.ok()) return Fail(recipe.status().WithContext("--recipe"));
+  const auto start = std::chrono::steady_clock::now();
+  auto written = ExportRecipe(*source, *recipe, *formats, a.out);
+  if (!written.ok()) return Fail(written.status());
+  (*written)["seconds"] =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (a.json_output) {
+    std::printf("%s\n", written->dump().c_str());
+  } else {
+    PrintExports(*written, a.out, source->calib);
+  }
+  return 0;
+}
+
+}  // namespace
+
 std::function<int()> AddExportCommand(CLI::App& app) {
-  struct Args {
-    ExportSource source;
-    std::string spec, recipe, formats, out;
-    bool json_output = false;
-  };
-  auto args = std::make_shared<Args>();
+  auto args = std::make_shared<ExportArgs>();
   auto* cmd = app.add_subcommand(
       "export",
       "write a recipe's quantized model as ONNX QDQ, fake-quant safetensors with encodings, or "
@@ -140,53 +209,8 @@ std::function<int()> AddExportCommand(CLI::App& app) {
   cmd->add_flag("--json", args->json_output, "print what was written as JSON");
   return [=]() -> int {
     if (!cmd->parsed()) return -1;
-    ExportSource source = args->source;
-    if (!args->spec.empty()) {
-      auto spec = LoadSpecFile(args->spec);
-      if (!spec.ok()) return Fail(spec.status().WithContext("--spec"));
-      const ExportSource from = ExportSourceOf(*spec);
-      if (!config->count()) source.config = from.config;
-      if (!weights->count()) source.weights = from.weights;
-      if (!calib->count()) source.calib = from.calib;
-      if (!count->count()) source.calib_count = from.calib_count;
-      if (!seed->count()) source.seed = from.seed;
-      if (!sampling->count()) source.sampling = from.sampling;
-    }
-    if (source.config.empty() || source.weights.empty()) {
-      return Fail(
-          InvalidArgumentError("export needs the model: --config and --weights, or --spec"));
-    }
-    auto formats = exports::ParseExportFormats(args->formats);
-    if (!formats.ok()) return Fail(formats.status().WithContext("--format"));
-    auto recipe = ReadJsonFile(args->recipe);
-    if (!recipe.ok()) return Fail(recipe.status().WithContext("--recipe"));
-    const auto start = std::chrono::steady_clock::now();
-    auto written = ExportRecipe(source, *recipe, *formats, args->out);
-    if (!written.ok()) return Fail(written.status());
-    (*written)["seconds"] =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (args->json_output) {
-      std::printf("%s\n", written->dump().c_str());
-      return 0;
-    }
-    for (const auto& e : (*written)["exports"]) {
-      std::string files;
-      for (const auto& f : e["files"]) files += (files.empty() ? "" : ", ") + f.get<std::string>();
-      std::printf("%s: %s/{%s}\n", e["format"].get<std::string>().c_str(), args->out.c_str(),
-                  files.c_str());
-      if (e.contains("float_nonlinear_sites") && !e["float_nonlinear_sites"].empty()) {
-        std::printf("  left in float (no standard ONNX operator): %s\n",
-                    e["float_nonlinear_sites"].dump().c_str());
-      }
-      if (e.contains("float_activation_sites") && !e["float_activation_sites"].empty()) {
-        std::printf("  non-uniform grids left in float: %s\n",
-                    e["float_activation_sites"].dump().c_str());
-      }
-    }
-    std::printf("refitted on %lld images of %s in %.1fs\n",
-                (*written)["fitted_on"]["calibration"]["count"].get<long long>(),
-                source.calib.c_str(), (*written)["seconds"].get<double>());
-    return 0;
+    return RunExport(*args, {config->count() > 0, weights->count() > 0, calib->count() > 0,
+                             count->count() > 0, seed->count() > 0, sampling->count() > 0});
   };
 }
 
